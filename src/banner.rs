@@ -1,0 +1,125 @@
+//! The welcome banner, word for word from go-echo, built from the pod's downward-API variables.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The variables the banner reads, in the order its lines appear, with each line's template.
+pub const BANNER_VARS: [(&str, &str, &str); 5] = [
+    ("NODE_NAME", "Welcome, you are connected to node ", "."),
+    ("POD_NAME", "Running on Pod ", "."),
+    ("POD_NAMESPACE", "In namespace ", "."),
+    ("POD_IP", "With IP address ", "."),
+    ("SERVICE_ACCOUNT", "Service ", "."),
+];
+
+/// When the banner is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BannerMode {
+    /// Right after accept: the server speaks first, as go-echo does.
+    Connect,
+    /// Just before the first echo, once the client has spoken (safe behind Istio's protocol
+    /// sniffing and PERMISSIVE mTLS).
+    FirstRead,
+    /// Never.
+    Off,
+}
+
+impl FromStr for BannerMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "connect" => Ok(BannerMode::Connect),
+            "first-read" => Ok(BannerMode::FirstRead),
+            "off" => Ok(BannerMode::Off),
+            _ => Err("expected one of connect, first-read, off".to_string()),
+        }
+    }
+}
+
+impl fmt::Display for BannerMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BannerMode::Connect => "connect",
+            BannerMode::FirstRead => "first-read",
+            BannerMode::Off => "off",
+        })
+    }
+}
+
+/// Builds the banner from a variable lookup: one line per variable that is set and non-empty,
+/// nothing when none is. Values are used verbatim except that line breaks are replaced by
+/// spaces, so each variable stays on its one line.
+pub fn build(lookup: impl Fn(&str) -> Option<String>) -> Vec<u8> {
+    let mut banner = String::new();
+    for (var, before, after) in BANNER_VARS {
+        if let Some(value) = lookup(var).filter(|v| !v.is_empty()) {
+            let value = value.replace(['\r', '\n'], " ");
+            banner.push_str(before);
+            banner.push_str(&value);
+            banner.push_str(after);
+            banner.push('\n');
+        }
+    }
+    banner.into_bytes()
+}
+
+/// The banner for this process's environment.
+pub fn from_env() -> Vec<u8> {
+    build(|var| std::env::var(var).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn with(vars: &[(&str, &str)]) -> String {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        String::from_utf8(build(|k| map.get(k).cloned())).unwrap()
+    }
+
+    #[test]
+    fn all_variables_in_go_echo_order_and_wording() {
+        let b = with(&[
+            ("SERVICE_ACCOUNT", "default"),
+            ("POD_IP", "10.1.2.3"),
+            ("POD_NAMESPACE", "demo"),
+            ("POD_NAME", "tcp-echo-v1-abc"),
+            ("NODE_NAME", "node-1"),
+        ]);
+        assert_eq!(
+            b,
+            "Welcome, you are connected to node node-1.\n\
+             Running on Pod tcp-echo-v1-abc.\n\
+             In namespace demo.\n\
+             With IP address 10.1.2.3.\n\
+             Service default.\n"
+        );
+    }
+
+    #[test]
+    fn unset_and_empty_variables_are_skipped() {
+        assert_eq!(with(&[]), "");
+        assert_eq!(
+            with(&[("NODE_NAME", ""), ("POD_IP", "::1")]),
+            "With IP address ::1.\n"
+        );
+    }
+
+    #[test]
+    fn values_cannot_add_lines() {
+        assert_eq!(with(&[("POD_NAME", "a\nb")]), "Running on Pod a b.\n");
+    }
+
+    #[test]
+    fn modes_parse_and_print() {
+        for m in ["connect", "first-read", "off"] {
+            assert_eq!(m.parse::<BannerMode>().unwrap().to_string(), m);
+        }
+        assert!("sometimes".parse::<BannerMode>().is_err());
+    }
+}

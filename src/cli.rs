@@ -1,0 +1,50 @@
+//! The program: parse the settings, start logging, bind, serve until a signal, report.
+//!
+//! Exit codes: 0 after a clean shutdown (and for `--help`/`--version`); 2 for an invalid
+//! setting, before anything is bound; 1 when the server cannot start (a port in use);
+//! [`crate::shutdown::FORCED_EXIT_CODE`] when a second signal cuts the drain short.
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use log::info;
+
+use crate::config::{self, Command};
+use crate::{logging, shutdown, Server};
+
+/// Runs tcp-echo with these arguments (the first is the program name).
+pub fn main<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let config = match config::from_args(args) {
+        Ok(Command::Serve(config)) => config,
+        Ok(Command::Print(text)) => {
+            print!("{text}");
+            if !text.ends_with('\n') {
+                println!();
+            }
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("tcp-echo: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    logging::init();
+    let result = Server::bind(config).and_then(|server| {
+        shutdown::install_signal_handler(server.shutdown_handle())?;
+        server.run()
+    });
+    match result {
+        Ok(summary) => {
+            info!("tcp-echo stopped: {summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tcp-echo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! One connection, from banner to close: read through a `BufReader`, frame, write the replies
+//! of each read in one `write`, log, time out, and close without losing replies.
+
+use std::fmt;
+use std::io::{self, BufRead, BufReader, ErrorKind, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use log::{debug, info, log_enabled, Level};
+use uuid::Uuid;
+
+use crate::banner::BannerMode;
+use crate::config::Config;
+use crate::echo::{Framer, Piece};
+use crate::logging::{EscapedText, RawBytes};
+use crate::registry::{Registry, Ticket};
+
+/// Size of each connection's read buffer. The replies to one read leave in one write.
+pub const READ_BUFFER: usize = 16 * 1024;
+
+/// Output capacity kept between reads; a larger buffer (many short lines with a prefix) is
+/// released after use.
+const KEEP_OUTPUT: usize = 64 * 1024;
+
+/// How often a closing connection checks whether the peer has acknowledged every reply.
+const ACK_POLL: Duration = Duration::from_millis(2);
+
+/// Counters for the exit summary, updated once per connection.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Connections served (admitted and closed).
+    pub served: AtomicU64,
+    /// Connections refused because the server was full.
+    pub refused: AtomicU64,
+    /// Bytes received and echoed.
+    pub bytes: AtomicU64,
+}
+
+/// An accepted connection on its way to a worker.
+#[derive(Debug)]
+pub struct Job {
+    /// Registration in the open-connection set; the socket lives inside.
+    pub ticket: Ticket,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// When the acceptor accepted it.
+    pub accepted: Instant,
+}
+
+/// Why a connection ended, as the close log line says it.
+#[derive(Debug)]
+pub enum Reason {
+    /// The client closed its side (EOF).
+    Eof,
+    /// The client sent nothing for `--idle-timeout`.
+    IdleTimeout,
+    /// The client did not take its replies for the write timeout.
+    WriteTimeout,
+    /// The server is shutting down.
+    Shutdown,
+    /// The client reset the connection.
+    Reset,
+    /// Another I/O error.
+    Error(io::Error),
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Eof => f.write_str("EOF"),
+            Reason::IdleTimeout => f.write_str("idle timeout"),
+            Reason::WriteTimeout => f.write_str("write timeout (client not reading)"),
+            Reason::Shutdown => f.write_str("shutdown"),
+            Reason::Reset => f.write_str("reset by peer"),
+            Reason::Error(e) => write!(f, "error: {e}"),
+        }
+    }
+}
+
+/// What a finished connection did.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Why it ended.
+    pub reason: Reason,
+    /// Bytes received (all of which were echoed unless the reason is an error).
+    pub bytes: u64,
+    /// Lines echoed.
+    pub lines: u64,
+}
+
+/// Shows an IPv4 client of a dual-stack listener as `1.2.3.4:5`, not `[::ffff:1.2.3.4]:5`.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// Serves one connection to its end and logs it (the worker pool's job handler).
+pub fn serve(job: Job, config: &Config, registry: &Registry, stats: &Stats) {
+    let id = Uuid::new_v4();
+    let stream = job.ticket.stream();
+    let local = stream.local_addr().map(canonical);
+    info!(
+        "{id} - TCP connection open. peer={} local={}",
+        canonical(job.peer),
+        local.map_or_else(|_| "?".to_string(), |a| a.to_string())
+    );
+    let outcome = echo_connection(stream, config, registry, &id);
+    let line = format!(
+        "{id} - TCP connection closed. reason={} bytes={} lines={} duration={:.3}s",
+        outcome.reason,
+        outcome.bytes,
+        outcome.lines,
+        job.accepted.elapsed().as_secs_f64()
+    );
+    match outcome.reason {
+        Reason::Reset | Reason::Error(_) => debug!("{line}"),
+        _ => info!("{line}"),
+    }
+    stats.served.fetch_add(1, Ordering::Relaxed);
+    stats.bytes.fetch_add(outcome.bytes, Ordering::Relaxed);
+    // `job.ticket` drops here: the connection leaves the registry, the socket closes.
+}
+
+fn classify_read(e: io::Error) -> Reason {
+    match e.kind() {
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => Reason::IdleTimeout,
+        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted => Reason::Reset,
+        _ => Reason::Error(e),
+    }
+}
+
+fn classify_write(e: io::Error) -> Reason {
+    match e.kind() {
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => Reason::WriteTimeout,
+        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe => {
+            Reason::Reset
+        }
+        _ => Reason::Error(e),
+    }
+}
+
+/// Writes all of `out` and clears it; a too large buffer is released.
+fn send(mut stream: &TcpStream, out: &mut Vec<u8>) -> Result<(), Reason> {
+    let result = stream.write_all(out).map_err(classify_write);
+    out.clear();
+    if out.capacity() > KEEP_OUTPUT {
+        out.shrink_to(KEEP_OUTPUT);
+    }
+    result
+}
+
+/// The echo loop over a connected socket. Returns once the connection is finished (replies
+/// flushed, write side shut, and at shutdown, acknowledged or out of time).
+pub fn echo_connection(
+    stream: &TcpStream,
+    config: &Config,
+    registry: &Registry,
+    id: &Uuid,
+) -> Outcome {
+    let mut framer = Framer::new(config.prefix.as_deref(), config.max_line);
+    let mut out: Vec<u8> = Vec::new();
+    let mut bytes = 0u64;
+    let log_data = log_enabled!(Level::Info);
+    let mut observe = |piece: Piece<'_>| {
+        if log_data {
+            info!("{id} - Received Raw Data: {}", RawBytes(piece.bytes));
+            info!(
+                "{id} - Received Data (converted to string): {}",
+                EscapedText(piece.bytes)
+            );
+        }
+    };
+
+    let setup = stream
+        .set_nodelay(true)
+        .and_then(|()| stream.set_read_timeout(config.idle_timeout))
+        .and_then(|()| stream.set_write_timeout(Some(config.write_timeout())));
+    if let Err(e) = setup {
+        return Outcome {
+            reason: classify_read(e),
+            bytes,
+            lines: 0,
+        };
+    }
+
+    let mut banner_due = !config.banner.is_empty() && config.banner_mode == BannerMode::FirstRead;
+    if config.banner_mode == BannerMode::Connect && !config.banner.is_empty() {
+        out.extend_from_slice(&config.banner);
+        if let Err(reason) = send(stream, &mut out) {
+            return Outcome {
+                reason,
+                bytes,
+                lines: 0,
+            };
+        }
+    }
+
+    let mut reader = BufReader::with_capacity(READ_BUFFER, stream);
+    // At shutdown, read only what had arrived by then: at most this many more bytes.
+    let mut drain_budget: Option<u64> = None;
+    let reason = loop {
+        if drain_budget.is_none() && registry.is_shutting_down() {
+            drain_budget = Some(queued_input(stream).unwrap_or(0) + reader.buffer().len() as u64);
+        }
+        if drain_budget == Some(0) {
+            break Reason::Shutdown;
+        }
+        let n = match reader.fill_buf() {
+            Ok([]) if registry.is_shutting_down() => break Reason::Shutdown,
+            Ok([]) => break Reason::Eof,
+            Ok(data) => {
+                let n = match drain_budget {
+                    Some(budget) => data.len().min(budget as usize),
+                    None => data.len(),
+                };
+                if banner_due {
+                    out.extend_from_slice(&config.banner);
+                    banner_due = false;
+                }
+                framer.feed(&data[..n], &mut out, &mut observe);
+                n
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => break classify_read(e),
+        };
+        reader.consume(n);
+        bytes += n as u64;
+        if let Some(budget) = drain_budget.as_mut() {
+            *budget -= n as u64;
+        }
+        if !out.is_empty() {
+            if let Err(reason) = send(stream, &mut out) {
+                return Outcome {
+                    reason,
+                    bytes,
+                    lines: framer.lines(),
+                };
+            }
+        }
+    };
+
+    // Whatever partial line was held is echoed too (the Go samples drop it).
+    if matches!(reason, Reason::Eof | Reason::Shutdown | Reason::IdleTimeout) {
+        framer.finish(&mut out, &mut observe);
+        if !out.is_empty() {
+            if let Err(reason) = send(stream, &mut out) {
+                return Outcome {
+                    reason,
+                    bytes,
+                    lines: framer.lines(),
+                };
+            }
+        }
+    }
+    let _ = stream.shutdown(Shutdown::Write);
+    if matches!(reason, Reason::Shutdown) {
+        // The client may still be sending: closing now would answer with a reset and discard
+        // replies not yet delivered. Wait until it has acknowledged all of them.
+        let deadline = registry.drain_deadline().unwrap_or_else(Instant::now);
+        wait_acknowledged(stream, deadline);
+    }
+    Outcome {
+        reason,
+        bytes,
+        lines: framer.lines(),
+    }
+}
+
+/// Waits until the peer has acknowledged every byte written, or `deadline` passes.
+fn wait_acknowledged(stream: &TcpStream, deadline: Instant) {
+    while Instant::now() < deadline {
+        match unacknowledged_output(stream) {
+            Some(0) | None => return,
+            Some(_) => std::thread::sleep(ACK_POLL),
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn socket_queue(stream: &TcpStream, request: libc::Ioctl) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: a valid socket descriptor and a pointer to an int, as SIOCINQ/SIOCOUTQ expect.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), request, &mut n) };
+    (rc == 0 && n >= 0).then_some(n as u64)
+}
+
+/// Bytes received by the kernel and not yet read (SIOCINQ).
+#[cfg(target_os = "linux")]
+fn queued_input(stream: &TcpStream) -> Option<u64> {
+    socket_queue(stream, libc::FIONREAD)
+}
+
+/// Bytes written and not yet acknowledged by the peer (SIOCOUTQ).
+#[cfg(target_os = "linux")]
+fn unacknowledged_output(stream: &TcpStream) -> Option<u64> {
+    socket_queue(stream, libc::TIOCOUTQ)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn queued_input(_: &TcpStream) -> Option<u64> {
+    None
+}
+
+#[cfg(not(target_os = "linux"))]
+fn unacknowledged_output(_: &TcpStream) -> Option<u64> {
+    None
+}

@@ -1,0 +1,215 @@
+//! tcp-echo: a small, fast and hardened TCP echo server for testing TCP routing in Kubernetes
+//! and Istio.
+//!
+//! A [`Server`] binds one listener per port; an acceptor thread per listener admits connections
+//! (at most `--max-connections`, one more is told `busy`) and hands them over a
+//! `crossbeam-channel` to a bounded pool of worker threads, each serving one connection at a
+//! time. See `ARCHITECTURE.md` for the map and the invariants.
+//!
+//! ```no_run
+//! use tcp_echo::{Config, Server};
+//! let server = Server::bind(Config::new(vec![0])).expect("bind");
+//! println!("listening on {:?}", server.local_addrs());
+//! let stop = server.shutdown_handle();
+//! # stop.shutdown();
+//! let summary = server.run().expect("run");
+//! println!("{summary}");
+//! ```
+
+pub mod banner;
+pub mod cli;
+pub mod config;
+pub mod connection;
+pub mod echo;
+pub mod error;
+pub mod listener;
+pub mod logging;
+pub mod pool;
+pub mod registry;
+pub mod shutdown;
+
+use std::fmt;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+
+pub use crate::config::Config;
+use crate::connection::{Job, Stats};
+pub use crate::error::Error;
+use crate::listener::Acceptor;
+use crate::pool::Pool;
+use crate::registry::Registry;
+pub use crate::shutdown::ShutdownHandle;
+use crate::shutdown::ShutdownSignal;
+
+/// A worker with nothing to do for this long ends (the pool starts another when needed).
+pub const WORKER_IDLE_EXIT: Duration = Duration::from_secs(30);
+
+/// How long force-closed connections get to log their end before the process exits.
+const FORCE_GRACE: Duration = Duration::from_millis(200);
+
+/// A bound server, ready to [`run`](Server::run).
+pub struct Server {
+    config: Arc<Config>,
+    listeners: Vec<TcpListener>,
+    addrs: Vec<SocketAddr>,
+    handle: ShutdownHandle,
+    signal: ShutdownSignal,
+}
+
+/// What a server did, reported when it stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Connections served.
+    pub served: u64,
+    /// Connections refused because the server was full.
+    pub refused: u64,
+    /// Bytes received and echoed.
+    pub bytes: u64,
+    /// Connections still open at the drain deadline, closed by force.
+    pub forced: usize,
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "connections served={} refused={} bytes echoed={} closed by force at the drain deadline={}",
+            self.served, self.refused, self.bytes, self.forced
+        )
+    }
+}
+
+impl Server {
+    /// Binds every listener. Fails, naming the address, if any port cannot be bound.
+    pub fn bind(config: Config) -> Result<Server, Error> {
+        let listeners = listener::bind_all(config.bind, &config.ports, config.bind_fallback)?;
+        let addrs = listeners
+            .iter()
+            .zip(&config.ports)
+            .map(|(l, &port)| {
+                l.local_addr().map_err(|source| Error::Bind {
+                    addr: SocketAddr::new(config.bind, port),
+                    source,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (handle, signal) = shutdown::channel();
+        Ok(Server {
+            config: Arc::new(config),
+            listeners,
+            addrs,
+            handle,
+            signal,
+        })
+    }
+
+    /// The addresses actually bound (with port 0, the port the OS chose), in `--port` order.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// A handle that makes [`run`](Server::run) drain and return.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.handle.clone()
+    }
+
+    /// Serves until shutdown is requested, then stops accepting, lets open connections finish
+    /// (every byte received is echoed) for at most the drain timeout, closes the rest, and
+    /// returns what was done.
+    pub fn run(self) -> Result<Summary, Error> {
+        let Server {
+            config,
+            listeners,
+            addrs,
+            handle,
+            signal,
+        } = self;
+        drop(handle);
+        let registry = Registry::new(config.max_connections);
+        let stats = Arc::new(Stats::default());
+        let pool = {
+            let (config, registry, stats) = (
+                Arc::clone(&config),
+                Arc::clone(&registry),
+                Arc::clone(&stats),
+            );
+            Arc::new(Pool::new(
+                "tcp-echo-worker",
+                config.max_connections,
+                WORKER_IDLE_EXIT,
+                move |job: Job| connection::serve(job, &config, &registry, &stats),
+            ))
+        };
+
+        for addr in &addrs {
+            info!("listening on {addr}");
+        }
+        info!("settings: {config}");
+
+        let mut stoppers = Vec::with_capacity(listeners.len());
+        let mut acceptors: Vec<JoinHandle<()>> = Vec::with_capacity(listeners.len());
+        for (listener, addr) in listeners.into_iter().zip(&addrs) {
+            let name = format!("tcp-echo-accept-{}", addr.port());
+            let stopper = listener.try_clone().map_err(|source| Error::Bind {
+                addr: *addr,
+                source,
+            })?;
+            let acceptor = Acceptor {
+                registry: Arc::clone(&registry),
+                pool: Arc::clone(&pool),
+                stats: Arc::clone(&stats),
+            };
+            let spawned = thread::Builder::new()
+                .name(name.clone())
+                .stack_size(pool::WORKER_STACK)
+                .spawn(move || acceptor.run(listener));
+            match spawned {
+                Ok(join) => {
+                    stoppers.push(stopper);
+                    acceptors.push(join);
+                }
+                Err(source) => {
+                    for s in stoppers.iter().chain([&stopper]) {
+                        listener::stop_accepting(s);
+                    }
+                    return Err(Error::Thread { name, source });
+                }
+            }
+        }
+        // From here on the acceptors hold the only references to the pool (and its Sender).
+        drop(pool);
+
+        signal.wait();
+        let deadline = Instant::now() + config.drain_timeout;
+        info!(
+            "shutting down: no new connections; draining {} open for at most {:.1}s",
+            registry.len(),
+            config.drain_timeout.as_secs_f64()
+        );
+        registry.begin_shutdown(deadline);
+        for stopper in &stoppers {
+            listener::stop_accepting(stopper);
+        }
+        for join in acceptors {
+            let _ = join.join();
+        }
+
+        let mut forced = registry.wait_until_empty(deadline);
+        if forced > 0 {
+            forced = registry.force_close();
+            warn!("drain timeout: closing {forced} connections still open");
+            registry.wait_until_empty(Instant::now() + FORCE_GRACE);
+        }
+        Ok(Summary {
+            served: stats.served.load(Ordering::Relaxed),
+            refused: stats.refused.load(Ordering::Relaxed),
+            bytes: stats.bytes.load(Ordering::Relaxed),
+            forced,
+        })
+    }
+}

@@ -1,0 +1,264 @@
+//! A bounded pool of named worker threads fed by a `crossbeam-channel`.
+//!
+//! * Threads are created as load needs them, never more than `max_threads`, and a thread that
+//!   has been idle for `idle_exit` ends, so a past flood does not keep its threads forever.
+//! * [`Pool::execute`] never blocks: it hands the job to an idle worker, starts a new one, or
+//!   queues the job for a worker that is about to finish.
+//! * Dropping the pool drops the only `Sender`: workers finish the queued jobs, see the channel
+//!   disconnected and end. That is the pool's whole shutdown protocol.
+//! * A panicking job is caught; its worker lives on.
+
+use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use log::{error, warn};
+
+/// Stack size of worker threads: the echo path needs little, and each connection may hold one.
+pub const WORKER_STACK: usize = 256 * 1024;
+
+/// A pool running `handler` on each job.
+pub struct Pool<J: Send + 'static> {
+    tx: Sender<J>,
+    shared: Arc<Shared<J>>,
+}
+
+struct Shared<J> {
+    rx: Receiver<J>,
+    state: Mutex<State>,
+    handler: Box<dyn Fn(J) + Send + Sync>,
+    max_threads: usize,
+    idle_exit: Duration,
+    name: String,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Worker threads alive.
+    threads: usize,
+    /// Workers waiting for a job minus jobs sent but not yet taken. Negative when jobs were
+    /// queued for workers that are about to finish their current job.
+    available: isize,
+    /// Threads ever started (for names).
+    started: usize,
+}
+
+impl<J: Send + 'static> Pool<J> {
+    /// A pool of at most `max_threads` threads named `{name}-{n}`, each ending after `idle_exit`
+    /// without work.
+    pub fn new(
+        name: &str,
+        max_threads: usize,
+        idle_exit: Duration,
+        handler: impl Fn(J) + Send + Sync + 'static,
+    ) -> Pool<J> {
+        let max_threads = max_threads.max(1);
+        let (tx, rx) = crossbeam_channel::bounded(max_threads);
+        Pool {
+            tx,
+            shared: Arc::new(Shared {
+                rx,
+                state: Mutex::new(State::default()),
+                handler: Box::new(handler),
+                max_threads,
+                idle_exit,
+                name: name.to_string(),
+            }),
+        }
+    }
+
+    /// Runs `job` on a worker without blocking. Gives the job back when no worker can take it:
+    /// the queue is full, or no thread could be started and none is idle. Callers keep at most
+    /// `max_threads` jobs outstanding (the server's registry does), so the queue is never full.
+    pub fn execute(&self, job: J) -> Result<(), J> {
+        let mut state = self.shared.lock();
+        if state.available <= 0 && state.threads < self.shared.max_threads {
+            match self.spawn(&mut state) {
+                // The new worker takes this job: it is not counted as available.
+                Ok(()) => state.available += 1,
+                Err(e) => {
+                    error!("cannot start a worker thread: {e}");
+                    if state.available <= 0 {
+                        return Err(job);
+                    }
+                }
+            }
+        }
+        match self.tx.try_send(job) {
+            Ok(()) => {
+                state.available -= 1;
+                Ok(())
+            }
+            Err(e) => Err(e.into_inner()),
+        }
+    }
+
+    /// Worker threads alive now.
+    pub fn threads(&self) -> usize {
+        self.shared.lock().threads
+    }
+
+    fn spawn(&self, state: &mut State) -> io::Result<()> {
+        let shared = Arc::clone(&self.shared);
+        let name = format!("{}-{}", self.shared.name, state.started);
+        thread::Builder::new()
+            .name(name)
+            .stack_size(WORKER_STACK)
+            .spawn(move || shared.work())?;
+        state.threads += 1;
+        state.started += 1;
+        Ok(())
+    }
+}
+
+impl<J> Shared<J> {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn work(&self) {
+        loop {
+            match self.rx.recv_timeout(self.idle_exit) {
+                Ok(job) => {
+                    if catch_unwind(AssertUnwindSafe(|| (self.handler)(job))).is_err() {
+                        warn!("a worker caught a panic; its connection was closed");
+                    }
+                    self.lock().available += 1;
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let mut state = self.lock();
+                    // Leave only if no job is on its way to a waiting worker.
+                    if state.available > 0 {
+                        state.available -= 1;
+                        state.threads -= 1;
+                        return;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let mut state = self.lock();
+                    state.available -= 1;
+                    state.threads -= 1;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Instant;
+
+    fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn runs_jobs_concurrently_up_to_the_bound() {
+        let (done_tx, done_rx) = mpsc::channel::<u32>();
+        let (gate_tx, gate_rx) = crossbeam_channel::unbounded::<()>();
+        let pool = Pool::new("t", 3, Duration::from_secs(60), move |n: u32| {
+            let _ = gate_rx.recv();
+            let _ = done_tx.send(n);
+        });
+        for n in 0..3 {
+            assert!(pool.execute(n).is_ok());
+        }
+        assert_eq!(pool.threads(), 3, "one thread per concurrent job");
+        gate_tx.send(()).unwrap();
+        let first = done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        // A fourth job goes to the freed worker (or waits for it): no fourth thread.
+        assert!(pool.execute(3).is_ok());
+        assert_eq!(pool.threads(), 3);
+        for _ in 0..3 {
+            gate_tx.send(()).unwrap();
+        }
+        let mut got: Vec<u32> = (0..3)
+            .map(|_| done_rx.recv_timeout(Duration::from_secs(10)).unwrap())
+            .collect();
+        got.push(first);
+        got.sort();
+        assert_eq!(got, vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn reuses_idle_threads() {
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let pool = Pool::new("t", 8, Duration::from_secs(60), move |_: ()| {
+            let _ = done_tx.send(());
+        });
+        for _ in 0..50 {
+            pool.execute(()).unwrap();
+            done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            // Wait until the worker is back in the pool before the next job.
+            wait_for("worker idle", || pool.shared.lock().available > 0);
+        }
+        assert_eq!(pool.threads(), 1);
+    }
+
+    #[test]
+    fn idle_threads_exit_and_the_pool_still_works() {
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let pool = Pool::new("t", 4, Duration::from_millis(20), move |_: ()| {
+            let _ = done_tx.send(());
+        });
+        pool.execute(()).unwrap();
+        done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        wait_for("idle worker exit", || pool.threads() == 0);
+        pool.execute(()).unwrap();
+        done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    }
+
+    #[test]
+    fn a_panicking_job_does_not_kill_its_worker() {
+        let (done_tx, done_rx) = mpsc::channel::<bool>();
+        let pool = Pool::new("t", 1, Duration::from_secs(60), move |fail: bool| {
+            if fail {
+                panic!("job failed on purpose");
+            }
+            let _ = done_tx.send(true);
+        });
+        pool.execute(true).unwrap();
+        wait_for("worker back after the panic", || {
+            pool.shared.lock().available > 0
+        });
+        pool.execute(false).unwrap();
+        assert!(done_rx.recv_timeout(Duration::from_secs(10)).unwrap());
+        assert_eq!(pool.threads(), 1);
+    }
+
+    #[test]
+    fn dropping_the_pool_ends_workers_after_queued_jobs() {
+        let (done_tx, done_rx) = mpsc::channel::<u32>();
+        let (gate_tx, gate_rx) = crossbeam_channel::unbounded::<()>();
+        let pool = Pool::new("t", 5, Duration::from_secs(60), move |n: u32| {
+            let _ = gate_rx.recv();
+            let _ = done_tx.send(n);
+        });
+        for n in 0..5 {
+            pool.execute(n).unwrap();
+        }
+        let shared = Arc::clone(&pool.shared);
+        drop(pool);
+        for _ in 0..5 {
+            gate_tx.send(()).unwrap();
+        }
+        let mut got: Vec<u32> = (0..5)
+            .map(|_| done_rx.recv_timeout(Duration::from_secs(10)).unwrap())
+            .collect();
+        got.sort();
+        assert_eq!(got, vec![0, 1, 2, 3, 4]);
+        wait_for("workers to end", || shared.lock().threads == 0);
+    }
+}
