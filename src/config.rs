@@ -138,6 +138,7 @@ struct Cli {
         short = 'p',
         long = "port",
         env = "TCP_PORT",
+        allow_negative_numbers = true,
         default_value = "3333",
         value_name = "PORTS"
     )]
@@ -155,6 +156,7 @@ struct Cli {
     #[arg(
         long,
         env = "ECHO_MAX_CONNECTIONS",
+        allow_negative_numbers = true,
         default_value = "1024",
         value_name = "N"
     )]
@@ -164,6 +166,7 @@ struct Cli {
     #[arg(
         long,
         env = "ECHO_IDLE_TIMEOUT",
+        allow_negative_numbers = true,
         default_value = "300",
         value_name = "SECONDS"
     )]
@@ -173,6 +176,7 @@ struct Cli {
     #[arg(
         long,
         env = "ECHO_MAX_LINE",
+        allow_negative_numbers = true,
         default_value = "65536",
         value_name = "BYTES"
     )]
@@ -182,6 +186,7 @@ struct Cli {
     #[arg(
         long,
         env = "ECHO_DRAIN_TIMEOUT",
+        allow_negative_numbers = true,
         default_value = "5",
         value_name = "SECONDS"
     )]

@@ -2,7 +2,7 @@
 //! of each read in one `write`, log, time out, and close without losing replies.
 
 use std::fmt;
-use std::io::{self, BufRead, BufReader, ErrorKind, Write};
+use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -25,6 +25,10 @@ const KEEP_OUTPUT: usize = 64 * 1024;
 
 /// How often a closing connection checks whether the peer has acknowledged every reply.
 const ACK_POLL: Duration = Duration::from_millis(2);
+
+/// Log target of the per-line `Received ...` records, so that they can be filtered apart from
+/// the connection records: `RUST_LOG=info,tcp_echo::data=off`.
+pub const DATA_TARGET: &str = "tcp_echo::data";
 
 /// Counters for the exit summary, updated once per connection.
 #[derive(Debug, Default)]
@@ -160,11 +164,12 @@ pub fn echo_connection(
     let mut framer = Framer::new(config.prefix.as_deref(), config.max_line);
     let mut out: Vec<u8> = Vec::new();
     let mut bytes = 0u64;
-    let log_data = log_enabled!(Level::Info);
+    let log_data = log_enabled!(target: DATA_TARGET, Level::Info);
     let mut observe = |piece: Piece<'_>| {
         if log_data {
-            info!("{id} - Received Raw Data: {}", RawBytes(piece.bytes));
+            info!(target: DATA_TARGET, "{id} - Received Raw Data: {}", RawBytes(piece.bytes));
             info!(
+                target: DATA_TARGET,
                 "{id} - Received Data (converted to string): {}",
                 EscapedText(piece.bytes)
             );
@@ -252,13 +257,15 @@ pub fn echo_connection(
             }
         }
     }
-    let _ = stream.shutdown(Shutdown::Write);
     if matches!(reason, Reason::Shutdown) {
-        // The client may still be sending: closing now would answer with a reset and discard
-        // replies not yet delivered. Wait until it has acknowledged all of them.
+        // The client may still be sending. Closing with unread input answers with a reset that
+        // discards replies not yet delivered, and so does the kernel when input arrives after
+        // our FIN on a socket whose read side is shut (RFC 1122). So: wait until the client
+        // has acknowledged every reply, discarding its new input, and only then send FIN.
         let deadline = registry.drain_deadline().unwrap_or_else(Instant::now);
         wait_acknowledged(stream, deadline);
     }
+    let _ = stream.shutdown(Shutdown::Write);
     Outcome {
         reason,
         bytes,
@@ -266,9 +273,20 @@ pub fn echo_connection(
     }
 }
 
-/// Waits until the peer has acknowledged every byte written, or `deadline` passes.
-fn wait_acknowledged(stream: &TcpStream, deadline: Instant) {
+/// Waits until the peer has acknowledged every byte written, or `deadline` passes. Input that
+/// arrives meanwhile is read and discarded (it came after the shutdown began): left unread, it
+/// would close the receive window and stall the very acknowledgements being waited for.
+fn wait_acknowledged(mut stream: &TcpStream, deadline: Instant) {
+    let _ = stream.set_nonblocking(true);
+    let mut sink = [0u8; 16 * 1024];
     while Instant::now() < deadline {
+        // At most 1 MiB per round, so a fast sender cannot keep this loop from checking.
+        for _ in 0..64 {
+            match stream.read(&mut sink) {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
         match unacknowledged_output(stream) {
             Some(0) | None => return,
             Some(_) => std::thread::sleep(ACK_POLL),

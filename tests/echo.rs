@@ -1,0 +1,260 @@
+//! Echo, last line, long lines, banner and logs (behaviours 1-4 and 8), against the binary.
+
+mod support;
+
+use std::io::Write;
+use std::net::Shutdown;
+use std::time::Duration;
+
+use support::{assert_silent, connect, exchange, read_exactly, read_to_eof, Server, DEADLINE};
+
+const BANNER_ENV: [(&str, &str); 5] = [
+    ("NODE_NAME", "EchoNode"),
+    ("POD_NAME", "tcp-echo-v1-7d9"),
+    ("POD_NAMESPACE", "demo"),
+    ("POD_IP", "10.0.0.7"),
+    ("SERVICE_ACCOUNT", "tcp-echo"),
+];
+const BANNER: &str = "Welcome, you are connected to node EchoNode.\n\
+                      Running on Pod tcp-echo-v1-7d9.\n\
+                      In namespace demo.\n\
+                      With IP address 10.0.0.7.\n\
+                      Service tcp-echo.\n";
+
+#[test]
+fn echoes_each_line_with_the_prefix_byte_for_byte() {
+    let s = Server::with(&["--prefix", "one"]);
+    let input: &[u8] = b"hello\nwin\r\n\0nul\n\xff\xfe invalid utf-8\n\n";
+    let expected: &[u8] = b"one hello\none win\r\none \0nul\none \xff\xfe invalid utf-8\none \n";
+    assert_eq!(exchange(s.addrs[0], input), expected);
+}
+
+#[test]
+fn lines_sent_together_come_back_in_order() {
+    let s = Server::with(&["--prefix", "two"]);
+    let input: Vec<u8> = (0..20_000)
+        .flat_map(|i| format!("{i}\n").into_bytes())
+        .collect();
+    let expected = tcp_echo::echo::expected_echo(&input, Some("two"));
+    assert_eq!(exchange(s.addrs[0], &input), expected);
+}
+
+#[test]
+fn interactive_lines_are_echoed_one_at_a_time() {
+    let s = Server::with(&["--prefix", "one"]);
+    let mut c = s.connect();
+    for i in 0..50 {
+        let line = format!("line {i}\n");
+        c.write_all(line.as_bytes()).unwrap();
+        let want = format!("one {line}");
+        assert_eq!(read_exactly(&mut c, want.len()), want.as_bytes());
+    }
+}
+
+#[test]
+fn final_line_without_newline_is_echoed_after_half_close() {
+    let s = Server::with(&["--prefix", "one"]);
+    assert_eq!(exchange(s.addrs[0], b"a\nb"), b"one a\none b");
+    let s = Server::with(&[]);
+    assert_eq!(exchange(s.addrs[0], b"only"), b"only");
+}
+
+#[test]
+fn long_lines_are_echoed_in_pieces_before_their_newline() {
+    let s = Server::with(&["--prefix", "p", "--max-line", "100"]);
+    let mut c = s.connect();
+    // 10 kB of one line, no newline yet: at least the first 9 900 bytes must come back now,
+    // prefixed once, because the server holds at most 100 bytes of an incomplete line.
+    let body = vec![b'x'; 10_000];
+    c.write_all(&body).unwrap();
+    let got = read_exactly(&mut c, 2 + 9_900);
+    assert_eq!(&got[..2], b"p ");
+    assert!(got[2..].iter().all(|&b| b == b'x'));
+    c.write_all(b"tail\nnext\n").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let rest = read_to_eof(&mut c);
+    let mut expected = vec![b'x'; 100];
+    expected.extend_from_slice(b"tail\np next\n");
+    assert_eq!(rest, expected);
+}
+
+#[test]
+fn a_long_line_keeps_every_byte_in_order() {
+    let s = Server::with(&["--prefix", "p", "--max-line", "1000"]);
+    let input: Vec<u8> = (0..2_000_000u32)
+        .map(|i| (i % 251) as u8)
+        .filter(|&b| b != b'\n')
+        .collect();
+    let mut expected = b"p ".to_vec();
+    expected.extend_from_slice(&input);
+    let addr = s.addrs[0];
+    // Write and read concurrently: the echo does not wait for the end of the line.
+    let mut c = connect(addr);
+    let mut w = c.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&input).unwrap();
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let got = read_to_eof(&mut c);
+    writer.join().unwrap();
+    assert_eq!(got.len(), expected.len());
+    assert!(got == expected, "bytes differ");
+}
+
+#[test]
+fn banner_on_connect_comes_first_word_for_word() {
+    let s = Server::start(&["--port", "0", "--prefix", "one"], &BANNER_ENV);
+    let mut c = s.connect();
+    // Server-first: the banner arrives before the client says anything.
+    assert_eq!(read_exactly(&mut c, BANNER.len()), BANNER.as_bytes());
+    c.write_all(b"hi\n").unwrap();
+    assert_eq!(read_exactly(&mut c, 7), b"one hi\n");
+}
+
+#[test]
+fn banner_has_one_line_per_set_variable_and_nothing_without_them() {
+    let s = Server::start(
+        &["--port", "0"],
+        &[("POD_NAME", "p"), ("POD_IP", ""), ("SERVICE_ACCOUNT", "sa")],
+    );
+    assert_eq!(
+        exchange(s.addrs[0], b"x\n"),
+        b"Running on Pod p.\nService sa.\nx\n"
+    );
+    let s = Server::start(&["--port", "0"], &[]);
+    assert_eq!(exchange(s.addrs[0], b"x\n"), b"x\n");
+}
+
+#[test]
+fn banner_first_read_waits_for_the_client_to_speak() {
+    let s = Server::start(
+        &["--port", "0", "--banner", "first-read", "--prefix", "one"],
+        &BANNER_ENV,
+    );
+    let mut c = s.connect();
+    assert_silent(&mut c, Duration::from_millis(300));
+    c.write_all(b"hello\n").unwrap();
+    let want = format!("{BANNER}one hello\n");
+    assert_eq!(read_exactly(&mut c, want.len()), want.as_bytes());
+    // Only once.
+    c.write_all(b"again\n").unwrap();
+    assert_eq!(read_exactly(&mut c, 10), b"one again\n");
+}
+
+#[test]
+fn banner_off_never_sends_it() {
+    let s = Server::start(&["--port", "0", "--banner", "off"], &BANNER_ENV);
+    let mut c = s.connect();
+    assert_silent(&mut c, Duration::from_millis(300));
+    c.write_all(b"hello\n").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_eof(&mut c), b"hello\n");
+}
+
+#[test]
+fn logs_keep_go_echo_lines_under_one_uuid() {
+    let s = Server::with(&[]);
+    assert_eq!(exchange(s.addrs[0], b"hello\n"), b"hello\n");
+    let log = &s.log;
+    let closed = log.wait_for("close line", DEADLINE, |l| {
+        l.contains("TCP connection closed.")
+    });
+    let id = closed
+        .split(" - ")
+        .next()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        uuid::Uuid::parse_str(&id).is_ok(),
+        "not a uuid: {id:?} in {closed}"
+    );
+    let mine: Vec<String> = log.matching(&format!("{id} - "));
+    let open = mine
+        .iter()
+        .find(|l| l.contains("TCP connection open."))
+        .expect("open line");
+    assert!(open.contains("peer=127.0.0.1:"), "{open}");
+    assert!(
+        mine.iter().any(|l| l.ends_with(&format!(
+            "{id} - Received Raw Data: [104 101 108 108 111 10]"
+        ))),
+        "{mine:#?}"
+    );
+    assert!(
+        mine.iter().any(|l| l.ends_with(&format!(
+            "{id} - Received Data (converted to string): hello"
+        ))),
+        "{mine:#?}"
+    );
+    for field in ["reason=EOF", "bytes=6", "lines=1", "duration="] {
+        assert!(closed.contains(field), "{field} missing: {closed}");
+    }
+}
+
+#[test]
+fn logged_text_is_escaped_and_capped() {
+    let s = Server::with(&[]);
+    let forged = b"x\r2026-01-01T00:00:00.000Z INFO  fake - TCP connection closed.\x1b[2J\n";
+    exchange(s.addrs[0], forged);
+    let mut big = vec![b'a'; 5000];
+    big.push(b'\n');
+    exchange(s.addrs[0], &big);
+    s.log.wait_count("TCP connection closed.", 2, DEADLINE);
+    for line in s.log.lines() {
+        assert!(
+            !line.contains('\r') && !line.contains('\x1b'),
+            "raw control character logged: {line:?}"
+        );
+    }
+    // The forged text stays inside one escaped record.
+    assert_eq!(s.log.matching("fake - TCP connection closed.").len(), 1);
+    assert!(s.log.matching("x\\r2026-01-01").len() == 1);
+    let text = s.log.wait_for("capped text", DEADLINE, |l| {
+        l.contains("converted to string): aaa")
+    });
+    assert!(text.ends_with(" ... (3976 more bytes)"), "{text}");
+    assert!(text.len() < 1200, "{}", text.len());
+    let raw = s.log.wait_for("capped raw", DEADLINE, |l| {
+        l.contains("Received Raw Data: [97 97")
+    });
+    assert!(raw.ends_with("] ... (3977 more bytes)"), "{raw}");
+}
+
+#[test]
+fn received_lines_are_not_logged_when_the_filter_drops_them() {
+    let s = Server::start(
+        &["--port", "0"],
+        &[("RUST_LOG", "info,tcp_echo::data=warn")],
+    );
+    assert_eq!(exchange(s.addrs[0], b"secret\n"), b"secret\n");
+    // The close record is written after anything logged for the line.
+    s.log
+        .wait_for("close", DEADLINE, |l| l.contains("TCP connection closed."));
+    assert!(
+        s.log.matching("Received").is_empty(),
+        "{:#?}",
+        s.log.lines()
+    );
+    assert_eq!(s.log.matching("TCP connection open.").len(), 1);
+}
+
+#[test]
+fn dual_stack_by_default() {
+    let s = Server::with(&[]);
+    let port = s.addrs[0].port();
+    let line = s
+        .log
+        .wait_for("listening", DEADLINE, |l| l.contains("listening on "));
+    if line.contains("[::]") {
+        // IPv6 is available here: both families reach the one listener.
+        let v6 = std::net::SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], port));
+        assert_eq!(exchange(v6, b"six\n"), b"six\n");
+    } else {
+        assert!(line.contains("0.0.0.0"), "{line}");
+        assert!(s.log.matching("IPv6 is unavailable").len() == 1);
+    }
+    assert_eq!(exchange(s.addrs[0], b"four\n"), b"four\n");
+}

@@ -1,0 +1,173 @@
+//! Capacity and timeouts (behaviours 5 and 6), against the binary.
+
+mod support;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use support::{connect, read_exactly, read_to_eof, wait_until, Server, DEADLINE};
+
+fn served(c: &mut TcpStream, line: &str) {
+    c.write_all(line.as_bytes()).unwrap();
+    assert_eq!(read_exactly(c, line.len()), line.as_bytes());
+}
+
+#[test]
+fn one_connection_over_capacity_is_told_busy_and_the_others_are_unaffected() {
+    let s = Server::with(&["--max-connections", "2"]);
+    let mut a = s.connect();
+    let mut b = s.connect();
+    served(&mut a, "a\n");
+    served(&mut b, "b\n");
+
+    let mut c = s.connect();
+    let reply = String::from_utf8(read_to_eof(&mut c)).unwrap();
+    assert_eq!(reply.lines().count(), 1, "{reply:?}");
+    assert!(
+        reply.contains("busy") && reply.contains("2 connections"),
+        "{reply:?}"
+    );
+    let warn = s
+        .log
+        .wait_for("busy warning", DEADLINE, |l| l.contains("server busy"));
+    assert!(warn.contains(" WARN "), "{warn}");
+
+    served(&mut a, "still a\n");
+    served(&mut b, "still b\n");
+
+    // A freed slot is usable again.
+    drop(a);
+    s.log.wait_count("TCP connection closed.", 1, DEADLINE);
+    let mut d = s.connect();
+    served(&mut d, "d\n");
+}
+
+#[test]
+fn the_acceptor_never_blocks_on_a_full_pool() {
+    let s = Server::with(&["--max-connections", "3"]);
+    let mut held: Vec<TcpStream> = (0..3).map(|_| s.connect()).collect();
+    for (i, c) in held.iter_mut().enumerate() {
+        served(c, &format!("{i}\n"));
+    }
+    // The holders never send again; 100 more clients are all answered busy promptly.
+    let start = Instant::now();
+    for _ in 0..100 {
+        let mut c = s.connect();
+        let reply = read_to_eof(&mut c);
+        assert!(String::from_utf8_lossy(&reply).contains("busy"));
+    }
+    assert!(start.elapsed() < DEADLINE);
+    for (i, c) in held.iter_mut().enumerate() {
+        served(c, &format!("again {i}\n"));
+    }
+}
+
+#[test]
+fn busy_line_arrives_even_when_the_client_already_sent_data() {
+    let s = Server::with(&["--max-connections", "1"]);
+    let mut a = s.connect();
+    served(&mut a, "a\n");
+    for _ in 0..20 {
+        let mut c = s.connect();
+        // The refused client speaks first: closing must not turn into a reset that eats the
+        // busy line.
+        let _ = c.write_all(b"hello there\n");
+        let mut reply = Vec::new();
+        let _ = c.read_to_end(&mut reply);
+        assert!(
+            String::from_utf8_lossy(&reply).contains("busy"),
+            "{reply:?}"
+        );
+    }
+}
+
+#[test]
+fn a_silent_connection_is_closed_after_the_idle_timeout() {
+    let s = Server::with(&["--idle-timeout", "0.3"]);
+    let mut c = s.connect();
+    served(&mut c, "x\n");
+    let start = Instant::now();
+    assert_eq!(read_to_eof(&mut c), b"");
+    assert!(
+        start.elapsed() >= Duration::from_millis(250),
+        "closed too early: {:?}",
+        start.elapsed()
+    );
+    let line = s
+        .log
+        .wait_for("close", DEADLINE, |l| l.contains("TCP connection closed."));
+    assert!(line.contains("reason=idle timeout"), "{line}");
+}
+
+#[test]
+fn activity_keeps_a_connection_open_past_the_idle_timeout() {
+    let s = Server::with(&["--idle-timeout", "0.5"]);
+    let mut c = s.connect();
+    let start = Instant::now();
+    let mut i = 0;
+    while start.elapsed() < Duration::from_millis(1500) {
+        served(&mut c, &format!("{i}\n"));
+        i += 1;
+        std::thread::sleep(Duration::from_millis(100)); // the client's pace, not a synchronisation
+    }
+    served(&mut c, "still here\n");
+}
+
+#[test]
+fn idle_timeout_zero_means_never() {
+    let s = Server::with(&["--idle-timeout", "0"]);
+    let mut c = s.connect();
+    served(&mut c, "x\n");
+    let settings = s
+        .log
+        .wait_for("settings", DEADLINE, |l| l.contains("settings:"));
+    assert!(settings.contains("idle_timeout=never"), "{settings}");
+    support::assert_silent(&mut c, Duration::from_millis(500));
+    served(&mut c, "y\n");
+}
+
+#[test]
+fn a_client_that_never_reads_is_disconnected_and_others_are_served() {
+    let s = Server::with(&["--idle-timeout", "1"]);
+    let mut stuck = s.connect();
+    stuck
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    // Fill both directions' buffers: the server blocks writing replies nobody reads.
+    let chunk = vec![b'z'; 64 * 1024];
+    let mut chunk_line = chunk.clone();
+    chunk_line.push(b'\n');
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match stuck.write(&chunk_line) {
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+            Err(_) => break, // already disconnected
+        }
+        assert!(Instant::now() < deadline, "the server kept reading forever");
+    }
+    // Meanwhile another client is served at once.
+    let mut other = s.connect();
+    served(&mut other, "hello\n");
+    let line = s.log.wait_for("write timeout close", DEADLINE, |l| {
+        l.contains("reason=write timeout")
+    });
+    assert!(line.contains("TCP connection closed."), "{line}");
+    let mut later = s.connect();
+    served(&mut later, "still served\n");
+}
+
+#[test]
+fn slots_freed_by_timeouts_are_reused() {
+    let s = Server::with(&["--max-connections", "2", "--idle-timeout", "0.3"]);
+    let _a = s.connect();
+    let _b = s.connect();
+    s.log.wait_count("TCP connection open.", 2, DEADLINE);
+    s.log.wait_count("reason=idle timeout", 2, DEADLINE);
+    let mut c = connect(s.addrs[0]);
+    served(&mut c, "after\n");
+    wait_until("two closes logged", DEADLINE, || {
+        s.log.matching("TCP connection closed.").len() == 2
+    });
+}

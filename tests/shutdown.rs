@@ -1,0 +1,289 @@
+//! Shutdown on SIGTERM and SIGINT (behaviour 7) and the exit summary, against the binary.
+
+mod support;
+
+use std::io::{ErrorKind, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use support::{read_exactly, read_to_eof, Server, DEADLINE};
+
+#[test]
+fn sigterm_with_no_connections_exits_0_with_a_summary() {
+    let mut s = Server::with(&[]);
+    support::exchange(s.addrs[0], b"abc\n");
+    s.log
+        .wait_for("close", DEADLINE, |l| l.contains("TCP connection closed."));
+    s.signal(libc::SIGTERM);
+    let status = s.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(0));
+    let summary = s
+        .log
+        .wait_for("summary", DEADLINE, |l| l.contains("tcp-echo stopped"));
+    assert!(
+        summary.contains("served=1") && summary.contains("bytes echoed=4"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn sigint_works_too() {
+    let mut s = Server::with(&[]);
+    s.signal(libc::SIGINT);
+    assert_eq!(s.wait_exit(DEADLINE).code(), Some(0));
+}
+
+#[test]
+fn an_idle_session_does_not_delay_the_exit() {
+    let mut s = Server::with(&["--drain-timeout", "30"]);
+    let mut c = s.connect();
+    c.write_all(b"hi\n").unwrap();
+    assert_eq!(read_exactly(&mut c, 3), b"hi\n");
+    let start = Instant::now();
+    s.signal(libc::SIGTERM);
+    assert_eq!(s.wait_exit(DEADLINE).code(), Some(0));
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        read_to_eof(&mut c),
+        b"",
+        "the client sees the connection closed"
+    );
+    let line = s
+        .log
+        .wait_for("close", DEADLINE, |l| l.contains("TCP connection closed."));
+    assert!(line.contains("reason=shutdown"), "{line}");
+}
+
+#[test]
+fn bytes_received_before_the_signal_are_echoed_including_a_partial_line() {
+    let mut s = Server::with(&["--prefix", "one", "--drain-timeout", "10"]);
+    let mut c = s.connect();
+    let lines: Vec<u8> = (0..1000)
+        .flat_map(|i| format!("line {i}\n").into_bytes())
+        .collect();
+    c.write_all(&lines).unwrap();
+    c.write_all(b"no newline yet").unwrap();
+    // The server has at least begun reading (the first reply is here) when the signal comes;
+    // whatever it has not read yet is in its socket's receive queue.
+    let first = read_exactly(&mut c, 11);
+    assert_eq!(first, b"one line 0\n");
+    s.signal(libc::SIGTERM);
+    let rest = read_to_eof(&mut c);
+    let mut got = first;
+    got.extend_from_slice(&rest);
+    let mut input = lines.clone();
+    input.extend_from_slice(b"no newline yet");
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(&tcp_echo::echo::expected_echo(&input, Some("one")))
+    );
+    assert_eq!(s.wait_exit(DEADLINE).code(), Some(0));
+}
+
+/// A client that sends and never reads, so that the server is blocked writing to it.
+fn stuck_client(s: &Server) -> TcpStream {
+    let mut stuck = s.connect();
+    stuck
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let chunk = [b'q'; 65536];
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match stuck.write(&chunk) {
+            Ok(_) => assert!(Instant::now() < deadline, "buffers never filled"),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+            Err(e) => panic!("stuck client write: {e}"),
+        }
+    }
+    stuck
+}
+
+#[test]
+fn a_client_that_stopped_reading_cannot_hold_the_exit_past_the_drain_timeout() {
+    let mut s = Server::with(&["--drain-timeout", "1", "--idle-timeout", "600"]);
+    let _stuck = stuck_client(&s);
+    let start = Instant::now();
+    s.signal(libc::SIGTERM);
+    assert_eq!(s.wait_exit(DEADLINE).code(), Some(0));
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "exited before the drain timeout: {took:?}"
+    );
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    s.log.wait_for("force close", DEADLINE, |l| {
+        l.contains("drain timeout: closing 1")
+    });
+}
+
+#[test]
+fn no_new_connection_is_accepted_after_the_signal() {
+    let mut s = Server::with(&["--drain-timeout", "5", "--idle-timeout", "600"]);
+    let _stuck = stuck_client(&s);
+    s.signal(libc::SIGTERM);
+    s.log
+        .wait_for("shutting down", DEADLINE, |l| l.contains("shutting down"));
+    // The listener is closed while the drain goes on: connecting fails or is closed at once.
+    match TcpStream::connect(s.addrs[0]) {
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}"),
+        Ok(mut c) => {
+            c.set_read_timeout(Some(DEADLINE)).unwrap();
+            let _ = c.write_all(b"x\n");
+            let mut buf = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut c, &mut buf);
+            assert!(
+                buf.is_empty(),
+                "a connection was served after the signal: {buf:?}"
+            );
+        }
+    }
+    assert!(s.running(), "still draining");
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let mut s = Server::with(&["--drain-timeout", "60", "--idle-timeout", "600"]);
+    let _stuck = stuck_client(&s);
+    s.signal(libc::SIGTERM);
+    s.log
+        .wait_for("shutting down", DEADLINE, |l| l.contains("shutting down"));
+    let start = Instant::now();
+    s.signal(libc::SIGTERM);
+    let status = s.wait_exit(DEADLINE);
+    assert!(start.elapsed() < Duration::from_secs(2));
+    assert_eq!(status.code(), Some(tcp_echo::shutdown::FORCED_EXIT_CODE));
+}
+
+#[test]
+fn every_byte_read_before_the_signal_reaches_the_client_even_when_it_keeps_sending() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let mut s = Server::start(
+        &[
+            "--port",
+            "0",
+            "--drain-timeout",
+            "10",
+            "--idle-timeout",
+            "600",
+        ],
+        &[("RUST_LOG", "info,tcp_echo::data=off")],
+    );
+    let c = s.connect();
+    let input: Arc<Vec<u8>> = Arc::new(
+        (0..8_000_000u32)
+            .flat_map(|i| format!("{i:07}\n").into_bytes())
+            .collect(),
+    );
+    let written = Arc::new(AtomicUsize::new(0));
+    let reading = Arc::new(AtomicBool::new(true));
+
+    // The client streams its input the whole time, also during the drain.
+    let writer = {
+        let (mut w, input, written) = (
+            c.try_clone().unwrap(),
+            Arc::clone(&input),
+            Arc::clone(&written),
+        );
+        std::thread::spawn(move || {
+            w.set_write_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut off = 0;
+            while off < input.len() && Instant::now() < deadline {
+                match w.write(&input[off..(off + 65536).min(input.len())]) {
+                    Ok(n) => {
+                        off += n;
+                        written.store(off, Ordering::SeqCst);
+                    }
+                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                    Err(_) => break,
+                }
+            }
+        })
+    };
+    // Phase 1: read at full speed, so that the socket buffers grow to their working size.
+    // Phase 2 (`reading` false): stop reading; replies pile up in the server's socket.
+    // Phase 3: after the signal, read slowly, so that replies are still queued when it closes.
+    let reader = {
+        let (mut r, reading) = (c.try_clone().unwrap(), Arc::clone(&reading));
+        std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 1 << 16];
+            let mut slow = false;
+            loop {
+                if !reading.load(Ordering::SeqCst) {
+                    slow = true;
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                }
+                let n = if slow {
+                    std::thread::sleep(Duration::from_millis(1)); // the slow reader's pace
+                    8192
+                } else {
+                    buf.len()
+                };
+                match std::io::Read::read(&mut r, &mut buf[..n]) {
+                    Ok(0) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    // Input that arrived after the signal is not read; closing on it resets
+                    // the connection, which is fine once every reply was acknowledged.
+                    Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
+                    Err(e) => panic!("read: {e} after {} bytes", got.len()),
+                }
+            }
+            got
+        })
+    };
+    support::wait_until("10 MB streamed", DEADLINE, || {
+        written.load(Ordering::SeqCst) > 10_000_000
+    });
+    reading.store(false, Ordering::SeqCst);
+    // Wait until the client's writes stall: every buffer on the way is full.
+    let mut last = (written.load(Ordering::SeqCst), Instant::now());
+    support::wait_until("writes to stall", DEADLINE, || {
+        let now = written.load(Ordering::SeqCst);
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+        last.1.elapsed() > Duration::from_millis(300)
+    });
+    s.signal(libc::SIGTERM);
+    s.log
+        .wait_for("shutting down", DEADLINE, |l| l.contains("shutting down"));
+    reading.store(true, Ordering::SeqCst);
+    let got = reader.join().unwrap();
+    writer.join().unwrap();
+    assert_eq!(s.wait_exit(DEADLINE).code(), Some(0));
+    assert!(
+        input.starts_with(&got),
+        "the echo is not the input's prefix"
+    );
+    // Count both ends: the client got every byte the server says it read.
+    let closed = s
+        .log
+        .wait_for("close", DEADLINE, |l| l.contains("TCP connection closed."));
+    assert!(closed.contains("reason=shutdown"), "{closed}");
+    let echoed: usize = field(&closed, "bytes=").parse().unwrap();
+    assert_eq!(
+        got.len(),
+        echoed,
+        "server read {echoed} bytes, client got {}\nlog:\n{}",
+        got.len(),
+        s.log.lines().join("\n")
+    );
+}
+
+/// The value of `name` (e.g. `bytes=`) in a log line.
+fn field<'a>(line: &'a str, name: &str) -> &'a str {
+    let start = line
+        .find(name)
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+        + name.len();
+    line[start..].split_whitespace().next().unwrap()
+}

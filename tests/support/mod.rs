@@ -1,0 +1,359 @@
+//! Test support: run the real `tcp-echo` binary on port 0, read its log, talk to it.
+//!
+//! Every wait has a deadline; nothing sleeps to synchronise.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Default deadline of a wait that should succeed.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+/// Variables the server reads; tests start from none of them set.
+pub const SERVER_VARS: [&str; 15] = [
+    "TCP_PORT",
+    "ECHO_PREFIX",
+    "ECHO_BIND",
+    "ECHO_MAX_CONNECTIONS",
+    "ECHO_IDLE_TIMEOUT",
+    "ECHO_MAX_LINE",
+    "ECHO_DRAIN_TIMEOUT",
+    "ECHO_BANNER",
+    "NODE_NAME",
+    "POD_NAME",
+    "POD_NAMESPACE",
+    "POD_IP",
+    "SERVICE_ACCOUNT",
+    "RUST_LOG",
+    "RUST_BACKTRACE",
+];
+
+/// The binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_tcp-echo")
+}
+
+/// A command for the binary with a clean environment for the server's variables.
+pub fn command(args: &[&str], envs: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(binary());
+    for var in SERVER_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// The log lines a process wrote to stderr, with a condition variable for waiters.
+#[derive(Default)]
+pub struct Log {
+    lines: Mutex<Vec<String>>,
+    changed: Condvar,
+    closed: Mutex<bool>,
+}
+
+impl Log {
+    /// Reads `source` line by line into a new log (in a thread).
+    pub fn collect(source: impl Read + Send + 'static) -> Arc<Log> {
+        let log = Arc::new(Log::default());
+        let writer = Arc::clone(&log);
+        thread::spawn(move || {
+            let mut reader = BufReader::new(source);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match reader.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let text = String::from_utf8_lossy(&line)
+                            .trim_end_matches('\n')
+                            .to_string();
+                        writer.lines.lock().unwrap().push(text);
+                        writer.changed.notify_all();
+                    }
+                }
+            }
+            *writer.closed.lock().unwrap() = true;
+            writer.changed.notify_all();
+        });
+        log
+    }
+
+    /// All lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Lines containing `needle`.
+    pub fn matching(&self, needle: &str) -> Vec<String> {
+        self.lines()
+            .into_iter()
+            .filter(|l| l.contains(needle))
+            .collect()
+    }
+
+    /// Waits until some line satisfies `pred`; panics with the log after `timeout`.
+    pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.lines.lock().unwrap();
+        loop {
+            if let Some(l) = lines.iter().find(|l| pred(l)) {
+                return l.clone();
+            }
+            let now = Instant::now();
+            assert!(
+                now < deadline,
+                "timed out waiting for log line: {what}\nlog:\n{}",
+                lines.join("\n")
+            );
+            lines = self
+                .changed
+                .wait_timeout(lines, (deadline - now).min(Duration::from_millis(100)))
+                .unwrap()
+                .0;
+        }
+    }
+
+    /// Waits until at least `n` lines contain `needle`.
+    pub fn wait_count(&self, needle: &str, n: usize, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self.matching(needle);
+            if found.len() >= n {
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {n} lines with {needle:?} (have {})\nlog:\n{}",
+                found.len(),
+                self.lines().join("\n")
+            );
+            let lines = self.lines.lock().unwrap();
+            let _ = self
+                .changed
+                .wait_timeout(lines, Duration::from_millis(50))
+                .unwrap();
+        }
+    }
+}
+
+/// A running server process; killed when dropped.
+pub struct Server {
+    child: Child,
+    /// Where it listens (from its `listening on` lines, port 0 resolved), in `--port` order.
+    pub addrs: Vec<SocketAddr>,
+    /// Its stderr.
+    pub log: Arc<Log>,
+}
+
+impl Server {
+    /// Starts the binary with `args` and `envs` and waits until it listens.
+    pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Server {
+        let mut child = command(args, envs)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tcp-echo");
+        let log = Log::collect(child.stderr.take().expect("stderr"));
+        log.wait_for("settings line", DEADLINE, |l| l.contains("settings:"));
+        let addrs = log
+            .matching("listening on ")
+            .iter()
+            .map(|l| {
+                let addr = l.rsplit("listening on ").next().unwrap().trim();
+                let addr: SocketAddr = addr
+                    .parse()
+                    .unwrap_or_else(|_| panic!("bad address in {l:?}"));
+                SocketAddr::new("127.0.0.1".parse().unwrap(), addr.port())
+            })
+            .collect();
+        Server { child, addrs, log }
+    }
+
+    /// Starts on one free port with these extra arguments.
+    pub fn with(args: &[&str]) -> Server {
+        let mut all = vec!["--port", "0"];
+        all.extend_from_slice(args);
+        Server::start(&all, &[])
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Connects to the first listener.
+    pub fn connect(&self) -> TcpStream {
+        connect(self.addrs[0])
+    }
+
+    /// Sends a signal (`libc::SIGTERM`, ...).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Waits for the process to exit; panics after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit within {timeout:?}\nlog:\n{}",
+                self.log.lines().join("\n")
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// `Threads:` from /proc/PID/status.
+    pub fn threads(&self) -> usize {
+        proc_status(self.pid(), "Threads:")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A field of /proc/PID/status as a number (`VmRSS:` in kB, `Threads:`).
+pub fn proc_status(pid: i32, field: &str) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Connects with read and write timeouts of [`DEADLINE`].
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, DEADLINE)
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.set_write_timeout(Some(DEADLINE)).unwrap();
+    s
+}
+
+/// Reads until `want` bytes have arrived; panics on EOF or timeout with what came.
+pub fn read_exactly(s: &mut TcpStream, want: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; want];
+    let mut got = 0;
+    while got < want {
+        match s.read(&mut buf[got..]) {
+            Ok(0) => panic!(
+                "EOF after {got} of {want} bytes: {:?}",
+                String::from_utf8_lossy(&buf[..got])
+            ),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => panic!(
+                "read failed after {got} of {want} bytes: {e}: {:?}",
+                String::from_utf8_lossy(&buf[..got])
+            ),
+        }
+    }
+    buf
+}
+
+/// Reads until EOF (within the socket's read timeout).
+pub fn read_to_eof(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)
+        .unwrap_or_else(|e| panic!("read to EOF: {e}; got {:?}", String::from_utf8_lossy(&out)));
+    out
+}
+
+/// Sends `data`, half-closes, and returns everything until the server closes.
+pub fn exchange(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let mut s = connect(addr);
+    s.write_all(data).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    read_to_eof(&mut s)
+}
+
+/// Asserts that nothing arrives on `s` within `quiet` (used to check that the server does NOT
+/// speak, e.g. no banner before the client does).
+pub fn assert_silent(s: &mut TcpStream, quiet: Duration) {
+    s.set_read_timeout(Some(quiet)).unwrap();
+    let mut b = [0u8; 256];
+    match s.read(&mut b) {
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+        Ok(n) => panic!(
+            "expected silence, got {:?}",
+            String::from_utf8_lossy(&b[..n])
+        ),
+        Err(e) => panic!("expected silence, got error {e}"),
+    }
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+}
+
+/// Polls `cond` every few milliseconds until it holds; panics after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Runs the binary to completion; returns (exit code, stdout, stderr).
+pub fn run_to_exit(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let mut child = command(args, envs)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tcp-echo");
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("tcp-echo {args:?} did not exit");
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    let mut out = String::new();
+    let mut err = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (status.code(), out, err)
+}
+
+/// Writes `data` without waiting for anything (helper for flooding tests).
+pub fn send(s: &mut TcpStream, data: &[u8]) {
+    s.write_all(data).unwrap_or_else(|e| panic!("write: {e}"));
+}
