@@ -155,7 +155,12 @@ pub struct Server {
 impl Server {
     /// Starts the binary with `args` and `envs` and waits until it listens.
     pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Server {
-        let mut child = command(args, envs)
+        Server::spawn(command(args, envs))
+    }
+
+    /// Starts `cmd` (a tcp-echo, however it is wrapped) and waits until it listens.
+    pub fn spawn(mut cmd: Command) -> Server {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -1,0 +1,54 @@
+# tcp-echo: every entry point. `make help` lists them.
+# Everything the targets need is installed by the targets themselves (rustup targets and
+# components, Debian packages); nothing has to be set up by hand.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+CARGO   ?= cargo
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+IMAGE   ?= tcp-echo
+ARCH    ?= x86_64
+TARGET  := $(ARCH)-unknown-linux-musl
+STATIC  := target/$(TARGET)/release/tcp-echo
+ARGS    ?=
+
+ifeq ($(ARCH),x86_64)
+PLATFORM := linux/amd64
+else ifeq ($(ARCH),aarch64)
+PLATFORM := linux/arm64
+# Cross-link with the LLVM linker that ships with the Rust toolchain: no C cross-toolchain.
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER := rust-lld
+else
+$(error ARCH must be x86_64 or aarch64, not $(ARCH))
+endif
+
+.PHONY: help run build release test deps static image image-test
+
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@echo "  Variables: ARCH=x86_64|aarch64 (static, image), ARGS='...' (run)"
+
+run: ## Run the server (debug build, default settings; ARGS='--prefix one' to add flags)
+	$(CARGO) run -- $(ARGS)
+
+build: ## Debug build
+	$(CARGO) build
+
+release: ## Optimised build for this machine
+	$(CARGO) build --release
+
+deps: ## Install what the tests use (rustfmt, clippy, nc)
+	@rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+	@scripts/ensure-apt.sh nc netcat-openbsd
+
+test: deps static ## fmt check, clippy, every test (unit, binary, nc, static binary in an empty root)
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets --all-features -- -D warnings
+	TCP_ECHO_STATIC=$(abspath $(STATIC)) $(CARGO) test --features scratch-test
+
+static: ## Static release binary for $(TARGET) (ARCH=aarch64 cross-builds)
+	@rustup target list --installed | grep -qx '$(TARGET)' || rustup target add $(TARGET)
+	$(CARGO) build --release --target $(TARGET)
+	@ls -l $(STATIC)
