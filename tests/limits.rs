@@ -171,3 +171,47 @@ fn slots_freed_by_timeouts_are_reused() {
         s.log.matching("TCP connection closed.").len() == 2
     });
 }
+
+#[test]
+fn out_of_file_descriptors_the_acceptor_backs_off_and_recovers() {
+    let s = Server::spawn(support::command_with_fd_limit(
+        &["--port", "0", "--banner", "off", "--idle-timeout", "60"],
+        &[("RUST_LOG", "info,tcp_echo::data=off")],
+        24,
+    ));
+    // More clients than descriptors: the kernel completes their handshakes, the server cannot
+    // accept them all (EMFILE).
+    let mut clients: Vec<TcpStream> = (0..60).map(|_| s.connect()).collect();
+    s.log.wait_for("accept failure logged", DEADLINE, |l| {
+        l.contains("accept failed")
+    });
+    let served_now = s.log.matching("TCP connection open.").len();
+    assert!(served_now < 60, "the limit was not hit");
+    // While the limit holds, the acceptor sleeps between attempts instead of spinning.
+    let before = support::cpu_time(s.pid());
+    std::thread::sleep(Duration::from_secs(1)); // the measurement window
+    let used = support::cpu_time(s.pid()) - before;
+    assert!(
+        used < Duration::from_millis(150),
+        "{used:?} of CPU in 1 s while out of descriptors"
+    );
+    // At most one warning a second, not one per attempt.
+    assert!(
+        s.log.matching("accept failed").len() <= 4,
+        "{:#?}",
+        s.log.matching("accept failed")
+    );
+    // Clients that were served leave; everybody else is served now.
+    for c in clients.iter_mut() {
+        c.write_all(b"ping\n").unwrap();
+    }
+    // The listen queue is FIFO: the first clients are the ones accepted.
+    for c in clients[..served_now].iter_mut() {
+        assert_eq!(read_exactly(c, 5), b"ping\n");
+    }
+    clients.drain(..served_now);
+    // Each served client leaves in turn, making room for the next.
+    for mut c in clients.drain(..) {
+        assert_eq!(read_exactly(&mut c, 5), b"ping\n");
+    }
+}
