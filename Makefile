@@ -15,15 +15,17 @@ ARGS    ?=
 
 ifeq ($(ARCH),x86_64)
 PLATFORM := linux/amd64
+TAG_SUFFIX :=
 else ifeq ($(ARCH),aarch64)
 PLATFORM := linux/arm64
+TAG_SUFFIX := -arm64
 # Cross-link with the LLVM linker that ships with the Rust toolchain: no C cross-toolchain.
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER := rust-lld
 else
 $(error ARCH must be x86_64 or aarch64, not $(ARCH))
 endif
 
-.PHONY: help run build release test deps static image image-test
+.PHONY: help run build release test deps static image image-test docker-check
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -52,3 +54,22 @@ static: ## Static release binary for $(TARGET) (ARCH=aarch64 cross-builds)
 	@rustup target list --installed | grep -qx '$(TARGET)' || rustup target add $(TARGET)
 	$(CARGO) build --release --target $(TARGET)
 	@ls -l $(STATIC)
+
+image: static docker-check ## Image $(IMAGE):$(VERSION)$(TAG_SUFFIX) and :latest$(TAG_SUFFIX) FROM scratch (ARCH=aarch64: linux/arm64)
+	mkdir -p target/image && cp $(STATIC) target/image/tcp-echo
+	docker build --no-cache --platform $(PLATFORM) --build-arg VERSION=$(VERSION) \
+		-t $(IMAGE):$(VERSION)$(TAG_SUFFIX) -t $(IMAGE):latest$(TAG_SUFFIX) .
+	@docker image inspect -f '{{.RepoTags}} {{.Os}}/{{.Architecture}} {{.Size}} bytes' $(IMAGE):$(VERSION)$(TAG_SUFFIX)
+
+image-test: docker-check ## Run the images for real through Docker; run the arm64 binary under qemu
+	$(MAKE) image ARCH=x86_64
+	$(MAKE) image ARCH=aarch64
+	@scripts/ensure-apt.sh qemu-aarch64-static qemu-user-static nc netcat-openbsd
+	$(CARGO) build --release --target x86_64-unknown-linux-musl --example probe
+	TCP_ECHO_PROBE=$(abspath target/x86_64-unknown-linux-musl/release/examples/probe) \
+	TCP_ECHO_IMAGE=$(IMAGE):$(VERSION) TCP_ECHO_IMAGE_ARM64=$(IMAGE):$(VERSION)-arm64 \
+	TCP_ECHO_STATIC_ARM64=$(abspath target/aarch64-unknown-linux-musl/release/tcp-echo) \
+		$(CARGO) test --features container-test --test container -- --test-threads 2
+
+docker-check:
+	@docker version --format 'docker engine {{.Server.Version}}' || { echo "The Docker engine is not reachable" >&2; exit 1; }

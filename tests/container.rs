@@ -1,0 +1,405 @@
+//! The image, run for real through the Docker engine, and the arm64 binary under qemu.
+//! Run by `make image-test`, which builds the images and passes their names:
+//! `TCP_ECHO_IMAGE`, `TCP_ECHO_IMAGE_ARM64`, `TCP_ECHO_STATIC_ARM64`, `TCP_ECHO_PROBE`.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use support::{connect, read_exactly, read_to_eof, wait_until, DEADLINE};
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run `make image-test`"))
+}
+
+fn docker(args: &[&str]) -> Output {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker");
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn docker_text(args: &[&str]) -> String {
+    String::from_utf8(docker(args).stdout)
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// A container removed (with force) when dropped.
+struct Container {
+    name: String,
+}
+
+impl Container {
+    /// `docker run -d --name UNIQUE {options} IMAGE {args}`.
+    fn run(options: &[&str], image: &str, args: &[&str]) -> Container {
+        let name = format!(
+            "tcp-echo-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        let mut all = vec!["run", "-d", "--name", &name];
+        all.extend_from_slice(options);
+        all.push(image);
+        all.extend_from_slice(args);
+        docker(&all);
+        Container { name }
+    }
+
+    fn logs(&self) -> String {
+        let out = docker(&["logs", &self.name]);
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    fn inspect(&self, format: &str) -> String {
+        docker_text(&["inspect", "-f", format, &self.name])
+    }
+
+    fn wait_listening(&self, listeners: usize) {
+        wait_until("the container to listen", DEADLINE, || {
+            self.logs().matches("listening on").count() >= listeners
+        });
+    }
+
+    /// The host address Docker published `port/tcp` on.
+    fn published(&self, port: u16) -> SocketAddr {
+        let text = docker_text(&["port", &self.name, &format!("{port}/tcp")]);
+        let first = text.lines().next().unwrap_or_default();
+        first
+            .parse()
+            .unwrap_or_else(|_| panic!("docker port said {text:?}"))
+    }
+
+    fn wait_exit(&self) -> i64 {
+        wait_until("the container to exit", DEADLINE, || {
+            self.inspect("{{.State.Running}}") == "false"
+        });
+        self.inspect("{{.State.ExitCode}}").parse().unwrap()
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", &self.name])
+            .output();
+    }
+}
+
+fn exchange(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let mut s = connect(addr);
+    s.write_all(data).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    read_to_eof(&mut s)
+}
+
+#[test]
+fn run_with_a_banner_and_echo() {
+    let c = Container::run(
+        &[
+            "-e",
+            "TCP_PORT=3333",
+            "-e",
+            "NODE_NAME=EchoNode",
+            "-p",
+            "127.0.0.1::3333",
+        ],
+        &env("TCP_ECHO_IMAGE"),
+        &[],
+    );
+    c.wait_listening(1);
+    let mut s = connect(c.published(3333));
+    let banner = "Welcome, you are connected to node EchoNode.\n";
+    assert_eq!(read_exactly(&mut s, banner.len()), banner.as_bytes());
+    s.write_all(b"hello\nlast").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_eof(&mut s), b"hello\nlast");
+}
+
+#[test]
+fn the_istio_sample_invocation_works_unchanged() {
+    let c = Container::run(
+        &["-p", "127.0.0.1::9000", "-p", "127.0.0.1::9001"],
+        &env("TCP_ECHO_IMAGE"),
+        &["9000,9001", "one"],
+    );
+    c.wait_listening(2);
+    for port in [9000, 9001] {
+        assert_eq!(
+            exchange(c.published(port), b"hello\n"),
+            b"one hello\n",
+            "port {port}"
+        );
+    }
+}
+
+#[test]
+fn docker_stop_is_fast_and_exits_0() {
+    let c = Container::run(&["-p", "127.0.0.1::3333"], &env("TCP_ECHO_IMAGE"), &[]);
+    c.wait_listening(1);
+    // An idle client connected, as a person with nc would be.
+    let mut idle = connect(c.published(3333));
+    idle.write_all(b"hi\n").unwrap();
+    assert_eq!(read_exactly(&mut idle, 3), b"hi\n");
+    let start = Instant::now();
+    docker(&["stop", &c.name]);
+    let took = start.elapsed();
+    println!("docker stop took {took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "docker stop took {took:?}: SIGTERM not handled as PID 1?"
+    );
+    assert_eq!(c.inspect("{{.State.ExitCode}}"), "0");
+    assert!(c.logs().contains("tcp-echo stopped"));
+}
+
+#[test]
+fn runs_read_only_without_capabilities_as_uid_65532() {
+    let c = Container::run(
+        &[
+            "--read-only",
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
+            "-p",
+            "127.0.0.1::3333",
+        ],
+        &env("TCP_ECHO_IMAGE"),
+        &["--prefix", "locked"],
+    );
+    c.wait_listening(1);
+    assert_eq!(exchange(c.published(3333), b"down\n"), b"locked down\n");
+    assert_eq!(c.inspect("{{.Config.User}}"), "65532:65532");
+    // The process itself, seen from the host.
+    let pid = c.inspect("{{.State.Pid}}");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        field("Uid:")
+            .split_whitespace()
+            .skip(1)
+            .all(|u| u == "65532"),
+        "{}",
+        field("Uid:")
+    );
+    assert!(
+        field("Gid:")
+            .split_whitespace()
+            .skip(1)
+            .all(|g| g == "65532"),
+        "{}",
+        field("Gid:")
+    );
+    assert!(
+        field("CapEff:").ends_with("0000000000000000"),
+        "{}",
+        field("CapEff:")
+    );
+    assert!(
+        field("NoNewPrivs:").ends_with('1'),
+        "{}",
+        field("NoNewPrivs:")
+    );
+}
+
+#[test]
+fn the_image_holds_exactly_the_binary() {
+    let image = env("TCP_ECHO_IMAGE");
+    let dir = std::env::temp_dir().join(format!("tcp-echo-save-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let tar = dir.join("image.tar");
+    docker(&["save", "-o", tar.to_str().unwrap(), &image]);
+    let untar = |archive: &PathBuf, into: &PathBuf| {
+        let ok = Command::new("tar")
+            .arg("-xf")
+            .arg(archive)
+            .arg("-C")
+            .arg(into)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    untar(&tar, &dir);
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let layers = manifest[0]["Layers"].as_array().expect("layers");
+    let mut files = Vec::new();
+    for layer in layers {
+        let list = Command::new("tar")
+            .arg("-tvf")
+            .arg(dir.join(layer.as_str().unwrap()))
+            .output()
+            .unwrap();
+        files.extend(
+            String::from_utf8_lossy(&list.stdout)
+                .lines()
+                .map(str::to_string),
+        );
+    }
+    assert_eq!(files.len(), 1, "image files: {files:#?}");
+    assert!(
+        files[0].ends_with(" tcp-echo") && files[0].starts_with("-rwx"),
+        "{files:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let size: u64 = docker_text(&["image", "inspect", "-f", "{{.Size}}", &image])
+        .parse()
+        .unwrap();
+    println!("image {image}: {size} bytes");
+    assert!(size < 1 << 20, "image is {size} bytes, over 1 MiB");
+
+    let inspect = |f: &str| docker_text(&["image", "inspect", "-f", f, &image]);
+    assert_eq!(inspect("{{json .Config.Entrypoint}}"), r#"["/tcp-echo"]"#);
+    assert_eq!(
+        inspect("{{json .Config.ExposedPorts}}"),
+        r#"{"3333/tcp":{}}"#
+    );
+    let labels: serde_json::Value =
+        serde_json::from_str(&inspect("{{json .Config.Labels}}")).unwrap();
+    for key in ["title", "description", "version", "source", "licenses"] {
+        let v = labels[format!("org.opencontainers.image.{key}")]
+            .as_str()
+            .unwrap_or_default();
+        assert!(!v.is_empty(), "label {key} missing: {labels}");
+    }
+    assert_eq!(
+        labels["org.opencontainers.image.version"],
+        env!("CARGO_PKG_VERSION")
+    );
+}
+
+#[test]
+fn a_sidecar_in_the_pod_network_reaches_the_server_on_localhost() {
+    // The probe image: the static test client alone, like the server image.
+    let probe = env("TCP_ECHO_PROBE");
+    let ctx = std::env::temp_dir().join(format!("tcp-echo-probe-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&ctx);
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::copy(&probe, ctx.join("probe")).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY probe /probe\nENTRYPOINT [\"/probe\"]\n",
+    )
+    .unwrap();
+    docker(&[
+        "build",
+        "-q",
+        "-t",
+        "tcp-echo-probe:test",
+        ctx.to_str().unwrap(),
+    ]);
+    let _ = std::fs::remove_dir_all(&ctx);
+
+    let server = Container::run(
+        &["-e", "POD_NAME=tcp-echo-v1-pod"],
+        &env("TCP_ECHO_IMAGE"),
+        &["3333", "one"],
+    );
+    server.wait_listening(1);
+    let sidecar = Container::run(
+        &["--network", &format!("container:{}", server.name)],
+        "tcp-echo-probe:test",
+        &["127.0.0.1:3333", "from the sidecar"],
+    );
+    assert_eq!(sidecar.wait_exit(), 0, "probe failed: {}", sidecar.logs());
+    assert_eq!(
+        sidecar.logs(),
+        "Running on Pod tcp-echo-v1-pod.\none from the sidecar\n"
+    );
+}
+
+#[test]
+fn bad_configuration_exits_2_with_one_line() {
+    let c = Container::run(&["-e", "TCP_PORT=notaport"], &env("TCP_ECHO_IMAGE"), &[]);
+    assert_eq!(c.wait_exit(), 2);
+    let logs = c.logs();
+    assert_eq!(logs.lines().count(), 1, "{logs:?}");
+    assert!(
+        logs.contains("TCP_PORT") && logs.contains("--port") && logs.contains("notaport"),
+        "{logs}"
+    );
+}
+
+#[test]
+fn the_arm64_image_is_built_for_arm64() {
+    let image = env("TCP_ECHO_IMAGE_ARM64");
+    assert_eq!(
+        docker_text(&[
+            "image",
+            "inspect",
+            "-f",
+            "{{.Os}}/{{.Architecture}}",
+            &image
+        ]),
+        "linux/arm64"
+    );
+    println!(
+        "image {image}: {} bytes",
+        docker_text(&["image", "inspect", "-f", "{{.Size}}", &image])
+    );
+}
+
+#[test]
+fn the_arm64_binary_echoes_under_qemu() {
+    let binary = env("TCP_ECHO_STATIC_ARM64");
+    let mut head = [0u8; 20];
+    std::fs::File::open(&binary)
+        .unwrap()
+        .read_exact(&mut head)
+        .unwrap();
+    assert_eq!(
+        u16::from_le_bytes([head[18], head[19]]),
+        183,
+        "e_machine is not EM_AARCH64"
+    );
+    let mut cmd = Command::new("qemu-aarch64-static");
+    cmd.args([
+        binary.as_str(),
+        "--port",
+        "0",
+        "--bind",
+        "127.0.0.1",
+        "--prefix",
+        "arm64",
+    ]);
+    for var in support::SERVER_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.env("NODE_NAME", "qemu");
+    let s = support::Server::spawn(cmd);
+    let mut c = TcpStream::connect(s.addrs[0]).unwrap();
+    c.set_read_timeout(Some(DEADLINE)).unwrap();
+    c.write_all(b"hello\nlast").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(
+        read_to_eof(&mut c),
+        b"Welcome, you are connected to node qemu.\narm64 hello\narm64 last"
+    );
+}
