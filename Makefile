@@ -25,7 +25,7 @@ else
 $(error ARCH must be x86_64 or aarch64, not $(ARCH))
 endif
 
-.PHONY: help run build release test deps static image image-test docker-check
+.PHONY: help run build release test deps static image image-test docker-check stress
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -73,3 +73,8 @@ image-test: docker-check ## Run the images for real through Docker; run the arm6
 
 docker-check:
 	@docker version --format 'docker engine {{.Server.Version}}' || { echo "The Docker engine is not reachable" >&2; exit 1; }
+
+stress: ## Reliability suite against the release binary (a few minutes); writes RELIABILITY.md
+	rm -rf target/stress
+	$(CARGO) test --release --features stress-test --test stress -- --test-threads 1 --nocapture
+	$(CARGO) run --release --example reliability_report

@@ -7,7 +7,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use log::{debug, info, log_enabled, Level};
+use log::{info, log_enabled, Level};
 use uuid::Uuid;
 
 use crate::banner::BannerMode;
@@ -109,17 +109,13 @@ pub fn serve(job: Job, config: &Config, registry: &Registry, stats: &Stats) {
         local.map_or_else(|_| "?".to_string(), |a| a.to_string())
     );
     let outcome = echo_connection(stream, config, registry, &id);
-    let line = format!(
+    info!(
         "{id} - TCP connection closed. reason={} bytes={} lines={} duration={:.3}s",
         outcome.reason,
         outcome.bytes,
         outcome.lines,
         job.accepted.elapsed().as_secs_f64()
     );
-    match outcome.reason {
-        Reason::Reset | Reason::Error(_) => debug!("{line}"),
-        _ => info!("{line}"),
-    }
     stats.served.fetch_add(1, Ordering::Relaxed);
     stats.bytes.fetch_add(outcome.bytes, Ordering::Relaxed);
     // `job.ticket` drops here: the connection leaves the registry, the socket closes.

@@ -365,14 +365,19 @@ pub fn send(s: &mut TcpStream, data: &[u8]) {
 
 /// The process's CPU time (user + system) from /proc/PID/stat.
 pub fn cpu_time(pid: i32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    try_cpu_time(pid).expect("read /proc/PID/stat")
+}
+
+/// The process's CPU time, or `None` when it has exited.
+pub fn try_cpu_time(pid: i32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which is in parentheses and may contain spaces).
     let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-    Duration::from_millis(ticks * 1000 / hz)
+    Some(Duration::from_millis(ticks * 1000 / hz))
 }
 
 /// Open file descriptors of a process.
@@ -400,4 +405,121 @@ pub fn command_with_fd_limit(args: &[&str], envs: &[(&str, &str)], limit: u64) -
         });
     }
     cmd
+}
+
+/// One reading of a process's resources.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sample {
+    /// Time since monitoring began.
+    pub at: Duration,
+    /// Resident set size, kB.
+    pub rss_kb: usize,
+    /// Threads.
+    pub threads: usize,
+    /// Open file descriptors.
+    pub fds: usize,
+}
+
+/// Samples a process every `every` in a thread until stopped.
+pub struct Monitor {
+    pid: i32,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    handle: thread::JoinHandle<Vec<Sample>>,
+    cpu_start: Duration,
+}
+
+/// What a [`Monitor`] saw.
+#[derive(Debug, Clone)]
+pub struct Usage {
+    /// Every sample, in order.
+    pub samples: Vec<Sample>,
+    /// CPU time the process used while monitored.
+    pub cpu: Duration,
+}
+
+impl Usage {
+    /// Largest RSS seen, kB.
+    pub fn peak_rss_kb(&self) -> usize {
+        self.samples.iter().map(|s| s.rss_kb).max().unwrap_or(0)
+    }
+    /// Most threads seen.
+    pub fn peak_threads(&self) -> usize {
+        self.samples.iter().map(|s| s.threads).max().unwrap_or(0)
+    }
+    /// Most descriptors seen.
+    pub fn peak_fds(&self) -> usize {
+        self.samples.iter().map(|s| s.fds).max().unwrap_or(0)
+    }
+    /// The last sample.
+    pub fn last(&self) -> Sample {
+        self.samples.last().copied().unwrap_or_default()
+    }
+}
+
+/// Reads one sample of `pid` now.
+pub fn sample(pid: i32, at: Duration) -> Sample {
+    Sample {
+        at,
+        rss_kb: proc_status(pid, "VmRSS:"),
+        threads: proc_status(pid, "Threads:"),
+        fds: open_fds(pid),
+    }
+}
+
+impl Monitor {
+    /// Starts sampling `pid` every `every`.
+    pub fn start(pid: i32, every: Duration) -> Monitor {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let cpu_start = cpu_time(pid);
+        let handle = thread::spawn(move || {
+            let start = Instant::now();
+            let mut samples = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                if !std::path::Path::new(&format!("/proc/{pid}/status")).exists() {
+                    break;
+                }
+                samples.push(sample(pid, start.elapsed()));
+                thread::sleep(every);
+            }
+            samples
+        });
+        Monitor {
+            pid,
+            stop,
+            handle,
+            cpu_start,
+        }
+    }
+
+    /// Stops sampling and returns what was seen (CPU time is 0 if the process has exited).
+    pub fn stop(self) -> Usage {
+        let cpu =
+            try_cpu_time(self.pid).map_or(Duration::ZERO, |t| t.saturating_sub(self.cpu_start));
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let samples = self.handle.join().expect("monitor thread");
+        Usage { samples, cpu }
+    }
+}
+
+/// Raises this process's open-file soft limit to its hard limit (clients need many sockets).
+pub fn raise_fd_limit() -> u64 {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
+        rl.rlim_cur = rl.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+    }
+    rl.rlim_cur
+}
+
+/// Where the stress suite writes one JSON file per case, rendered into RELIABILITY.md.
+pub fn results_dir() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/stress");
+    std::fs::create_dir_all(&dir).expect("create target/stress");
+    dir
 }

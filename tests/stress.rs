@@ -1,0 +1,772 @@
+//! The reliability suite (`make stress`): attacks on the real, release-built binary. Every case
+//! asserts its outcome and records the load, the limits seen and the outcome in
+//! `target/stress/*.json`, from which `make stress` renders RELIABILITY.md.
+//!
+//! Loads go to loopback only and every loop is bounded in count and time.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::{connect, read_exactly, Monitor, Sample, Server, Usage, DEADLINE};
+
+const QUIET: (&str, &str) = ("RUST_LOG", "info,tcp_echo::data=off");
+const SAMPLE_EVERY: Duration = Duration::from_millis(20);
+
+/// Records a case for RELIABILITY.md.
+fn record(order: u32, case: &str, load: &str, usage: &Usage, outcome: &str) {
+    let row = serde_json::json!({
+        "order": order,
+        "case": case,
+        "load": load,
+        "peak_rss_kb": usage.peak_rss_kb(),
+        "peak_threads": usage.peak_threads(),
+        "peak_fds": usage.peak_fds(),
+        "cpu_s": usage.cpu.as_secs_f64(),
+        "outcome": outcome,
+    });
+    let path = support::results_dir().join(format!("{order:02}.json"));
+    std::fs::write(path, serde_json::to_string_pretty(&row).unwrap()).expect("write result");
+    println!("{case}: {outcome}");
+}
+
+/// Threads the server may have: workers up to `max_connections`, plus main, one acceptor per
+/// port and the signal handler.
+fn thread_bound(max_connections: usize, ports: usize) -> usize {
+    max_connections + ports + 2
+}
+
+/// Connects a socket with a small receive buffer (set before connecting, so the window stays
+/// small): the server's writes to it block early.
+fn connect_small_window(addr: SocketAddr, rcvbuf: usize) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(rcvbuf).unwrap();
+    sock.connect_timeout(&addr.into(), DEADLINE).unwrap();
+    sock.into()
+}
+
+/// A value of `name=` in a log line.
+fn field<'a>(line: &'a str, name: &str) -> &'a str {
+    let start = line
+        .find(name)
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+        + name.len();
+    line[start..].split_whitespace().next().unwrap()
+}
+
+/// xorshift64*: a reproducible byte stream.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+#[test]
+fn s1_flood_beyond_capacity() {
+    support::raise_fd_limit();
+    let max = 50;
+    let s = Server::start(
+        &["--port", "0", "--max-connections", "50", "--banner", "off"],
+        &[QUIET],
+    );
+    let addr = s.addrs[0];
+    let monitor = Monitor::start(s.pid(), SAMPLE_EVERY);
+    let (served, busy, failed) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let start = Instant::now();
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            let (served, busy, failed) =
+                (Arc::clone(&served), Arc::clone(&busy), Arc::clone(&failed));
+            thread::spawn(move || {
+                // Each thread keeps its last few served connections open, so that the server
+                // stays full while new connects keep coming.
+                let mut held: Vec<TcpStream> = Vec::new();
+                for i in 0..125 {
+                    let outcome = (|| -> std::io::Result<bool> {
+                        let mut c = TcpStream::connect_timeout(&addr, DEADLINE)?;
+                        c.set_read_timeout(Some(Duration::from_secs(10)))?;
+                        let line = format!("flood {t} {i}\n");
+                        let _ = c.write_all(line.as_bytes());
+                        let mut got = Vec::new();
+                        let mut byte = [0u8; 1];
+                        while !got.ends_with(b"\n") {
+                            match c.read(&mut byte)? {
+                                0 => break,
+                                _ => got.push(byte[0]),
+                            }
+                        }
+                        if got == line.as_bytes() {
+                            held.push(c);
+                            if held.len() > 4 {
+                                held.remove(0);
+                            }
+                            Ok(true)
+                        } else if String::from_utf8_lossy(&got).contains("busy") {
+                            Ok(false)
+                        } else {
+                            Err(std::io::Error::other(format!("unexpected reply {got:?}")))
+                        }
+                    })();
+                    match outcome {
+                        Ok(true) => served.fetch_add(1, Ordering::SeqCst),
+                        Ok(false) => busy.fetch_add(1, Ordering::SeqCst),
+                        Err(e) => {
+                            eprintln!("flood client: {e}");
+                            failed.fetch_add(1, Ordering::SeqCst)
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let took = start.elapsed();
+    let (served, busy, failed) = (
+        served.load(Ordering::SeqCst),
+        busy.load(Ordering::SeqCst),
+        failed.load(Ordering::SeqCst),
+    );
+    // Afterwards: normal service, and the thread count within the pool's bound.
+    assert_eq!(support::exchange(addr, b"after\n"), b"after\n");
+    let usage = monitor.stop();
+    let threads_after = s.threads();
+    record(
+        1,
+        "A flood beyond capacity",
+        "2,000 connects as fast as 16 client threads can, each sending a line; `--max-connections 50`",
+        &usage,
+        &format!(
+            "{served} served + {busy} told busy + {failed} failed/hung in {:.1}s; threads after: {threads_after} (bound {})",
+            took.as_secs_f64(),
+            thread_bound(max, 1)
+        ),
+    );
+    assert_eq!(failed, 0, "connections neither served nor told busy");
+    assert_eq!(served + busy, 2000);
+    assert!(served >= max && busy > 0, "served {served}, busy {busy}");
+    assert!(
+        usage.peak_threads() <= thread_bound(max, 1),
+        "peak threads {}",
+        usage.peak_threads()
+    );
+    assert!(threads_after <= thread_bound(max, 1));
+}
+
+#[test]
+fn s2_slow_and_silent_clients() {
+    support::raise_fd_limit();
+    let s = Server::start(
+        &["--port", "0", "--idle-timeout", "2", "--banner", "off"],
+        &[QUIET],
+    );
+    let addr = s.addrs[0];
+    let baseline = support::sample(s.pid(), Duration::ZERO);
+    let monitor = Monitor::start(s.pid(), SAMPLE_EVERY);
+    let stop = Arc::new(AtomicBool::new(false));
+
+    // The well-behaved: one ping-pong every 20 ms, and a fresh one-shot connection every 100 ms.
+    let worst = Arc::new(AtomicU64::new(0));
+    let worst_fresh = Arc::new(AtomicU64::new(0));
+    let probes = {
+        let (stop, worst, worst_fresh) = (
+            Arc::clone(&stop),
+            Arc::clone(&worst),
+            Arc::clone(&worst_fresh),
+        );
+        thread::spawn(move || {
+            let mut c = connect(addr);
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let t = Instant::now();
+                let line = format!("probe {n}\n");
+                c.write_all(line.as_bytes()).unwrap();
+                assert_eq!(read_exactly(&mut c, line.len()), line.as_bytes());
+                worst.fetch_max(t.elapsed().as_micros() as u64, Ordering::SeqCst);
+                if n % 5 == 0 {
+                    let t = Instant::now();
+                    assert_eq!(support::exchange(addr, b"fresh\n"), b"fresh\n");
+                    worst_fresh.fetch_max(t.elapsed().as_micros() as u64, Ordering::SeqCst);
+                }
+                n += 1;
+                thread::sleep(Duration::from_millis(20));
+            }
+            n
+        })
+    };
+
+    // 500 slow clients: one byte every 3 s (more than the idle timeout between bytes).
+    let slow: Vec<TcpStream> = (0..500).map(|_| connect(addr)).collect();
+    for c in &slow {
+        let _ = (&*c).write(b"s");
+    }
+    // 100 clients that send and never read: the server blocks writing their replies.
+    let mut silent: Vec<TcpStream> = (0..100).map(|_| connect_small_window(addr, 4096)).collect();
+    let chunk = vec![b'w'; 16 * 1024];
+    for c in silent.iter_mut() {
+        c.set_nonblocking(true).unwrap();
+    }
+    // Keeps sending until the server, blocked writing replies nobody reads, stops reading.
+    let pump = |silent: &mut [TcpStream]| {
+        for c in silent.iter_mut() {
+            for _ in 0..64 {
+                if c.write(&chunk).is_err() {
+                    break;
+                }
+            }
+        }
+    };
+    pump(&mut silent);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(30);
+    loop {
+        let idle = s.log.matching("reason=idle timeout").len();
+        let stalled = s.log.matching("reason=write timeout").len();
+        if idle >= 500 && stalled >= 100 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reclaimed only {idle} idle and {stalled} non-reading clients"
+        );
+        pump(&mut silent);
+        // The slow clients' next byte, every 3 s.
+        if start.elapsed().as_millis() % 3000 < 60 {
+            for c in &slow {
+                let _ = (&*c).write(b"s");
+            }
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let reclaimed_in = start.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let pings = probes.join().expect("probe client failed");
+    let usage = monitor.stop();
+    let worst = Duration::from_micros(worst.load(Ordering::SeqCst));
+    let worst_fresh = Duration::from_micros(worst_fresh.load(Ordering::SeqCst));
+    let after = support::sample(s.pid(), Duration::ZERO);
+    drop((slow, silent));
+    record(
+        2,
+        "Slow and silent clients",
+        "500 clients sending a byte every 3 s and 100 sending without reading (4 KiB receive window), `--idle-timeout 2`, while a probe ping-pongs every 20 ms and opens a fresh connection every 100 ms",
+        &usage,
+        &format!(
+            "all 600 reclaimed in {:.1}s (500 idle timeouts, 100 write timeouts); {pings} probe round trips, worst {:.1} ms; worst fresh connection {:.1} ms; fds {} -> {} after",
+            reclaimed_in.as_secs_f64(),
+            worst.as_secs_f64() * 1000.0,
+            worst_fresh.as_secs_f64() * 1000.0,
+            baseline.fds,
+            after.fds
+        ),
+    );
+    assert!(
+        worst < Duration::from_millis(500),
+        "a well-behaved client stalled for {worst:?}"
+    );
+    assert!(
+        after.fds <= baseline.fds + 2,
+        "descriptors not released: {} -> {}",
+        baseline.fds,
+        after.fds
+    );
+}
+
+#[test]
+fn s3_giant_line() {
+    const TOTAL: usize = 200 * 1000 * 1000;
+    let s = Server::start(
+        &["--port", "0", "--prefix", "p", "--banner", "off"],
+        &[QUIET],
+    );
+    let idle = support::sample(s.pid(), Duration::ZERO);
+    let monitor = Monitor::start(s.pid(), Duration::from_millis(10));
+    let mut c = connect(s.addrs[0]);
+    let mut w = c.try_clone().unwrap();
+    let start = Instant::now();
+    let writer = thread::spawn(move || {
+        let mut rng = Rng(42);
+        let mut buf = vec![0u8; 1 << 16];
+        let mut sent = 0;
+        while sent < TOTAL {
+            let n = buf.len().min(TOTAL - sent);
+            rng.fill(&mut buf[..n]);
+            for b in &mut buf[..n] {
+                if *b == b'\n' {
+                    *b = b'N';
+                }
+            }
+            w.write_all(&buf[..n]).unwrap();
+            sent += n;
+        }
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    assert_eq!(read_exactly(&mut c, 2), b"p ", "the prefix, once");
+    let mut rng = Rng(42);
+    let mut want = vec![0u8; 1 << 16];
+    let mut got = vec![0u8; 1 << 16];
+    let mut checked = 0;
+    while checked < TOTAL {
+        let n = want.len().min(TOTAL - checked);
+        rng.fill(&mut want[..n]);
+        for b in &mut want[..n] {
+            if *b == b'\n' {
+                *b = b'N';
+            }
+        }
+        c.read_exact(&mut got[..n])
+            .unwrap_or_else(|e| panic!("read after {checked} bytes: {e}"));
+        assert!(got[..n] == want[..n], "bytes differ after offset {checked}");
+        checked += n;
+    }
+    assert_eq!(c.read(&mut got).unwrap(), 0, "nothing after the line");
+    writer.join().unwrap();
+    let took = start.elapsed();
+    let usage = monitor.stop();
+    let growth_kb = usage.peak_rss_kb().saturating_sub(idle.rss_kb);
+    record(
+        3,
+        "A giant line",
+        "200 MB without a newline on one connection (`--max-line 65536`, prefix `p`)",
+        &usage,
+        &format!(
+            "every byte back in order, prefix once, in {:.1}s ({:.0} MB/s); RSS {} kB idle, peak {} kB (+{} kB; bound +4096 kB)",
+            took.as_secs_f64(),
+            TOTAL as f64 / 1e6 / took.as_secs_f64(),
+            idle.rss_kb,
+            usage.peak_rss_kb(),
+            growth_kb
+        ),
+    );
+    assert!(growth_kb < 4096, "RSS grew {growth_kb} kB over idle");
+}
+
+#[test]
+fn s4_binary_noise() {
+    let s = Server::start(&["--port", "0", "--prefix", "n", "--banner", "off"], &[]);
+    let monitor = Monitor::start(s.pid(), SAMPLE_EVERY);
+    let mut rng = Rng(7);
+    let mut input = vec![0u8; 200_000];
+    rng.fill(&mut input);
+    input.extend_from_slice(b"\0\0\r\r\n\xff\xfe\xc3\x28 lone\rcr\n\x1b[2J\x1b[31mred\n");
+    input.extend_from_slice(b"x\r2026-01-01T00:00:00.000Z INFO  forged - TCP connection closed.\n");
+    input.extend(std::iter::repeat_n(b'\n', 10_000));
+    input.extend_from_slice(b"tail without newline \x00\x01\x02");
+    let expected = tcp_echo::echo::expected_echo(&input, Some("n"));
+    let got = support::exchange(s.addrs[0], &input);
+    assert!(
+        got == expected,
+        "echo differs ({} vs {} bytes)",
+        got.len(),
+        expected.len()
+    );
+    s.log
+        .wait_for("close", DEADLINE, |l| l.contains("TCP connection closed."));
+    let usage = monitor.stop();
+    let lines = s.log.lines();
+    let records = lines.len();
+    let stamp = |l: &str| {
+        l.len() > 25
+            && l.as_bytes()[4] == b'-'
+            && l.as_bytes()[10] == b'T'
+            && l[..24].ends_with('Z')
+    };
+    let bad: Vec<&String> = lines
+        .iter()
+        .filter(|l| !stamp(l) || l.chars().any(|c| c.is_control()))
+        .collect();
+    let forged: Vec<&String> = lines.iter().filter(|l| l.contains("forged")).collect();
+    let input_lines = input.split_inclusive(|&b| b == b'\n').count();
+    let text_records = s.log.matching("Received Data (converted to string)").len();
+    record(
+        4,
+        "Binary noise",
+        "200 kB of random bytes, NUL, lone `\\r`, invalid UTF-8, terminal escapes, a forged log line and 10,000 empty lines on one connection",
+        &usage,
+        &format!(
+            "echoed exactly ({} bytes); {records} log lines, every one a whole record with no raw control character; the forged line stays inside 1 escaped record; {text_records} text records for {input_lines} lines",
+            got.len()
+        ),
+    );
+    assert!(
+        bad.is_empty(),
+        "log lines that are not clean records: {:?}",
+        &bad[..bad.len().min(5)]
+    );
+    // Only the text record shows the words (the raw record is numbers), escaped, in one line.
+    assert_eq!(forged.len(), 1, "forged text: {forged:#?}");
+    assert!(
+        forged[0].contains("Received Data (converted to string): x\\r2026-01-01"),
+        "{}",
+        forged[0]
+    );
+    assert!(
+        text_records >= input_lines,
+        "{text_records} text records for {input_lines} lines"
+    );
+}
+
+#[test]
+fn s5_file_descriptors_run_out() {
+    support::raise_fd_limit();
+    let s = Server::spawn(support::command_with_fd_limit(
+        &["--port", "0", "--banner", "off"],
+        &[QUIET],
+        64,
+    ));
+    let addr = s.addrs[0];
+    let inherited = std::fs::read_dir(format!("/proc/{}/fd", s.pid()))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&fd| fd >= 64)
+        .count();
+    let monitor = Monitor::start(s.pid(), SAMPLE_EVERY);
+    let mut clients: Vec<TcpStream> = (0..300).map(|_| connect(addr)).collect();
+    for c in clients.iter_mut() {
+        c.write_all(b"fd\n").unwrap();
+    }
+    s.log
+        .wait_for("accept failure", DEADLINE, |l| l.contains("accept failed"));
+    let accepted = s.log.matching("TCP connection open.").len();
+    // At the limit for 2 s: how much CPU does the server burn?
+    let before = support::cpu_time(s.pid());
+    thread::sleep(Duration::from_secs(2)); // the measurement window
+    let at_limit = support::cpu_time(s.pid()) - before;
+    // Clients leave one by one; every one of the 300 is served in turn.
+    let start = Instant::now();
+    for mut c in clients.drain(..) {
+        assert_eq!(read_exactly(&mut c, 3), b"fd\n");
+    }
+    let recovered = start.elapsed();
+    assert_eq!(support::exchange(addr, b"after\n"), b"after\n");
+    let usage = monitor.stop();
+    let warnings = s.log.matching("accept failed").len();
+    record(
+        5,
+        "File descriptors run out",
+        "`ulimit -n 64`, 300 clients connected at once, each waiting for its echo",
+        &usage,
+        &format!(
+            "{accepted} accepted at first; CPU while at the limit: {:.0} ms over 2 s; {warnings} warnings logged; all 300 served as others left, in {:.1}s; no crash",
+            at_limit.as_secs_f64() * 1000.0,
+            recovered.as_secs_f64()
+        ),
+    );
+    assert!(accepted < 300, "the limit was not reached");
+    assert!(
+        at_limit < Duration::from_millis(200),
+        "{at_limit:?} of CPU in 2 s at the limit"
+    );
+    // Descriptors inherited from whatever started the test may sit above the limit.
+    assert!(
+        usage.peak_fds() <= 64 + inherited,
+        "peak fds {}",
+        usage.peak_fds()
+    );
+}
+
+#[test]
+fn s6_shutdown_under_load() {
+    support::raise_fd_limit();
+    let mut s = Server::start(
+        &["--port", "0", "--banner", "off", "--drain-timeout", "5"],
+        &[QUIET],
+    );
+    let addr = s.addrs[0];
+    let monitor = Monitor::start(s.pid(), SAMPLE_EVERY);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for i in 0..50 {
+        let c = connect(addr);
+        let port = c.local_addr().unwrap().port();
+        let mut w = c.try_clone().unwrap();
+        let stop_w = Arc::clone(&stop);
+        let writer = thread::spawn(move || {
+            let line = format!("stream {i:02} {}\n", "x".repeat(100));
+            let block = line.repeat(64);
+            w.set_write_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                match w.write(block.as_bytes()) {
+                    Ok(_) => {}
+                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                        if stop_w.load(Ordering::SeqCst) {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+        let mut r = c;
+        let reader = thread::spawn(move || {
+            let mut total = 0usize;
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                match r.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => total += n,
+                    Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
+                    Err(e) => panic!("client {i}: {e} after {total} bytes"),
+                }
+            }
+            total
+        });
+        clients.push((port, writer, reader));
+    }
+    s.log.wait_count("TCP connection open.", 50, DEADLINE);
+    thread::sleep(Duration::from_millis(500)); // let the streams run
+    let start = Instant::now();
+    s.signal(libc::SIGTERM);
+    let status = s.wait_exit(Duration::from_secs(15));
+    let exit_after = start.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let usage = monitor.stop();
+    // Count both ends: the server's bytes= per connection against what each client received.
+    let mut by_port: HashMap<u16, String> = HashMap::new();
+    for l in s.log.matching("TCP connection open.") {
+        let id = l
+            .split(" - ")
+            .next()
+            .unwrap()
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .to_string();
+        let port: u16 = field(&l, "peer=")
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        by_port.insert(port, id);
+    }
+    let mut mismatches = Vec::new();
+    let mut total = 0usize;
+    for (port, writer, reader) in clients {
+        let got = reader.join().expect("client reader");
+        writer.join().unwrap();
+        let id = &by_port[&port];
+        let closed = s.log.wait_for("close", DEADLINE, |l| {
+            l.contains(id.as_str()) && l.contains("TCP connection closed.")
+        });
+        let read: usize = field(&closed, "bytes=").parse().unwrap();
+        total += got;
+        if got != read {
+            mismatches.push(format!(
+                "{port}: server read {read}, client got {got} ({})",
+                field(&closed, "reason=")
+            ));
+        }
+    }
+    record(
+        6,
+        "Shutdown under load",
+        "SIGTERM while 50 connections stream 7 kB blocks both ways (clients keep sending), `--drain-timeout 5`",
+        &usage,
+        &format!(
+            "exit code {:?} after {:.2}s; {} MB echoed; every client received exactly the bytes the server read ({} mismatches); no client hung",
+            status.code(),
+            exit_after.as_secs_f64(),
+            total / 1_000_000,
+            mismatches.len()
+        ),
+    );
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        exit_after < Duration::from_secs(6),
+        "exit took {exit_after:?}"
+    );
+    assert!(mismatches.is_empty(), "{mismatches:#?}");
+}
+
+#[test]
+fn s7_soak() {
+    support::raise_fd_limit();
+    let secs: u64 = std::env::var("STRESS_SOAK_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(180);
+    let s = Server::start(
+        &["--port", "0", "--banner", "off", "--idle-timeout", "600"],
+        &[QUIET],
+    );
+    let addr = s.addrs[0];
+    let monitor = Monitor::start(s.pid(), Duration::from_secs(1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let ops = Arc::new(AtomicU64::new(0));
+    let mut load = Vec::new();
+    // 4 ping-pong clients.
+    for i in 0..4 {
+        let (stop, ops) = (Arc::clone(&stop), Arc::clone(&ops));
+        load.push(thread::spawn(move || {
+            let mut c = connect(addr);
+            let line = format!("ping {i}\n");
+            while !stop.load(Ordering::SeqCst) {
+                c.write_all(line.as_bytes()).unwrap();
+                assert_eq!(read_exactly(&mut c, line.len()), line.as_bytes());
+                ops.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    // 2 streaming clients, reconnecting every 8 MB.
+    for i in 0..2 {
+        let (stop, ops) = (Arc::clone(&stop), Arc::clone(&ops));
+        load.push(thread::spawn(move || {
+            let block = format!("stream {i} {}\n", "s".repeat(1000)).repeat(8);
+            while !stop.load(Ordering::SeqCst) {
+                let mut c = connect(addr);
+                let mut r = c.try_clone().unwrap();
+                let n = block.len() * 1000;
+                let reader = thread::spawn(move || {
+                    let mut got = vec![0u8; n];
+                    r.read_exact(&mut got).unwrap();
+                });
+                for _ in 0..1000 {
+                    c.write_all(block.as_bytes()).unwrap();
+                }
+                reader.join().unwrap();
+                ops.fetch_add(1000, Ordering::Relaxed);
+            }
+        }));
+    }
+    // Churn: connect, one line, close.
+    {
+        let (stop, ops) = (Arc::clone(&stop), Arc::clone(&ops));
+        load.push(thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                assert_eq!(support::exchange(addr, b"churn\n"), b"churn\n");
+                ops.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    // 100 idle connections held for the whole run.
+    let idle: Vec<TcpStream> = (0..100).map(|_| connect(addr)).collect();
+    thread::sleep(Duration::from_secs(secs)); // the soak's duration
+    stop.store(true, Ordering::SeqCst);
+    for t in load {
+        t.join().expect("load thread");
+    }
+    let usage = monitor.stop();
+    drop(idle);
+    // Compare the last third with the middle third (the first third is warm-up).
+    let n = usage.samples.len();
+    let third = |k: usize| &usage.samples[n * k / 3..n * (k + 1) / 3];
+    let peak = |xs: &[Sample], f: fn(&Sample) -> usize| xs.iter().map(f).max().unwrap_or(0);
+    let (mid, last) = (third(1), third(2));
+    let rss = (peak(mid, |s| s.rss_kb), peak(last, |s| s.rss_kb));
+    let threads = (peak(mid, |s| s.threads), peak(last, |s| s.threads));
+    let fds = (peak(mid, |s| s.fds), peak(last, |s| s.fds));
+    record(
+        7,
+        "Soak",
+        &format!("{secs} s of mixed load: 4 ping-pong clients, 2 streaming 8 MB per connection, 1 connect-line-close loop, 100 idle connections"),
+        &usage,
+        &format!(
+            "{} operations; peak RSS middle/last third {}/{} kB, threads {}/{}, fds {}/{}: no growth",
+            ops.load(Ordering::SeqCst),
+            rss.0,
+            rss.1,
+            threads.0,
+            threads.1,
+            fds.0,
+            fds.1
+        ),
+    );
+    assert!(n >= 9, "too few samples");
+    assert!(rss.1 <= rss.0 + rss.0 / 10 + 256, "RSS grew: {rss:?}");
+    assert!(threads.1 <= threads.0 + 2, "threads grew: {threads:?}");
+    assert!(fds.1 <= fds.0 + 2, "fds grew: {fds:?}");
+}
+
+#[test]
+fn s8_resets() {
+    let s = Server::start(
+        &["--port", "0"],
+        &[
+            QUIET,
+            ("NODE_NAME", "reset-node"),
+            ("POD_NAME", "reset-pod"),
+        ],
+    );
+    let addr = s.addrs[0];
+    let baseline = support::sample(s.pid(), Duration::ZERO);
+    let monitor = Monitor::start(s.pid(), SAMPLE_EVERY);
+    let reset = |c: TcpStream| {
+        socket2::SockRef::from(&c)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(c); // SO_LINGER 0: close sends RST
+    };
+    for i in 0..200 {
+        let mut c = connect(addr);
+        if i % 2 == 0 {
+            // Mid-banner: reset before reading anything.
+            reset(c);
+        } else {
+            // Mid-write: a stream of lines and a partial one, replies unread, then reset.
+            let _ = c.write_all(&format!("line {i}\n").repeat(2000).into_bytes());
+            let _ = c.write_all(b"partial");
+            reset(c);
+        }
+    }
+    s.log.wait_count("TCP connection open.", 200, DEADLINE);
+    // Every connection is accounted for: closed, whatever it was doing.
+    let closed = {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let closed = s.log.matching("TCP connection closed.").len();
+            if closed >= 200 || Instant::now() > deadline {
+                break closed;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // No leaked worker or socket: descriptors return to the baseline and the server serves.
+    support::wait_until("descriptors back to baseline", DEADLINE, || {
+        support::open_fds(s.pid()) <= baseline.fds
+    });
+    assert_eq!(
+        support::exchange(addr, b"after\n"),
+        b"Welcome, you are connected to node reset-node.\nRunning on Pod reset-pod.\nafter\n"
+    );
+    let usage = monitor.stop();
+    let panics = s.log.lines().iter().filter(|l| l.contains("panic")).count();
+    let opens = s.log.matching("TCP connection open.").len();
+    record(
+        8,
+        "Resets",
+        "200 clients closing with SO_LINGER 0 (RST): 100 right after connect (mid-banner), 100 after 22 kB of lines and a partial line with the replies unread (mid-write)",
+        &usage,
+        &format!(
+            "{opens} opened, {closed} logged closed; descriptors back to {} (baseline {}); {panics} panics; still serving",
+            support::open_fds(s.pid()),
+            baseline.fds
+        ),
+    );
+    assert_eq!(panics, 0);
+    assert!(s.log.matching("TCP connection closed.").len() >= 200);
+}
