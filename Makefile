@@ -25,7 +25,7 @@ else
 $(error ARCH must be x86_64 or aarch64, not $(ARCH))
 endif
 
-.PHONY: help run build release test deps static image image-test docker-check stress
+.PHONY: help run build release test deps static image image-test docker-check stress bench
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -46,8 +46,8 @@ deps: ## Install what the tests use (rustfmt, clippy, nc)
 	@scripts/ensure-apt.sh nc netcat-openbsd
 
 test: deps static ## fmt check, clippy, every test (unit, binary, nc, static binary in an empty root)
-	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets --all-features -- -D warnings
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 	TCP_ECHO_STATIC=$(abspath $(STATIC)) $(CARGO) test --features scratch-test
 
 static: ## Static release binary for $(TARGET) (ARCH=aarch64 cross-builds)
@@ -78,3 +78,9 @@ stress: ## Reliability suite against the release binary (a few minutes); writes 
 	rm -rf target/stress
 	$(CARGO) test --release --features stress-test --test stress -- --test-threads 1 --nocapture
 	$(CARGO) run --release --example reliability_report
+
+bench: ## Benchmark against peer servers (several minutes); writes BENCHMARKS.md and bench/plot.svg
+	@scripts/ensure-apt.sh strace strace taskset util-linux
+	$(MAKE) static ARCH=x86_64
+	$(CARGO) build --release -p tcp-echo-bench
+	target/release/tcp-echo-bench run --rounds $(or $(ROUNDS),5) --secs $(or $(SECS),1.5)

@@ -2,7 +2,7 @@
 //! of each read in one `write`, log, time out, and close without losing replies.
 
 use std::fmt;
-use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{self, BufRead, BufReader, ErrorKind, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -16,12 +16,23 @@ use crate::echo::{Framer, Piece};
 use crate::logging::{EscapedText, RawBytes};
 use crate::registry::{Registry, Ticket};
 
-/// Size of each connection's read buffer. The replies to one read leave in one write.
-pub const READ_BUFFER: usize = 16 * 1024;
+/// Initial size of a connection's read buffer: an idle or interactive connection stays small.
+pub const READ_BUFFER_MIN: usize = 2 * 1024;
+/// Largest read buffer: a streaming connection grows to it within three reads. The replies
+/// to one read leave in one write.
+pub const READ_BUFFER_MAX: usize = 64 * 1024;
 
-/// Output capacity kept between reads; a larger buffer (many short lines with a prefix) is
-/// released after use.
-const KEEP_OUTPUT: usize = 64 * 1024;
+/// The read buffer size after a read of `n` bytes into a buffer of `capacity`: a full read
+/// means more is waiting (grow), a small one means the peer is interactive (shrink back).
+pub fn next_read_capacity(capacity: usize, n: usize) -> usize {
+    if n == capacity && capacity < READ_BUFFER_MAX {
+        (capacity * 4).min(READ_BUFFER_MAX)
+    } else if n <= READ_BUFFER_MIN / 2 && capacity > READ_BUFFER_MIN {
+        READ_BUFFER_MIN
+    } else {
+        capacity
+    }
+}
 
 /// How often a closing connection checks whether the peer has acknowledged every reply.
 const ACK_POLL: Duration = Duration::from_millis(2);
@@ -139,13 +150,10 @@ fn classify_write(e: io::Error) -> Reason {
     }
 }
 
-/// Writes all of `out` and clears it; a too large buffer is released.
+/// Writes all of `out` and clears it (keeping its capacity).
 fn send(mut stream: &TcpStream, out: &mut Vec<u8>) -> Result<(), Reason> {
     let result = stream.write_all(out).map_err(classify_write);
     out.clear();
-    if out.capacity() > KEEP_OUTPUT {
-        out.shrink_to(KEEP_OUTPUT);
-    }
     result
 }
 
@@ -196,7 +204,7 @@ pub fn echo_connection(
         }
     }
 
-    let mut reader = BufReader::with_capacity(READ_BUFFER, stream);
+    let mut reader = BufReader::with_capacity(READ_BUFFER_MIN, stream);
     // At shutdown, read only what had arrived by then: at most this many more bytes.
     let mut drain_budget: Option<u64> = None;
     let reason = loop {
@@ -226,6 +234,14 @@ pub fn echo_connection(
         };
         reader.consume(n);
         bytes += n as u64;
+        let capacity = next_read_capacity(reader.capacity(), n);
+        if capacity != reader.capacity() && reader.buffer().is_empty() {
+            reader = BufReader::with_capacity(capacity, reader.into_inner());
+            if capacity == READ_BUFFER_MIN {
+                // The connection went interactive: release the streaming-sized output too.
+                out.shrink_to(READ_BUFFER_MIN);
+            }
+        }
         if let Some(budget) = drain_budget.as_mut() {
             *budget -= n as u64;
         }
@@ -259,7 +275,7 @@ pub fn echo_connection(
         // our FIN on a socket whose read side is shut (RFC 1122). So: wait until the client
         // has acknowledged every reply, discarding its new input, and only then send FIN.
         let deadline = registry.drain_deadline().unwrap_or_else(Instant::now);
-        wait_acknowledged(stream, deadline);
+        wait_acknowledged(&mut reader, deadline);
     }
     let _ = stream.shutdown(Shutdown::Write);
     Outcome {
@@ -272,14 +288,17 @@ pub fn echo_connection(
 /// Waits until the peer has acknowledged every byte written, or `deadline` passes. Input that
 /// arrives meanwhile is read and discarded (it came after the shutdown began): left unread, it
 /// would close the receive window and stall the very acknowledgements being waited for.
-fn wait_acknowledged(mut stream: &TcpStream, deadline: Instant) {
+fn wait_acknowledged(reader: &mut BufReader<&TcpStream>, deadline: Instant) {
+    let stream = *reader.get_ref();
     let _ = stream.set_nonblocking(true);
-    let mut sink = [0u8; 16 * 1024];
     while Instant::now() < deadline {
-        // At most 1 MiB per round, so a fast sender cannot keep this loop from checking.
+        // At most 64 reads per round, so a fast sender cannot keep this loop from checking.
         for _ in 0..64 {
-            match stream.read(&mut sink) {
-                Ok(n) if n > 0 => {}
+            match reader.fill_buf() {
+                Ok(data) if !data.is_empty() => {
+                    let n = data.len();
+                    reader.consume(n);
+                }
                 _ => break,
             }
         }
@@ -319,4 +338,36 @@ fn queued_input(_: &TcpStream) -> Option<u64> {
 #[cfg(not(target_os = "linux"))]
 fn unacknowledged_output(_: &TcpStream) -> Option<u64> {
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_buffer_grows_on_full_reads_and_shrinks_on_small_ones() {
+        let mut cap = READ_BUFFER_MIN;
+        let mut steps = 0;
+        while cap < READ_BUFFER_MAX {
+            cap = next_read_capacity(cap, cap);
+            steps += 1;
+        }
+        assert_eq!(cap, READ_BUFFER_MAX);
+        assert!(steps <= 3);
+        assert_eq!(
+            next_read_capacity(READ_BUFFER_MAX, READ_BUFFER_MAX),
+            READ_BUFFER_MAX
+        );
+        assert_eq!(
+            next_read_capacity(READ_BUFFER_MAX, 5000),
+            READ_BUFFER_MAX,
+            "a medium read keeps it"
+        );
+        assert_eq!(
+            next_read_capacity(READ_BUFFER_MAX, 64),
+            READ_BUFFER_MIN,
+            "an interactive read shrinks it"
+        );
+        assert_eq!(next_read_capacity(READ_BUFFER_MIN, 64), READ_BUFFER_MIN);
+    }
 }

@@ -127,9 +127,9 @@ impl Framer {
         observe: &mut impl FnMut(Piece<'_>),
     ) {
         if self.at_line_start {
-            out.extend_from_slice(&self.prefix);
+            append(out, &self.prefix);
         }
-        out.extend_from_slice(bytes);
+        append(out, bytes);
         self.at_line_start = ends_line;
         observe(Piece { bytes, ends_line });
     }
@@ -151,8 +151,45 @@ impl Framer {
     }
 }
 
-/// Hold-back capacity kept between lines; anything above is released after use.
-const SHRINK_ABOVE: usize = 4096;
+/// Appends `src` to `out`. Up to 64 bytes are copied inline with two overlapping fixed-size
+/// moves, as fast `memcpy` implementations do for short sizes; longer slices go to `memcpy`.
+/// The echo path copies two short slices per line (prefix and line), and the static binary's
+/// musl `memcpy` is slow to start on short, unaligned copies.
+#[inline(always)]
+pub fn append(out: &mut Vec<u8>, src: &[u8]) {
+    let n = src.len();
+    if n > 64 {
+        out.extend_from_slice(src);
+        return;
+    }
+    out.reserve(n);
+    // SAFETY: `reserve` made room for `n` more bytes after `len`. Every move below reads
+    // inside `src` (each reads `N <= n` bytes starting at 0 or at `n - N`) and writes inside
+    // that reserved room; the two moves of a pair may overlap each other, never `src`. After
+    // them, all `n` bytes are initialised and `set_len` is sound.
+    unsafe {
+        let (s, d) = (src.as_ptr(), out.as_mut_ptr().add(out.len()));
+        #[inline(always)]
+        unsafe fn pair<const N: usize>(s: *const u8, d: *mut u8, n: usize) {
+            std::ptr::copy_nonoverlapping(s, d, N);
+            std::ptr::copy_nonoverlapping(s.add(n - N), d.add(n - N), N);
+        }
+        match n {
+            32..=64 => pair::<32>(s, d, n),
+            16..=31 => pair::<16>(s, d, n),
+            8..=15 => pair::<8>(s, d, n),
+            4..=7 => pair::<4>(s, d, n),
+            2..=3 => pair::<2>(s, d, n),
+            1 => *d = *s,
+            _ => {}
+        }
+        out.set_len(out.len() + n);
+    }
+}
+
+/// Hold-back capacity kept between lines; anything above (a line much longer than a read) is
+/// released after use. As large as a read, so that lines spanning reads cause no reallocation.
+const SHRINK_ABOVE: usize = 64 * 1024;
 
 /// The specified echo of a whole input: every line (the final one may lack `\n`) preceded by
 /// the prefix and one space. The reference the framer is tested against.
@@ -264,7 +301,7 @@ mod tests {
             f.feed(&[b'z'; 37], &mut out, |_| {});
             assert!(f.pending_len() <= 100);
         }
-        assert!(f.pending_capacity() <= 4096);
+        assert!(f.pending_capacity() <= SHRINK_ABOVE);
         assert_eq!(out.len() + f.pending_len(), 37_000);
     }
 
@@ -284,6 +321,19 @@ mod tests {
         let (out, pieces) = run(Some("two"), 16, &[&input]);
         assert_eq!(out, expected_echo(&input, Some("two")));
         assert_eq!(pieces.len(), 500);
+    }
+
+    #[test]
+    fn append_copies_every_length_exactly() {
+        let src: Vec<u8> = (0..=200u8).collect();
+        for start in 0..3 {
+            for n in 0..=130 {
+                let mut out = vec![9u8; start];
+                append(&mut out, &src[..n]);
+                assert_eq!(&out[..start], &vec![9u8; start][..]);
+                assert_eq!(&out[start..], &src[..n], "length {n} after {start}");
+            }
+        }
     }
 
     #[test]

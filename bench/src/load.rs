@@ -1,0 +1,374 @@
+//! Load scenarios. Each runs on a single-threaded tokio runtime (the load generator's one core)
+//! and verifies every reply byte: a wrong or missing byte is counted as an error, and a run
+//! with errors is invalid.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A line of exactly `len` bytes (the last is `\n`), numbered `n`.
+pub fn line(n: usize, len: usize) -> Vec<u8> {
+    let mut l = format!("{n:08} ").into_bytes();
+    l.resize(len - 1, b'x');
+    l.push(b'\n');
+    l
+}
+
+fn reply(prefix: &str, line: &[u8]) -> Vec<u8> {
+    let mut r = if prefix.is_empty() {
+        Vec::new()
+    } else {
+        format!("{prefix} ").into_bytes()
+    };
+    r.extend_from_slice(line);
+    r
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Connects `n` clients (at most 64 handshakes in flight, so that the set-up itself does not
+/// overflow a small listen queue).
+async fn connect_all(addr: SocketAddr, n: usize) -> std::io::Result<Vec<TcpStream>> {
+    let mut all = Vec::with_capacity(n);
+    while all.len() < n {
+        let batch = (n - all.len()).min(64);
+        let mut handles = Vec::new();
+        for _ in 0..batch {
+            handles.push(tokio::spawn(async move {
+                let s = TcpStream::connect(addr).await?;
+                s.set_nodelay(true)?;
+                Ok::<_, std::io::Error>(s)
+            }));
+        }
+        for h in handles {
+            all.push(h.await.expect("connect task")?);
+        }
+    }
+    Ok(all)
+}
+
+/// Result of a ping-pong run.
+pub struct PingPong {
+    /// Round trips completed.
+    pub round_trips: u64,
+    /// Wall time of the measured phase.
+    pub elapsed: Duration,
+    /// Round-trip latency in nanoseconds.
+    pub latency: Histogram<u64>,
+    /// Failed or wrong round trips.
+    pub errors: u64,
+}
+
+/// `conns` clients each send a 64-byte line, wait for its echo, and repeat for `dur`.
+pub fn ping_pong(addr: SocketAddr, conns: usize, dur: Duration, prefix: &str) -> PingPong {
+    let prefix = prefix.to_string();
+    runtime().block_on(async move {
+        let streams = connect_all(addr, conns).await.expect("connect");
+        let start = Instant::now();
+        let deadline = start + dur;
+        let tasks: Vec<_> = streams
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut s)| {
+                let l = line(i, 64);
+                let want = reply(&prefix, &l);
+                tokio::spawn(async move {
+                    let mut hist =
+                        Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).unwrap();
+                    let mut got = vec![0u8; want.len()];
+                    let (mut n, mut errors) = (0u64, 0u64);
+                    while Instant::now() < deadline {
+                        let t = Instant::now();
+                        if s.write_all(&l).await.is_err()
+                            || s.read_exact(&mut got).await.is_err()
+                            || got != want
+                        {
+                            errors += 1;
+                            break;
+                        }
+                        let _ = hist.record((t.elapsed().as_nanos() as u64).max(1_000));
+                        n += 1;
+                    }
+                    (n, errors, hist)
+                })
+            })
+            .collect();
+        let mut total = PingPong {
+            round_trips: 0,
+            elapsed: Duration::ZERO,
+            latency: Histogram::new_with_bounds(1_000, 60_000_000_000, 3).unwrap(),
+            errors: 0,
+        };
+        for t in tasks {
+            let (n, e, h) = t.await.expect("ping task");
+            total.round_trips += n;
+            total.errors += e;
+            total.latency.add(&h).expect("merge");
+        }
+        total.elapsed = start.elapsed();
+        total
+    })
+}
+
+/// Result of a streaming run.
+pub struct Streaming {
+    /// Lines echoed and verified.
+    pub lines: u64,
+    /// Input bytes echoed.
+    pub bytes: u64,
+    /// From the first write to the last reply.
+    pub elapsed: Duration,
+    /// Wrong or missing bytes (any makes the run invalid).
+    pub errors: u64,
+}
+
+/// `conns` clients each pipeline `line_len`-byte lines for `dur` while a reader drains and
+/// verifies the echo; then each half-closes and reads the rest.
+pub fn streaming(
+    addr: SocketAddr,
+    conns: usize,
+    line_len: usize,
+    dur: Duration,
+    prefix: &str,
+) -> Streaming {
+    let prefix = prefix.to_string();
+    runtime().block_on(async move {
+        let streams = connect_all(addr, conns).await.expect("connect");
+        let per_block = (64 * 1024 / line_len).max(1);
+        let block: Vec<u8> = (0..per_block).flat_map(|i| line(i, line_len)).collect();
+        let expected: Vec<u8> = (0..per_block)
+            .flat_map(|i| reply(&prefix, &line(i, line_len)))
+            .collect();
+        let reply_line = expected.len() / per_block;
+        let start = Instant::now();
+        let deadline = start + dur;
+        let mut tasks = Vec::new();
+        for s in streams {
+            let (mut r, mut w) = s.into_split();
+            let block = block.clone();
+            let expected = expected.clone();
+            tasks.push(tokio::spawn(async move {
+                let writer = tokio::spawn(async move {
+                    let mut sent = 0u64;
+                    while Instant::now() < deadline {
+                        if w.write_all(&block).await.is_err() {
+                            break;
+                        }
+                        sent += block.len() as u64;
+                    }
+                    let _ = w.shutdown().await;
+                    sent
+                });
+                let mut buf = vec![0u8; 256 * 1024];
+                let (mut pos, mut got, mut errors) = (0usize, 0u64, 0u64);
+                loop {
+                    let n = match r.read(&mut buf).await {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(_) => {
+                            errors += 1;
+                            break;
+                        }
+                    };
+                    // Compare with the expected stream, which repeats every block.
+                    let mut data = &buf[..n];
+                    while !data.is_empty() {
+                        let take = data.len().min(expected.len() - pos);
+                        if data[..take] != expected[pos..pos + take] {
+                            errors += 1;
+                        }
+                        pos = (pos + take) % expected.len();
+                        data = &data[take..];
+                    }
+                    got += n as u64;
+                }
+                let sent = writer.await.unwrap_or(0);
+                let lines = got / reply_line as u64;
+                if lines * line_len as u64 != sent {
+                    errors += 1; // missing bytes
+                }
+                (lines, errors)
+            }));
+        }
+        let mut out = Streaming {
+            lines: 0,
+            bytes: 0,
+            elapsed: Duration::ZERO,
+            errors: 0,
+        };
+        for t in tasks {
+            let (lines, errors) = t.await.expect("stream task");
+            out.lines += lines;
+            out.errors += errors;
+        }
+        out.bytes = out.lines * line_len as u64;
+        out.elapsed = start.elapsed();
+        out
+    })
+}
+
+/// Connect, one line, close, by `concurrency` clients for `dur`: (connections, errors).
+pub fn churn(
+    addr: SocketAddr,
+    concurrency: usize,
+    dur: Duration,
+    prefix: &str,
+) -> (u64, u64, Duration) {
+    let prefix = prefix.to_string();
+    runtime().block_on(async move {
+        let start = Instant::now();
+        let deadline = start + dur;
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|i| {
+                let l = line(i, 64);
+                let want = reply(&prefix, &l);
+                tokio::spawn(async move {
+                    let (mut n, mut errors) = (0u64, 0u64);
+                    let mut got = vec![0u8; want.len()];
+                    while Instant::now() < deadline {
+                        let ok = async {
+                            let mut s = TcpStream::connect(addr).await?;
+                            s.write_all(&l).await?;
+                            s.read_exact(&mut got).await?;
+                            Ok::<_, std::io::Error>(got == want)
+                        }
+                        .await;
+                        match ok {
+                            Ok(true) => n += 1,
+                            _ => errors += 1,
+                        }
+                    }
+                    (n, errors)
+                })
+            })
+            .collect();
+        let (mut n, mut e) = (0, 0);
+        for t in tasks {
+            let (a, b) = t.await.expect("churn task");
+            n += a;
+            e += b;
+        }
+        (n, e, start.elapsed())
+    })
+}
+
+/// Result of a burst of connects.
+pub struct Burst {
+    /// Connects that took over 900 ms (a SYN was retried: the listen queue overflowed).
+    pub slow_connects: u64,
+    /// Slowest connect.
+    pub slowest: Duration,
+    /// Clients whose line was echoed.
+    pub served: u64,
+    /// Clients that failed.
+    pub errors: u64,
+}
+
+/// `n` clients connect at the same moment, each then sends a line and checks its echo.
+pub fn burst(addr: SocketAddr, n: usize, prefix: &str) -> Burst {
+    let prefix = prefix.to_string();
+    runtime().block_on(async move {
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let l = line(i, 64);
+                let want = reply(&prefix, &l);
+                tokio::spawn(async move {
+                    let t = Instant::now();
+                    let s = tokio::time::timeout(Duration::from_secs(20), TcpStream::connect(addr))
+                        .await;
+                    let took = t.elapsed();
+                    let Ok(Ok(mut s)) = s else {
+                        return (took, false, None);
+                    };
+                    let mut got = vec![0u8; want.len()];
+                    let ok = s.write_all(&l).await.is_ok()
+                        && tokio::time::timeout(Duration::from_secs(20), s.read_exact(&mut got))
+                            .await
+                            .is_ok_and(|r| r.is_ok())
+                        && got == want;
+                    (took, ok, Some(s))
+                })
+            })
+            .collect();
+        let mut out = Burst {
+            slow_connects: 0,
+            slowest: Duration::ZERO,
+            served: 0,
+            errors: 0,
+        };
+        let mut keep = Vec::new();
+        for t in tasks {
+            let (took, ok, s) = t.await.expect("burst task");
+            if took > Duration::from_millis(900) {
+                out.slow_connects += 1;
+            }
+            out.slowest = out.slowest.max(took);
+            if ok {
+                out.served += 1;
+            } else {
+                out.errors += 1;
+            }
+            keep.push(s);
+        }
+        out
+    })
+}
+
+/// Opens `n` connections, echoes one line on each, and keeps them open until `hold` returns.
+pub fn hold_idle<T>(
+    addr: SocketAddr,
+    n: usize,
+    prefix: &str,
+    hold: impl FnOnce() -> T,
+) -> (T, u64) {
+    let prefix = prefix.to_string();
+    let rt = runtime();
+    let (streams, errors) = rt.block_on(async move {
+        let mut streams = connect_all(addr, n).await.expect("connect");
+        let mut errors = 0;
+        for (i, s) in streams.iter_mut().enumerate() {
+            let l = line(i, 64);
+            let want = reply(&prefix, &l);
+            let mut got = vec![0u8; want.len()];
+            if s.write_all(&l).await.is_err()
+                || s.read_exact(&mut got).await.is_err()
+                || got != want
+            {
+                errors += 1;
+            }
+        }
+        (streams, errors)
+    });
+    let out = hold();
+    drop(streams);
+    (out, errors)
+}
+
+/// Time from `spawn` to the first echoed line on `addr`.
+pub fn time_to_first_echo(addr: SocketAddr, spawn: impl FnOnce()) -> Duration {
+    let l = line(0, 64);
+    let start = Instant::now();
+    spawn();
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+            use std::io::{Read, Write};
+            let mut b = [0u8; 1];
+            if s.write_all(&l).is_ok() && s.read_exact(&mut b).is_ok() {
+                return start.elapsed();
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "server did not start"
+        );
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}

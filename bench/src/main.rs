@@ -1,0 +1,446 @@
+//! tcp-echo-bench: measures tcp-echo against peer servers in the same run.
+//!
+//! * `tcp-echo-bench run [--rounds N] [--secs S] [--tcp-echo PATH]`: the benchmark; writes
+//!   `BENCHMARKS.md`, `bench/results.json` and `bench/plot.svg`.
+//! * `tcp-echo-bench naive|tokio --port P [--prefix X]`: the peer servers.
+//!
+//! The load generator is pinned to core 0 and each server to core 1. Servers are run one after
+//! another for every scenario of every round (A B C A B C ...), a fresh process each time, and
+//! compared within the round: the machine's speed changes over minutes, so ratios are taken
+//! per round and their median reported.
+
+mod load;
+mod peers;
+mod proc;
+mod report;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One measurement: a server in a scenario in a round.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub round: usize,
+    pub scenario: String,
+    pub server: String,
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// How to start a server.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub name: String,
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub prefix: String,
+}
+
+struct Running {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Running {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn command(spec: &Spec, port: u16, pin: bool) -> Command {
+    let mut cmd = if pin && proc::cores() >= 2 {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "1"]).arg(&spec.program);
+        c
+    } else {
+        Command::new(&spec.program)
+    };
+    cmd.args(&spec.args).args(["--port", &port.to_string()]);
+    for var in [
+        "RUST_LOG",
+        "ECHO_PREFIX",
+        "TCP_PORT",
+        "NODE_NAME",
+        "POD_NAME",
+        "POD_NAMESPACE",
+        "POD_IP",
+        "SERVICE_ACCOUNT",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
+    // Logs go to /dev/null: their cost in the server is measured, a reader's is not.
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
+}
+
+fn start(spec: &Spec) -> Running {
+    let port = free_port();
+    let child = command(spec, port, true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", spec.name));
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "{} did not start", spec.name);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Running { child, addr }
+}
+
+/// Runs `f` against a fresh instance of `spec`, adding the server's CPU time per operation
+/// (`f` returns its metrics and the operation count).
+fn measure(
+    spec: &Spec,
+    f: impl FnOnce(&Running) -> (BTreeMap<String, f64>, f64),
+) -> BTreeMap<String, f64> {
+    let server = start(spec);
+    let cpu0 = proc::cpu_time(server.pid()).unwrap_or_default();
+    let w0 = proc::write_syscalls(server.pid()).unwrap_or(0);
+    let (mut m, ops) = f(&server);
+    let cpu = proc::cpu_time(server.pid())
+        .unwrap_or_default()
+        .saturating_sub(cpu0);
+    let writes = proc::write_syscalls(server.pid())
+        .unwrap_or(0)
+        .saturating_sub(w0);
+    if ops > 0.0 {
+        m.insert("server_us_per_op".into(), cpu.as_secs_f64() * 1e6 / ops);
+        m.insert("log_writes_per_op".into(), writes as f64 / ops);
+    }
+    m.insert("server_cpu_s".into(), cpu.as_secs_f64());
+    m
+}
+
+fn ping_pong(spec: &Spec, conns: usize, secs: Duration) -> BTreeMap<String, f64> {
+    measure(spec, |s| {
+        let r = load::ping_pong(s.addr, conns, secs, &spec.prefix);
+        let q = |p: f64| r.latency.value_at_quantile(p) as f64 / 1000.0;
+        let m = BTreeMap::from([
+            (
+                "rt_per_s".to_string(),
+                r.round_trips as f64 / r.elapsed.as_secs_f64(),
+            ),
+            ("p50_us".to_string(), q(0.5)),
+            ("p99_us".to_string(), q(0.99)),
+            ("p999_us".to_string(), q(0.999)),
+            ("errors".to_string(), r.errors as f64),
+        ]);
+        (m, r.round_trips as f64)
+    })
+}
+
+fn streaming(spec: &Spec, conns: usize, line_len: usize, secs: Duration) -> BTreeMap<String, f64> {
+    measure(spec, |s| {
+        let r = load::streaming(s.addr, conns, line_len, secs, &spec.prefix);
+        let t = r.elapsed.as_secs_f64();
+        let m = BTreeMap::from([
+            ("mb_per_s".to_string(), r.bytes as f64 / 1e6 / t),
+            ("lines_per_s".to_string(), r.lines as f64 / t),
+            ("errors".to_string(), r.errors as f64),
+        ]);
+        (m, r.lines as f64)
+    })
+}
+
+fn churn(spec: &Spec, secs: Duration) -> BTreeMap<String, f64> {
+    measure(spec, |s| {
+        let (n, errors, took) = load::churn(s.addr, 4, secs, &spec.prefix);
+        let m = BTreeMap::from([
+            ("conn_per_s".to_string(), n as f64 / took.as_secs_f64()),
+            ("errors".to_string(), errors as f64),
+        ]);
+        (m, n as f64)
+    })
+}
+
+fn memory(spec: &Spec) -> BTreeMap<String, f64> {
+    let s = start(spec);
+    std::thread::sleep(Duration::from_millis(200)); // settle after start-up
+    let idle_rss = proc::status(s.pid(), "VmRSS:").unwrap_or(0) as f64;
+    let idle_threads = proc::status(s.pid(), "Threads:").unwrap_or(0) as f64;
+    let ks0 = proc::kernel_stack_kb().unwrap_or(0) as f64;
+    let ((rss, threads, ks), errors) = load::hold_idle(s.addr, 1000, &spec.prefix, || {
+        std::thread::sleep(Duration::from_millis(300)); // let every worker settle
+        (
+            proc::status(s.pid(), "VmRSS:").unwrap_or(0) as f64,
+            proc::status(s.pid(), "Threads:").unwrap_or(0) as f64,
+            proc::kernel_stack_kb().unwrap_or(0) as f64,
+        )
+    });
+    BTreeMap::from([
+        ("idle_rss_kb".to_string(), idle_rss),
+        ("rss_1000_kb".to_string(), rss),
+        ("rss_per_conn_kb".to_string(), (rss - idle_rss) / 1000.0),
+        ("kernel_stack_per_conn_kb".to_string(), (ks - ks0) / 1000.0),
+        ("idle_threads".to_string(), idle_threads),
+        ("threads_1000".to_string(), threads),
+        ("errors".to_string(), errors as f64),
+    ])
+}
+
+fn startup(spec: &Spec) -> BTreeMap<String, f64> {
+    let mut times: Vec<f64> = (0..11)
+        .map(|_| {
+            let port = free_port();
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            let mut child = None;
+            // No taskset here: its own exec would be counted.
+            let t = load::time_to_first_echo(addr, || {
+                child = Some(command(spec, port, false).spawn().expect("spawn"));
+            });
+            if let Some(mut c) = child {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            t.as_secs_f64() * 1000.0
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    BTreeMap::from([("startup_ms".to_string(), times[times.len() / 2])])
+}
+
+fn burst(spec: &Spec) -> BTreeMap<String, f64> {
+    let s = start(spec);
+    let o0 = proc::tcp_ext("ListenOverflows").unwrap_or(0);
+    let r = load::burst(s.addr, 1000, &spec.prefix);
+    let o1 = proc::tcp_ext("ListenOverflows").unwrap_or(0);
+    BTreeMap::from([
+        ("slow_connects".to_string(), r.slow_connects as f64),
+        (
+            "slowest_connect_ms".to_string(),
+            r.slowest.as_secs_f64() * 1000.0,
+        ),
+        ("listen_overflows".to_string(), o1.saturating_sub(o0) as f64),
+        ("served".to_string(), r.served as f64),
+        ("errors".to_string(), r.errors as f64),
+    ])
+}
+
+/// Write-type syscalls per echoed line while streaming 64-byte lines on one connection, counted
+/// by `strace -c` attached to the server (its own overhead does not change the count).
+fn writes_per_line(spec: &Spec) -> BTreeMap<String, f64> {
+    let s = start(spec);
+    let out = std::env::temp_dir().join(format!("tcp-echo-bench-strace-{}", std::process::id()));
+    let mut strace = Command::new("strace")
+        .args([
+            "-f",
+            "-c",
+            "-qq",
+            "-e",
+            "trace=write,writev,sendto,sendmsg",
+            "-o",
+        ])
+        .arg(&out)
+        .args(["-p", &s.pid().to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("strace (make bench installs it)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proc::status(s.pid(), "TracerPid:").unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "strace did not attach");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let r = load::streaming(s.addr, 1, 64, Duration::from_millis(500), &spec.prefix);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
+    let _ = strace.wait();
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    let _ = std::fs::remove_file(&out);
+    let calls: f64 = text
+        .lines()
+        .filter(|l| {
+            ["write", "writev", "sendto", "sendmsg"]
+                .contains(&l.split_whitespace().last().unwrap_or(""))
+        })
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // % time, seconds, usecs/call, calls, [errors], syscall
+            f.get(3).and_then(|c| c.parse::<f64>().ok())
+        })
+        .sum();
+    BTreeMap::from([
+        (
+            "writes_per_line".to_string(),
+            if r.lines > 0 {
+                calls / r.lines as f64
+            } else {
+                f64::NAN
+            },
+        ),
+        ("lines".to_string(), r.lines as f64),
+        ("errors".to_string(), r.errors as f64),
+    ])
+}
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("naive") => peers::naive(
+            arg(&args, "--port").map_or(0, |p| p.parse().expect("port")),
+            &arg(&args, "--prefix").unwrap_or_default(),
+        ),
+        Some("tokio") => peers::tokio_batched(
+            arg(&args, "--port").map_or(0, |p| p.parse().expect("port")),
+            &arg(&args, "--prefix").unwrap_or_default(),
+        ),
+        Some("run") => run(&args),
+        _ => {
+            eprintln!("usage: tcp-echo-bench run [--rounds N] [--secs S] [--tcp-echo PATH] | naive|tokio --port P [--prefix X]");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn run(args: &[String]) {
+    let rounds: usize = arg(args, "--rounds").map_or(5, |v| v.parse().expect("--rounds"));
+    let secs =
+        Duration::from_secs_f64(arg(args, "--secs").map_or(1.5, |v| v.parse().expect("--secs")));
+    // The static musl binary is what the image ships, so it is what is measured.
+    let tcp_echo = PathBuf::from(
+        arg(args, "--tcp-echo")
+            .unwrap_or_else(|| "target/x86_64-unknown-linux-musl/release/tcp-echo".into()),
+    );
+    let me = std::env::current_exe().expect("own path");
+    assert!(
+        tcp_echo.is_file(),
+        "{} not found: build it with `make static`",
+        tcp_echo.display()
+    );
+    if proc::cores() >= 2 {
+        proc::pin_self(0);
+    }
+
+    let echo = |name: &str, log: &str, prefix: &str| Spec {
+        name: name.into(),
+        program: tcp_echo.clone(),
+        args: {
+            let mut a = vec![
+                "--banner".to_string(),
+                "off".into(),
+                "--bind".into(),
+                "127.0.0.1".into(),
+            ];
+            if !prefix.is_empty() {
+                a.extend(["--prefix".to_string(), prefix.into()]);
+            }
+            a
+        },
+        env: vec![("RUST_LOG".into(), log.into())],
+        prefix: prefix.into(),
+    };
+    let peer = |name: &str, sub: &str| Spec {
+        name: name.into(),
+        program: me.clone(),
+        args: vec![sub.into(), "--prefix".into(), "one".into()],
+        env: vec![],
+        prefix: "one".into(),
+    };
+    let main_servers = [
+        echo("tcp-echo", "warn", "one"),
+        peer("naive threads", "naive"),
+        peer("tokio batched", "tokio"),
+    ];
+    let variants = vec![
+        echo("tcp-echo info", "info", "one"),
+        echo("tcp-echo no prefix", "warn", ""),
+    ];
+
+    // `--only TEXT` runs only the scenarios whose name contains TEXT (for quick checks).
+    let only = arg(args, "--only");
+    let wanted = |scenario: &str| only.as_ref().is_none_or(|o| scenario.contains(o.as_str()));
+    let mut records: Vec<Record> = Vec::new();
+    let started = Instant::now();
+    for round in 0..rounds {
+        eprintln!(
+            "round {}/{rounds} ({:.0}s so far)",
+            round + 1,
+            started.elapsed().as_secs_f64()
+        );
+        let mut add = |scenario: &str, server: &Spec, metrics: BTreeMap<String, f64>| {
+            eprintln!(
+                "  {scenario:<24} {:<20} {}",
+                server.name,
+                report::brief(&metrics)
+            );
+            records.push(Record {
+                round,
+                scenario: scenario.into(),
+                server: server.name.clone(),
+                metrics,
+            });
+        };
+        // Rotate the order each round, so that no server always runs first.
+        let order: Vec<&Spec> = (0..main_servers.len())
+            .map(|i| &main_servers[(i + round) % main_servers.len()])
+            .collect();
+        for conns in [1, 16, 256, 1000] {
+            let sc = format!("ping-pong {conns}");
+            for s in order.iter().filter(|_| wanted(&sc)) {
+                add(&sc, s, ping_pong(s, conns, secs));
+            }
+        }
+        for (line_len, conns) in [(64, 1), (64, 16), (4096, 1), (4096, 16)] {
+            let sc = format!("stream {line_len}B x{conns}");
+            for s in order.iter().filter(|_| wanted(&sc)) {
+                add(&sc, s, streaming(s, conns, line_len, secs));
+            }
+        }
+        type Once = fn(&Spec, Duration) -> BTreeMap<String, f64>;
+        let once: [(&str, Once); 4] = [
+            ("churn", |s, secs| churn(s, secs)),
+            ("memory", |s, _| memory(s)),
+            ("startup", |s, _| startup(s)),
+            ("burst 1000", |s, _| burst(s)),
+        ];
+        for (sc, f) in once {
+            for s in order.iter().filter(|_| wanted(sc)) {
+                add(sc, s, f(s, secs));
+            }
+        }
+        if round == 0 {
+            for s in order.iter().filter(|_| wanted("writes")) {
+                add("writes", s, writes_per_line(s));
+            }
+        }
+        // Logging and prefix costs: tcp-echo against itself.
+        for s in std::iter::once(&main_servers[0]).chain(&variants) {
+            if wanted("log ping-pong 16") {
+                add("log ping-pong 16", s, ping_pong(s, 16, secs));
+            }
+            if wanted("log stream 64B x1") {
+                add("log stream 64B x1", s, streaming(s, 1, 64, secs));
+            }
+        }
+    }
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    report::write(&records, rounds, secs, &command, started.elapsed());
+}

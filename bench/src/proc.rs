@@ -1,0 +1,75 @@
+//! Reading a process's resources from /proc, and pinning to cores.
+
+use std::time::Duration;
+
+/// CPU time (user + system) of `pid`.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Some(Duration::from_micros(ticks * 1_000_000 / hz))
+}
+
+/// A numeric field of /proc/PID/status (`VmRSS:` in kB, `Threads:`).
+pub fn status(pid: u32, field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// `syscw` (write-type syscalls) from /proc/PID/io.
+pub fn write_syscalls(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("syscw:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// `KernelStack:` from /proc/meminfo, kB (the whole machine's).
+pub fn kernel_stack_kb() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    s.lines()
+        .find(|l| l.starts_with("KernelStack:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// A TcpExt counter from /proc/net/netstat (e.g. `ListenOverflows`).
+pub fn tcp_ext(name: &str) -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut lines = s.lines();
+    while let (Some(head), Some(vals)) = (lines.next(), lines.next()) {
+        if head.starts_with("TcpExt:") {
+            let i = head.split_whitespace().position(|h| h == name)?;
+            return vals.split_whitespace().nth(i)?.parse().ok();
+        }
+    }
+    None
+}
+
+/// Pins the calling process (and threads it starts later) to `core`.
+pub fn pin_self(core: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET within its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Cores this process may run on.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

@@ -1,0 +1,462 @@
+//! Medians, per-round ratios, the targets, BENCHMARKS.md, results.json and plot.svg.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use plotters::prelude::*;
+
+use crate::Record;
+
+const ECHO: &str = "tcp-echo";
+const NAIVE: &str = "naive threads";
+const TOKIO: &str = "tokio batched";
+const SERVERS: [&str; 3] = [ECHO, NAIVE, TOKIO];
+
+/// A one-line summary of a measurement, for progress output.
+pub fn brief(m: &BTreeMap<String, f64>) -> String {
+    m.iter()
+        .filter(|(k, _)| !k.ends_with("cpu_s"))
+        .map(|(k, v)| format!("{k}={}", num(*v)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn num(v: f64) -> String {
+    if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn median(mut xs: Vec<f64>) -> Option<f64> {
+    if xs.is_empty() {
+        return None;
+    }
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    Some(if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    })
+}
+
+struct Data<'a> {
+    records: &'a [Record],
+}
+
+impl Data<'_> {
+    fn values(&self, scenario: &str, server: &str, metric: &str) -> Vec<(usize, f64)> {
+        self.records
+            .iter()
+            .filter(|r| r.scenario == scenario && r.server == server)
+            .filter_map(|r| r.metrics.get(metric).map(|v| (r.round, *v)))
+            .collect()
+    }
+
+    /// Median over rounds.
+    fn med(&self, scenario: &str, server: &str, metric: &str) -> Option<f64> {
+        median(
+            self.values(scenario, server, metric)
+                .into_iter()
+                .map(|(_, v)| v)
+                .collect(),
+        )
+    }
+
+    /// Median over rounds of the within-round ratio a/b.
+    fn ratio(&self, scenario: &str, metric: &str, a: &str, b: &str) -> Option<f64> {
+        let bs: BTreeMap<usize, f64> = self.values(scenario, b, metric).into_iter().collect();
+        median(
+            self.values(scenario, a, metric)
+                .into_iter()
+                .filter_map(|(round, v)| bs.get(&round).filter(|d| **d > 0.0).map(|d| v / d))
+                .collect(),
+        )
+    }
+
+    /// The largest value over rounds (for error counts).
+    fn max(&self, scenario: &str, server: &str, metric: &str) -> f64 {
+        self.values(scenario, server, metric)
+            .into_iter()
+            .map(|(_, v)| v)
+            .fold(0.0, f64::max)
+    }
+}
+
+fn cell(v: Option<f64>) -> String {
+    v.map_or("–".into(), num)
+}
+
+fn ratio_cell(v: Option<f64>) -> String {
+    v.map_or("–".into(), |r| format!("{r:.2}×"))
+}
+
+/// Writes BENCHMARKS.md, bench/results.json and bench/plot.svg.
+pub fn write(records: &[Record], rounds: usize, secs: Duration, command: &str, took: Duration) {
+    let d = Data { records };
+    let mut md = String::new();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    md.push_str("# Benchmarks\n\n");
+    md.push_str("Written by `make bench` (the `bench/` crate) from the run described below; not edited by hand.\n\n");
+    let _ = writeln!(
+        md,
+        "- Machine: {cpu}, {} cores, Linux {}.",
+        crate::proc::cores(),
+        kernel.trim()
+    );
+    let _ = writeln!(
+        md,
+        "- Command: `{command}` ({rounds} rounds, {:.1} s per timed run, {:.0} s in all).",
+        secs.as_secs_f64(),
+        took.as_secs_f64()
+    );
+    md.push_str(
+        "- Method: the load generator (one tokio thread) is pinned to core 0, each server to core 1 \
+         (`taskset`). In every round each scenario runs against each server in turn (the order rotates \
+         every round), a fresh server process each time, so servers are compared within minutes of \
+         each other; figures are medians over rounds, and ratios are the median of the per-round \
+         ratios. Every reply byte is verified; a run with errors is flagged. Server CPU per operation \
+         comes from `/proc/PID/stat` before and after, so it stays fair when the load generator's own \
+         core saturates (from 16 connections on, for any fast server). Servers log to /dev/null.\n",
+    );
+    md.push_str(
+        "- Servers: **tcp-echo** (release build, `--prefix one --banner off`, `RUST_LOG=warn`); \
+         **naive threads** (a thread spawned per connection, `read_line` then `write_all` per line, \
+         std's listener); **tokio batched** (tokio, replies of everything read flushed once no more \
+         input is waiting). Both peers live in `bench/src/peers.rs` and are built only there. Lines \
+         are 64 bytes unless stated; every server adds the prefix `one `.\n\n",
+    );
+
+    // Ping-pong.
+    md.push_str("## Ping-pong (send a line, wait for its echo, repeat)\n\n");
+    md.push_str("| conns | server | round trips/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/rt | errors |\n|---|---|---|---|---|---|---|---|\n");
+    for conns in [1, 16, 256, 1000] {
+        let sc = format!("ping-pong {conns}");
+        for s in SERVERS {
+            let _ = writeln!(
+                md,
+                "| {conns} | {s} | {} | {} | {} | {} | {} | {} |",
+                cell(d.med(&sc, s, "rt_per_s")),
+                cell(d.med(&sc, s, "p50_us")),
+                cell(d.med(&sc, s, "p99_us")),
+                cell(d.med(&sc, s, "p999_us")),
+                cell(d.med(&sc, s, "server_us_per_op")),
+                d.max(&sc, s, "errors")
+            );
+        }
+    }
+    md.push_str("\n| conns | rt/s vs naive | rt/s vs tokio | CPU/rt vs naive | CPU/rt vs tokio | p99 vs naive | p99 vs tokio |\n|---|---|---|---|---|---|---|\n");
+    for conns in [1, 16, 256, 1000] {
+        let sc = format!("ping-pong {conns}");
+        let _ = writeln!(
+            md,
+            "| {conns} | {} | {} | {} | {} | {} | {} |",
+            ratio_cell(d.ratio(&sc, "rt_per_s", ECHO, NAIVE)),
+            ratio_cell(d.ratio(&sc, "rt_per_s", ECHO, TOKIO)),
+            ratio_cell(d.ratio(&sc, "server_us_per_op", ECHO, NAIVE)),
+            ratio_cell(d.ratio(&sc, "server_us_per_op", ECHO, TOKIO)),
+            ratio_cell(d.ratio(&sc, "p99_us", ECHO, NAIVE)),
+            ratio_cell(d.ratio(&sc, "p99_us", ECHO, TOKIO)),
+        );
+    }
+    md.push_str("\n![round trips/s and p99 against connections](bench/plot.svg)\n\n");
+
+    // Streaming.
+    md.push_str("## Streaming (each connection pipelines lines while a reader drains them)\n\n");
+    md.push_str("| lines | conns | server | MB/s | lines/s | server CPU ns/line | errors |\n|---|---|---|---|---|---|---|\n");
+    let streams = [(64, 1), (64, 16), (4096, 1), (4096, 16)];
+    for (len, conns) in streams {
+        let sc = format!("stream {len}B x{conns}");
+        for s in SERVERS {
+            let _ = writeln!(
+                md,
+                "| {len} B | {conns} | {s} | {} | {} | {} | {} |",
+                cell(d.med(&sc, s, "mb_per_s")),
+                cell(d.med(&sc, s, "lines_per_s")),
+                cell(d.med(&sc, s, "server_us_per_op").map(|v| v * 1000.0)),
+                d.max(&sc, s, "errors")
+            );
+        }
+    }
+    md.push_str("\n| lines | conns | MB/s vs naive | MB/s vs tokio | CPU/line vs naive | CPU/line vs tokio |\n|---|---|---|---|---|---|\n");
+    for (len, conns) in streams {
+        let sc = format!("stream {len}B x{conns}");
+        let _ = writeln!(
+            md,
+            "| {len} B | {conns} | {} | {} | {} | {} |",
+            ratio_cell(d.ratio(&sc, "mb_per_s", ECHO, NAIVE)),
+            ratio_cell(d.ratio(&sc, "mb_per_s", ECHO, TOKIO)),
+            ratio_cell(d.ratio(&sc, "server_us_per_op", ECHO, NAIVE)),
+            ratio_cell(d.ratio(&sc, "server_us_per_op", ECHO, TOKIO)),
+        );
+    }
+
+    // Churn, memory, start-up, burst.
+    md.push_str("\n## Churn, memory, start-up, a burst of connects\n\n");
+    md.push_str("| server | churn conn/s (4 clients) | server CPU µs/conn | idle RSS kB | RSS with 1,000 idle conns kB | RSS per idle conn kB | kernel stack per conn kB | threads idle / with 1,000 | start-up to first echo ms | burst of 1,000: connects > 900 ms | listen overflows | slowest connect ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for s in SERVERS {
+        let _ = writeln!(
+            md,
+            "| {s} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {} |",
+            cell(d.med("churn", s, "conn_per_s")),
+            cell(d.med("churn", s, "server_us_per_op")),
+            cell(d.med("memory", s, "idle_rss_kb")),
+            cell(d.med("memory", s, "rss_1000_kb")),
+            cell(d.med("memory", s, "rss_per_conn_kb")),
+            cell(d.med("memory", s, "kernel_stack_per_conn_kb")),
+            cell(d.med("memory", s, "idle_threads")),
+            cell(d.med("memory", s, "threads_1000")),
+            cell(d.med("startup", s, "startup_ms")),
+            cell(d.med("burst 1000", s, "slow_connects")),
+            cell(d.med("burst 1000", s, "listen_overflows")),
+            cell(d.med("burst 1000", s, "slowest_connect_ms")),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nWrite syscalls per 1,000 lines streamed (64-byte lines, 1 connection, counted by `strace -c` attached to the server): {}.",
+        SERVERS.iter().map(|s| format!("{s} {}", cell(d.med("writes", s, "writes_per_line").map(|w| w * 1000.0)))).collect::<Vec<_>>().join(", ")
+    );
+    md.push_str(
+        "\nRSS per connection is what RSS shows; each connection's thread also has a kernel stack that \
+         RSS does not show (`KernelStack` in /proc/meminfo, the machine-wide delta divided by 1,000). \
+         tokio needs no thread per connection, hence its smaller kernel share.\n\n",
+    );
+
+    // Logging and prefix.
+    md.push_str("## The cost of logging and of the prefix (tcp-echo against itself)\n\n");
+    md.push_str("| variant | ping-pong 16: rt/s | server CPU µs/rt | stream 64 B x1: MB/s | server CPU ns/line |\n|---|---|---|---|---|\n");
+    for s in [ECHO, "tcp-echo info", "tcp-echo no prefix"] {
+        let label = match s {
+            ECHO => "`RUST_LOG=warn`, prefix",
+            "tcp-echo info" => "`RUST_LOG=info` (default), prefix",
+            _ => "`RUST_LOG=warn`, no prefix",
+        };
+        let _ = writeln!(
+            md,
+            "| {label} | {} | {} | {} | {} |",
+            cell(d.med("log ping-pong 16", s, "rt_per_s")),
+            cell(d.med("log ping-pong 16", s, "server_us_per_op")),
+            cell(d.med("log stream 64B x1", s, "mb_per_s")),
+            cell(
+                d.med("log stream 64B x1", s, "server_us_per_op")
+                    .map(|v| v * 1000.0)
+            ),
+        );
+    }
+    let info_cost = d
+        .med("log ping-pong 16", "tcp-echo info", "server_us_per_op")
+        .zip(d.med("log ping-pong 16", ECHO, "server_us_per_op"))
+        .map(|(a, b)| a - b);
+    let info_stream_cost = d
+        .med("log stream 64B x1", "tcp-echo info", "server_us_per_op")
+        .zip(d.med("log stream 64B x1", ECHO, "server_us_per_op"))
+        .map(|(a, b)| a - b);
+    let _ = writeln!(
+        md,
+        "\nAt the default `info`, every received line is logged twice (go-echo's `Received Raw Data` and \
+         `Received Data` records). Measured cost: **{} µs of server CPU per line** in ping-pong and \
+         **{} µs per line** when streaming, over `warn`. With `warn` no record is formatted: the level \
+         is checked once per connection. For load tests, use `RUST_LOG=warn` or \
+         `RUST_LOG=info,tcp_echo::data=off` (connection records only).\n",
+        cell(info_cost),
+        cell(info_stream_cost)
+    );
+
+    // Targets.
+    md.push_str("## Targets\n\n| target | measured | met |\n|---|---|---|\n");
+    let mut target = |name: &str, measured: String, ok: Option<bool>| {
+        let mark = match ok {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "–",
+        };
+        let _ = writeln!(md, "| {name} | {measured} | {mark} |");
+    };
+    for conns in [1, 16] {
+        let r = d.ratio(&format!("stream 64B x{conns}"), "mb_per_s", ECHO, TOKIO);
+        target(
+            &format!("streaming 64 B, {conns} conn: at least tokio batched"),
+            ratio_cell(r),
+            r.map(|r| r >= 1.0),
+        );
+    }
+    for conns in [1, 16] {
+        let sc = format!("stream 4096B x{conns}");
+        let best = [NAIVE, TOKIO]
+            .iter()
+            .filter_map(|p| d.ratio(&sc, "mb_per_s", ECHO, p))
+            .fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.min(r))));
+        target(
+            &format!("streaming 4 KiB, {conns} conns: at least the best peer"),
+            format!("{} of the best peer", ratio_cell(best)),
+            best.map(|r| r >= 1.0),
+        );
+    }
+    for conns in [16, 256] {
+        let sc = format!("ping-pong {conns}");
+        let n = d.ratio(&sc, "server_us_per_op", ECHO, NAIVE);
+        let t = d.ratio(&sc, "server_us_per_op", ECHO, TOKIO);
+        target(
+            &format!("ping-pong {conns}: server CPU/rt ≤ naive and ≤ 1.5× tokio"),
+            format!("{} of naive, {} of tokio", ratio_cell(n), ratio_cell(t)),
+            n.zip(t).map(|(n, t)| n <= 1.0 && t <= 1.5),
+        );
+    }
+    let p99 = d.ratio("ping-pong 256", "p99_us", ECHO, NAIVE);
+    target(
+        "ping-pong 256: p99 no worse than naive",
+        ratio_cell(p99),
+        p99.map(|r| r <= 1.0),
+    );
+    let e1000 = d.max("ping-pong 1000", ECHO, "errors");
+    target(
+        "1,000 connections served without errors",
+        format!("{e1000} errors"),
+        Some(e1000 == 0.0),
+    );
+    let idle = d.med("memory", ECHO, "idle_rss_kb");
+    target(
+        "idle RSS ≤ 2 MB",
+        format!("{} kB", cell(idle)),
+        idle.map(|v| v <= 2048.0),
+    );
+    let per = d.med("memory", ECHO, "rss_per_conn_kb");
+    target(
+        "≤ 10 kB RSS per idle connection",
+        format!("{} kB", cell(per)),
+        per.map(|v| v <= 10.0),
+    );
+    let threads = d.med("memory", ECHO, "idle_threads");
+    target(
+        "threads created as load needs them",
+        format!("{} threads idle", cell(threads)),
+        threads.map(|t| t <= 4.0),
+    );
+    let up = d.med("startup", ECHO, "startup_ms");
+    target(
+        "start-up to first accept < 5 ms",
+        format!("{} ms (to the first echo)", cell(up)),
+        up.map(|v| v < 5.0),
+    );
+    let slow = d.med("burst 1000", ECHO, "slow_connects");
+    let over = d.med("burst 1000", ECHO, "listen_overflows");
+    target(
+        "a burst of 1,000 connects without listen-queue overflow",
+        format!("{} slow connects, {} overflows", cell(slow), cell(over)),
+        slow.zip(over).map(|(s, o)| s == 0.0 && o == 0.0),
+    );
+    let writes = d.med("writes", ECHO, "writes_per_line");
+    target(
+        "pipelined replies leave in as few writes as the input allows",
+        format!(
+            "{} write syscalls per 1,000 lines streamed (naive: {}, tokio: {}; `strace -c`)",
+            cell(writes.map(|w| w * 1000.0)),
+            cell(
+                d.med("writes", NAIVE, "writes_per_line")
+                    .map(|w| w * 1000.0)
+            ),
+            cell(
+                d.med("writes", TOKIO, "writes_per_line")
+                    .map(|w| w * 1000.0)
+            )
+        ),
+        writes.map(|w| w < 0.05),
+    );
+    target(
+        "cost per line of `info` logging stated",
+        format!(
+            "{} µs/line (ping-pong), {} µs/line (streaming)",
+            cell(info_cost),
+            cell(info_stream_cost)
+        ),
+        None,
+    );
+    let ks = d.med("memory", ECHO, "kernel_stack_per_conn_kb");
+    target(
+        "kernel memory per connection stated",
+        format!("{} kB kernel stack per connection, not in RSS", cell(ks)),
+        None,
+    );
+
+    std::fs::write("BENCHMARKS.md", md).expect("write BENCHMARKS.md");
+    let json: Vec<serde_json::Value> = records
+        .iter()
+        .map(|r| serde_json::json!({"round": r.round, "scenario": r.scenario, "server": r.server, "metrics": r.metrics}))
+        .collect();
+    std::fs::write(
+        "bench/results.json",
+        serde_json::to_string_pretty(&json).unwrap(),
+    )
+    .expect("write results.json");
+    plot(&d).expect("plot");
+    eprintln!("wrote BENCHMARKS.md, bench/results.json, bench/plot.svg");
+}
+
+fn plot(d: &Data) -> Result<(), Box<dyn std::error::Error>> {
+    let root = SVGBackend::new("bench/plot.svg", (1000, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(500);
+    let conns = [1.0, 16.0, 256.0, 1000.0];
+    let colors = [RED, BLUE, GREEN];
+    let series = |metric: &str, server: &str| -> Vec<(f64, f64)> {
+        conns
+            .iter()
+            .filter_map(|&c| {
+                d.med(&format!("ping-pong {c}"), server, metric)
+                    .map(|v| (c, v))
+            })
+            .collect()
+    };
+    for (area, metric, title) in [
+        (&left, "rt_per_s", "round trips/s"),
+        (&right, "p99_us", "p99 latency (µs)"),
+    ] {
+        let max = SERVERS
+            .iter()
+            .flat_map(|s| series(metric, s))
+            .map(|(_, v)| v)
+            .fold(1.0, f64::max);
+        let mut chart = ChartBuilder::on(area)
+            .caption(format!("ping-pong: {title}"), ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(70)
+            .build_cartesian_2d((1f64..1000f64).log_scale(), (1f64..max * 1.5).log_scale())?;
+        chart
+            .configure_mesh()
+            .x_desc("connections")
+            .y_desc(title)
+            .draw()?;
+        for (s, color) in SERVERS.iter().zip(colors) {
+            let pts = series(metric, s);
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+                .label(*s)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+                });
+            chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}
