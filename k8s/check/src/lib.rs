@@ -1,0 +1,464 @@
+//! Checks tcp-echo's manifests (`k8s/`) as strictly as an API server would, cross-checks them as
+//! a set, and derives from them the routing that the local Envoy rehearsal reproduces.
+//!
+//! * [`build`] reads a kustomization the way `kubectl apply -k` does, for the subset used here
+//!   (`resources`: files and directories); any other kustomization field is an error, so a
+//!   kustomization this checker cannot read fails loudly instead of being half-checked.
+//! * [`parse`] turns each document into its typed model: `k8s-openapi` for the core kinds and
+//!   `kcr_networking_istio_io` for Istio's. Through `serde_ignored`, a field the model does not
+//!   know (unknown or misspelt) is an error, as are a wrong type and a missing required field.
+//! * [`cross_check`] checks what only the set shows: selectors, ports, subsets, gateways,
+//!   weights, the grace period.
+//! * [`routes`] derives, per gateway port, the weighted backends, with each backend's
+//!   container settings: what the Envoy rehearsal starts and configures.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Container, PodTemplateSpec, Service, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kcr_networking_istio_io::v1::destinationrules::DestinationRule;
+use kcr_networking_istio_io::v1::gateways::Gateway;
+use kcr_networking_istio_io::v1::virtualservices::VirtualService;
+
+/// tcp-echo's default `--drain-timeout`, in seconds, when a Deployment does not set it.
+pub const DEFAULT_DRAIN_SECONDS: f64 = 5.0;
+
+/// One YAML document and the file it came from.
+#[derive(Debug, Clone)]
+pub struct Doc {
+    /// The file.
+    pub file: PathBuf,
+    /// The document.
+    pub value: serde_yaml::Value,
+}
+
+impl Doc {
+    fn str_at(&self, key: &str) -> &str {
+        self.value.get(key).and_then(|v| v.as_str()).unwrap_or("")
+    }
+
+    /// `kind/name` (for messages).
+    pub fn label(&self) -> String {
+        let name = self.value.get("metadata").and_then(|m| m.get("name")).and_then(|n| n.as_str()).unwrap_or("?");
+        format!("{}/{} ({})", self.str_at("kind"), name, self.file.display())
+    }
+}
+
+/// Reads the kustomization in `dir` (its `resources`, recursively), as `kubectl apply -k` would.
+pub fn build(dir: &Path) -> Result<Vec<Doc>, String> {
+    let path = dir.join("kustomization.yaml");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let k: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let map = k.as_mapping().ok_or_else(|| format!("{}: not a mapping", path.display()))?;
+    for key in map.keys() {
+        let key = key.as_str().unwrap_or("");
+        if !["apiVersion", "kind", "resources"].contains(&key) {
+            return Err(format!("{}: field `{key}` is not supported by this checker", path.display()));
+        }
+    }
+    if k.get("kind").and_then(|v| v.as_str()) != Some("Kustomization") {
+        return Err(format!("{}: kind must be Kustomization", path.display()));
+    }
+    let mut docs = Vec::new();
+    for r in k.get("resources").and_then(|r| r.as_sequence()).into_iter().flatten() {
+        let r = r.as_str().ok_or_else(|| format!("{}: resources must be strings", path.display()))?;
+        let target = dir.join(r);
+        if target.is_dir() {
+            docs.extend(build(&target)?);
+        } else {
+            let text = std::fs::read_to_string(&target).map_err(|e| format!("{}: {e}", target.display()))?;
+            for de in serde_yaml::Deserializer::from_str(&text) {
+                let value = serde::Deserialize::deserialize(de).map_err(|e| format!("{}: {e}", target.display()))?;
+                if !matches!(value, serde_yaml::Value::Null) {
+                    docs.push(Doc { file: target.clone(), value });
+                }
+            }
+        }
+    }
+    Ok(docs)
+}
+
+/// A document, typed.
+#[derive(Debug, Clone)]
+pub enum Object {
+    /// `v1/ServiceAccount`
+    ServiceAccount(Box<ServiceAccount>),
+    /// `apps/v1/Deployment`
+    Deployment(Box<Deployment>),
+    /// `v1/Service`
+    Service(Box<Service>),
+    /// `networking.istio.io/v1/Gateway`
+    Gateway(Box<Gateway>),
+    /// `networking.istio.io/v1/VirtualService`
+    VirtualService(Box<VirtualService>),
+    /// `networking.istio.io/v1/DestinationRule`
+    DestinationRule(Box<DestinationRule>),
+}
+
+/// Deserializes `value` into `T`, failing on any field `T` does not know.
+pub fn strict<T: serde::de::DeserializeOwned>(value: &serde_yaml::Value) -> Result<T, Vec<String>> {
+    let mut unknown = Vec::new();
+    let parsed: Result<T, _> = serde_ignored::deserialize(value.clone(), |path| unknown.push(format!("unknown field `{path}`")));
+    match parsed {
+        Err(e) => {
+            unknown.push(e.to_string());
+            Err(unknown)
+        }
+        Ok(_) if !unknown.is_empty() => Err(unknown),
+        Ok(v) => Ok(v),
+    }
+}
+
+/// Parses one document into its typed model (see [`Object`]); unknown kinds are errors.
+pub fn parse(doc: &Doc) -> Result<Object, Vec<String>> {
+    let errors = |e: Vec<String>| e.into_iter().map(|m| format!("{}: {m}", doc.label())).collect::<Vec<_>>();
+    let v = &doc.value;
+    match (doc.str_at("apiVersion"), doc.str_at("kind")) {
+        ("v1", "ServiceAccount") => strict(v).map(|o| Object::ServiceAccount(Box::new(o))).map_err(errors),
+        ("apps/v1", "Deployment") => strict(v).map(|o| Object::Deployment(Box::new(o))).map_err(errors),
+        ("v1", "Service") => strict(v).map(|o| Object::Service(Box::new(o))).map_err(errors),
+        ("networking.istio.io/v1", "Gateway") => strict(v).map(|o| Object::Gateway(Box::new(o))).map_err(errors),
+        ("networking.istio.io/v1", "VirtualService") => {
+            strict(v).map(|o| Object::VirtualService(Box::new(o))).map_err(errors)
+        }
+        ("networking.istio.io/v1", "DestinationRule") => {
+            strict(v).map(|o| Object::DestinationRule(Box::new(o))).map_err(errors)
+        }
+        (api, kind) => Err(vec![format!("{}: unsupported apiVersion/kind {api}/{kind}", doc.label())]),
+    }
+}
+
+/// Every object of a kustomization, typed.
+#[derive(Debug, Default, Clone)]
+pub struct Set {
+    /// ServiceAccounts.
+    pub service_accounts: Vec<ServiceAccount>,
+    /// Deployments.
+    pub deployments: Vec<Deployment>,
+    /// Services.
+    pub services: Vec<Service>,
+    /// Gateways.
+    pub gateways: Vec<Gateway>,
+    /// VirtualServices.
+    pub virtual_services: Vec<VirtualService>,
+    /// DestinationRules.
+    pub destination_rules: Vec<DestinationRule>,
+}
+
+/// Parses documents into a [`Set`], collecting every error.
+pub fn parse_all(docs: &[Doc]) -> Result<Set, Vec<String>> {
+    let mut set = Set::default();
+    let mut errors = Vec::new();
+    for doc in docs {
+        match parse(doc) {
+            Ok(Object::ServiceAccount(o)) => set.service_accounts.push(*o),
+            Ok(Object::Deployment(o)) => set.deployments.push(*o),
+            Ok(Object::Service(o)) => set.services.push(*o),
+            Ok(Object::Gateway(o)) => set.gateways.push(*o),
+            Ok(Object::VirtualService(o)) => set.virtual_services.push(*o),
+            Ok(Object::DestinationRule(o)) => set.destination_rules.push(*o),
+            Err(e) => errors.extend(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(set)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Builds, parses and cross-checks the kustomization in `dir`.
+pub fn check(dir: &Path) -> Result<Set, Vec<String>> {
+    let docs = build(dir).map_err(|e| vec![e])?;
+    let set = parse_all(&docs)?;
+    let problems = cross_check(&set);
+    if problems.is_empty() {
+        Ok(set)
+    } else {
+        Err(problems)
+    }
+}
+
+fn name_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    meta.name.clone().unwrap_or_default()
+}
+
+/// Whether every `selector` entry is among `labels`.
+fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+fn pod_labels(t: &PodTemplateSpec) -> BTreeMap<String, String> {
+    t.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default()
+}
+
+fn env_value(c: &Container, name: &str) -> Option<String> {
+    c.env.as_ref()?.iter().find(|e| e.name == name)?.value.clone()
+}
+
+/// Resolves a port given as a number or a container port name.
+fn resolve_port(port: &IntOrString, c: &Container) -> Option<i32> {
+    match port {
+        IntOrString::Int(n) => Some(*n),
+        IntOrString::String(name) => c.ports.as_ref()?.iter().find(|p| p.name.as_deref() == Some(name))?.container_port.into(),
+    }
+}
+
+/// Checks what only the set as a whole shows; returns every problem found.
+pub fn cross_check(set: &Set) -> Vec<String> {
+    let mut p = Vec::new();
+    // Deployments: their own selector selects their pods; ports, TCP_PORT and probes agree; the
+    // grace period exceeds the drain timeout.
+    for d in &set.deployments {
+        let name = name_of(&d.metadata);
+        let Some(spec) = &d.spec else {
+            p.push(format!("Deployment {name}: no spec"));
+            continue;
+        };
+        let labels = pod_labels(&spec.template);
+        let sel = spec.selector.match_labels.clone().unwrap_or_default();
+        if !selects(&sel, &labels) {
+            p.push(format!("Deployment {name}: spec.selector does not select its own pod template labels"));
+        }
+        for l in ["app", "version"] {
+            if !labels.contains_key(l) {
+                p.push(format!("Deployment {name}: pod template has no `{l}` label (Istio subsets select by it)"));
+            }
+        }
+        let Some(pod) = &spec.template.spec else {
+            p.push(format!("Deployment {name}: no pod spec"));
+            continue;
+        };
+        for c in &pod.containers {
+            let ports: Vec<i32> = c.ports.iter().flatten().map(|p| p.container_port).collect();
+            let tcp_port = env_value(c, "TCP_PORT");
+            match tcp_port.as_deref().map(str::parse::<i32>) {
+                Some(Ok(port)) if ports.contains(&port) => {}
+                Some(_) => p.push(format!(
+                    "Deployment {name}: TCP_PORT={} is not a containerPort ({ports:?})",
+                    tcp_port.unwrap_or_default()
+                )),
+                None => p.push(format!("Deployment {name}: container {} sets no literal TCP_PORT", c.name)),
+            }
+            for (kind, probe) in [("readinessProbe", &c.readiness_probe), ("livenessProbe", &c.liveness_probe)] {
+                match probe.as_ref().and_then(|pr| pr.tcp_socket.as_ref()) {
+                    Some(tcp) => match resolve_port(&tcp.port, c) {
+                        Some(port) if ports.contains(&port) => {}
+                        _ => p.push(format!("Deployment {name}: {kind} port {:?} is not a containerPort ({ports:?})", tcp.port)),
+                    },
+                    None => p.push(format!("Deployment {name}: no tcpSocket {kind}")),
+                }
+            }
+            let drain = env_value(c, "ECHO_DRAIN_TIMEOUT").and_then(|v| v.parse::<f64>().ok()).unwrap_or(DEFAULT_DRAIN_SECONDS);
+            let grace = pod.termination_grace_period_seconds.unwrap_or(30) as f64;
+            if grace <= drain {
+                p.push(format!(
+                    "Deployment {name}: terminationGracePeriodSeconds {grace} does not exceed the drain timeout {drain}s"
+                ));
+            }
+        }
+    }
+    // Services select pods, target their ports, and declare TCP (the banner speaks first).
+    for s in &set.services {
+        let name = name_of(&s.metadata);
+        let Some(spec) = &s.spec else { continue };
+        let sel = spec.selector.clone().unwrap_or_default();
+        let pods: Vec<&Deployment> = set
+            .deployments
+            .iter()
+            .filter(|d| d.spec.as_ref().is_some_and(|ds| selects(&sel, &pod_labels(&ds.template))))
+            .collect();
+        if pods.is_empty() {
+            p.push(format!("Service {name}: selector {sel:?} selects no Deployment's pods"));
+        }
+        for port in spec.ports.iter().flatten() {
+            let pname = port.name.clone().unwrap_or_default();
+            let declared_tcp = pname == "tcp" || pname.starts_with("tcp-") || port.app_protocol.as_deref() == Some("tcp");
+            if !declared_tcp {
+                p.push(format!(
+                    "Service {name}: port {} is neither named tcp/tcp-* nor appProtocol tcp: Istio's protocol sniffing would hold back the banner",
+                    port.port
+                ));
+            }
+            let target = port.target_port.clone().unwrap_or(IntOrString::Int(port.port));
+            for d in &pods {
+                let containers = d.spec.as_ref().and_then(|s| s.template.spec.as_ref()).map(|p| p.containers.clone()).unwrap_or_default();
+                let ok = containers.iter().any(|c| {
+                    resolve_port(&target, c).is_some_and(|n| c.ports.iter().flatten().any(|cp| cp.container_port == n))
+                });
+                if !ok {
+                    p.push(format!("Service {name}: targetPort {target:?} is not a containerPort of Deployment {}", name_of(&d.metadata)));
+                }
+            }
+        }
+    }
+    // DestinationRules: the host is a Service; every subset selects pods of that Service.
+    for dr in &set.destination_rules {
+        let name = name_of(&dr.metadata);
+        let Some(svc) = set.services.iter().find(|s| host_is(&dr.spec.host, s)) else {
+            p.push(format!("DestinationRule {name}: host {} is not a Service here", dr.spec.host));
+            continue;
+        };
+        let svc_sel = svc.spec.as_ref().and_then(|s| s.selector.clone()).unwrap_or_default();
+        for subset in dr.spec.subsets.iter().flatten() {
+            let labels = subset.labels.clone().unwrap_or_default();
+            let hit = set.deployments.iter().any(|d| {
+                d.spec.as_ref().is_some_and(|ds| {
+                    let pl = pod_labels(&ds.template);
+                    selects(&labels, &pl) && selects(&svc_sel, &pl)
+                })
+            });
+            if !hit {
+                p.push(format!("DestinationRule {name}: subset {} (labels {labels:?}) selects no pods of Service {}", subset.name, name_of(&svc.metadata)));
+            }
+        }
+    }
+    // VirtualServices: gateways exist and listen on the matched ports with protocol TCP;
+    // destinations are real Service ports and subsets; weights sum to 100.
+    for vs in &set.virtual_services {
+        let name = name_of(&vs.metadata);
+        let gateways: Vec<String> = vs.spec.gateways.clone().unwrap_or_default();
+        for g in &gateways {
+            if !set.gateways.iter().any(|gw| &name_of(&gw.metadata) == g) {
+                p.push(format!("VirtualService {name}: gateway {g} does not exist"));
+            }
+        }
+        for (i, tcp) in vs.spec.tcp.iter().flatten().enumerate() {
+            for m in tcp.r#match.iter().flatten() {
+                let Some(port) = m.port else { continue };
+                let scope: Vec<String> = m.gateways.clone().filter(|g| !g.is_empty()).unwrap_or_else(|| gateways.clone());
+                for g in &scope {
+                    if !gateways.contains(g) {
+                        p.push(format!("VirtualService {name}: tcp[{i}] matches gateway {g}, which is not in spec.gateways"));
+                    }
+                }
+                let listens = set.gateways.iter().filter(|gw| scope.contains(&name_of(&gw.metadata))).any(|gw| {
+                    gw.spec.servers.iter().flatten().any(|s| s.port.number == port && s.port.protocol.eq_ignore_ascii_case("TCP"))
+                });
+                if !listens {
+                    p.push(format!("VirtualService {name}: tcp[{i}] matches port {port}, on which no gateway of {scope:?} has a TCP server"));
+                }
+            }
+            let routes = tcp.route.clone().unwrap_or_default();
+            if routes.is_empty() {
+                p.push(format!("VirtualService {name}: tcp[{i}] has no route"));
+            }
+            let weights: Vec<i64> = routes.iter().filter_map(|r| r.weight).collect();
+            if routes.len() > 1 || !weights.is_empty() {
+                let sum: i64 = weights.iter().sum();
+                if weights.len() != routes.len() || sum != 100 {
+                    p.push(format!("VirtualService {name}: tcp[{i}] weights {weights:?} do not sum to 100"));
+                }
+            }
+            for r in &routes {
+                let dest = &r.destination;
+                let Some(svc) = set.services.iter().find(|s| host_is(&dest.host, s)) else {
+                    p.push(format!("VirtualService {name}: destination host {} is not a Service here", dest.host));
+                    continue;
+                };
+                if let Some(num) = dest.port.as_ref().and_then(|pt| pt.number) {
+                    let ports: Vec<i32> = svc.spec.as_ref().and_then(|s| s.ports.clone()).unwrap_or_default().iter().map(|sp| sp.port).collect();
+                    if !ports.contains(&(num as i32)) {
+                        p.push(format!("VirtualService {name}: destination port {num} is not a port of Service {} ({ports:?})", dest.host));
+                    }
+                }
+                if let Some(subset) = &dest.subset {
+                    let known = set
+                        .destination_rules
+                        .iter()
+                        .filter(|dr| host_is(&dr.spec.host, svc))
+                        .any(|dr| dr.spec.subsets.iter().flatten().any(|s| &s.name == subset));
+                    if !known {
+                        p.push(format!("VirtualService {name}: subset {subset} of {} is defined by no DestinationRule", dest.host));
+                    }
+                }
+            }
+        }
+    }
+    p
+}
+
+/// Whether an Istio `host` names Service `s` (short name or cluster-local FQDN).
+fn host_is(host: &str, s: &Service) -> bool {
+    let name = name_of(&s.metadata);
+    host == name || host.starts_with(&format!("{name}."))
+}
+
+/// A backend of a gateway port: one Deployment's pods.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backend {
+    /// The Deployment's name (`tcp-echo-v1`).
+    pub deployment: String,
+    /// Its pods' `version` label.
+    pub version: String,
+    /// Literal environment values of its container (`TCP_PORT`, `ECHO_PREFIX`, ...).
+    pub env: BTreeMap<String, String>,
+    /// Its pods' service account.
+    pub service_account: String,
+    /// The weight of this backend on the route (100 when alone).
+    pub weight: u32,
+}
+
+/// One port of the ingress gateway and where its connections go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    /// The gateway port (`31400`).
+    pub gateway_port: u16,
+    /// The backends with their weights.
+    pub backends: Vec<Backend>,
+}
+
+/// Derives, from a checked set, every gateway port's weighted backends.
+pub fn routes(set: &Set) -> Vec<Route> {
+    let mut out = Vec::new();
+    for vs in &set.virtual_services {
+        for tcp in vs.spec.tcp.iter().flatten() {
+            let ports: Vec<i64> = tcp.r#match.iter().flatten().filter_map(|m| m.port).collect();
+            for port in ports {
+                let mut backends = Vec::new();
+                for r in tcp.route.iter().flatten() {
+                    let dest = &r.destination;
+                    let Some(svc) = set.services.iter().find(|s| host_is(&dest.host, s)) else { continue };
+                    let svc_sel = svc.spec.as_ref().and_then(|s| s.selector.clone()).unwrap_or_default();
+                    let subset_labels = dest
+                        .subset
+                        .as_ref()
+                        .and_then(|sub| {
+                            set.destination_rules
+                                .iter()
+                                .flat_map(|dr| dr.spec.subsets.iter().flatten())
+                                .find(|s| &s.name == sub)
+                                .and_then(|s| s.labels.clone())
+                        })
+                        .unwrap_or_default();
+                    for d in &set.deployments {
+                        let Some(ds) = &d.spec else { continue };
+                        let pl = pod_labels(&ds.template);
+                        if !selects(&svc_sel, &pl) || (!subset_labels.is_empty() && !selects(&subset_labels, &pl)) {
+                            continue;
+                        }
+                        let pod = ds.template.spec.clone().unwrap_or_default();
+                        let c = pod.containers.first().cloned().unwrap_or_default();
+                        let env = c
+                            .env
+                            .iter()
+                            .flatten()
+                            .filter_map(|e| e.value.clone().map(|v| (e.name.clone(), v)))
+                            .collect();
+                        backends.push(Backend {
+                            deployment: name_of(&d.metadata),
+                            version: pl.get("version").cloned().unwrap_or_default(),
+                            env,
+                            service_account: pod.service_account_name.clone().unwrap_or_else(|| "default".into()),
+                            weight: r.weight.unwrap_or(100) as u32,
+                        });
+                    }
+                }
+                out.push(Route { gateway_port: port as u16, backends });
+            }
+        }
+    }
+    out
+}

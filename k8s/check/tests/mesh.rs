@@ -1,0 +1,253 @@
+//! The local rehearsal (`make mesh-test`): tcp-echo v1 and v2 on loopback, started with the
+//! settings of their Deployments, behind a real Envoy playing Istio's ingress gateway, whose
+//! listeners, backends and weights are derived from the manifests (`routes`). Needs
+//! `TCP_ECHO_BIN` and `ENVOY_BIN`, which `make mesh-test` provides.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tcp_echo_k8s::{check, routes, Backend, Route};
+
+const DEADLINE: Duration = Duration::from_secs(15);
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run `make mesh-test`"))
+}
+
+/// A child process killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The banner a backend started by [`start_backend`] sends.
+fn banner(b: &Backend) -> String {
+    format!(
+        "Welcome, you are connected to node rehearsal-node.\nRunning on Pod {}-rehearsal.\n\
+         In namespace default.\nWith IP address 127.0.0.1.\nService {}.\n",
+        b.deployment, b.service_account
+    )
+}
+
+/// Starts one backend as its Deployment would run it: its literal environment, the downward-API
+/// values a pod would get, on a free loopback port instead of TCP_PORT.
+fn start_backend(b: &Backend) -> (Proc, SocketAddr) {
+    let mut cmd = Command::new(env("TCP_ECHO_BIN"));
+    for var in ["RUST_LOG", "ECHO_BANNER", "ECHO_MAX_CONNECTIONS"] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(&b.env)
+        .env("TCP_PORT", "0")
+        .env("ECHO_BIND", "127.0.0.1")
+        .env("NODE_NAME", "rehearsal-node")
+        .env("POD_NAME", format!("{}-rehearsal", b.deployment))
+        .env("POD_NAMESPACE", "default")
+        .env("POD_IP", "127.0.0.1")
+        .env("SERVICE_ACCOUNT", &b.service_account)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("start tcp-echo");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("tcp-echo exited").expect("read log");
+        if let Some(a) = line.split("listening on ").nth(1) {
+            break a.trim().parse().expect("address");
+        }
+    };
+    // Keep draining the log so the backend never blocks on it.
+    std::thread::spawn(move || for _ in lines {});
+    (Proc(child), addr)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Envoy's bootstrap: per gateway port a loopback listener with a TCP proxy to one cluster or,
+/// with several backends, `weighted_clusters` (how Istio programs TCP weights); one STATIC
+/// cluster per backend.
+fn envoy_config(routes: &[Route], listen: &BTreeMap<u16, u16>, backends: &BTreeMap<String, SocketAddr>) -> String {
+    let mut y = String::from("static_resources:\n  listeners:\n");
+    for r in routes {
+        let name = format!("gateway_{}", r.gateway_port);
+        y += &format!(
+            "  - name: {name}\n    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }}\n    filter_chains:\n    - filters:\n      - name: envoy.filters.network.tcp_proxy\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n          stat_prefix: {name}\n",
+            listen[&r.gateway_port]
+        );
+        if r.backends.len() == 1 {
+            y += &format!("          cluster: {}\n", r.backends[0].deployment);
+        } else {
+            y += "          weighted_clusters:\n            clusters:\n";
+            for b in &r.backends {
+                y += &format!("            - {{ name: {}, weight: {} }}\n", b.deployment, b.weight);
+            }
+        }
+    }
+    y += "  clusters:\n";
+    for (name, addr) in backends {
+        y += &format!(
+            "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }}\n",
+            addr.port()
+        );
+    }
+    y
+}
+
+/// The rehearsal of one walkthrough: backends and Envoy running.
+struct Rehearsal {
+    routes: Vec<Route>,
+    backends: BTreeMap<String, (Proc, SocketAddr)>,
+    /// Gateway port -> Envoy's loopback address for it.
+    gateway: BTreeMap<u16, SocketAddr>,
+    _envoy: Proc,
+    _config: PathBuf,
+}
+
+impl Rehearsal {
+    fn start(dir: &str) -> Rehearsal {
+        let set = check(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(dir)).unwrap_or_else(|e| panic!("{e:#?}"));
+        let routes = routes(&set);
+        assert!(!routes.is_empty());
+        let mut backends = BTreeMap::new();
+        for b in routes.iter().flat_map(|r| &r.backends) {
+            if !backends.contains_key(&b.deployment) {
+                backends.insert(b.deployment.clone(), start_backend(b));
+            }
+        }
+        let listen: BTreeMap<u16, u16> = routes.iter().map(|r| (r.gateway_port, free_port())).collect();
+        let addrs = backends.iter().map(|(k, (_, a))| (k.clone(), *a)).collect();
+        let config = std::env::temp_dir().join(format!("tcp-echo-envoy-{}-{}.yaml", std::process::id(), listen.values().next().unwrap()));
+        std::fs::write(&config, envoy_config(&routes, &listen, &addrs)).unwrap();
+        let envoy = Command::new(env("ENVOY_BIN"))
+            .args(["-c", config.to_str().unwrap(), "--use-dynamic-base-id", "--concurrency", "1", "--log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start envoy");
+        let gateway: BTreeMap<u16, SocketAddr> = listen.iter().map(|(g, p)| (*g, SocketAddr::from(([127, 0, 0, 1], *p)))).collect();
+        let start = Instant::now();
+        for addr in gateway.values() {
+            while TcpStream::connect(addr).is_err() {
+                assert!(start.elapsed() < Duration::from_secs(30), "envoy did not listen on {addr}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Rehearsal { routes, backends, gateway, _envoy: Proc(envoy), _config: config }
+    }
+
+    fn backend(&self, port: u16, version: &str) -> Backend {
+        self.routes
+            .iter()
+            .find(|r| r.gateway_port == port)
+            .and_then(|r| r.backends.iter().find(|b| b.version == version))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {version} behind {port}"))
+    }
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect to envoy");
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s
+}
+
+/// Sends `data`, half-closes, reads until the other side closes.
+fn exchange(addr: SocketAddr, data: &[u8]) -> String {
+    let mut s = connect(addr);
+    s.write_all(data).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).expect("read through envoy");
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn port_routing_sends_each_gateway_port_to_its_version() {
+    let r = Rehearsal::start("");
+    for (port, version, prefix) in [(31400, "v1", "one"), (31401, "v2", "two")] {
+        let b = r.backend(port, version);
+        let got = exchange(r.gateway[&port], b"hello\nlast line without newline");
+        assert_eq!(
+            got,
+            format!("{}{prefix} hello\n{prefix} last line without newline", banner(&b)),
+            "through gateway port {port}"
+        );
+    }
+}
+
+#[test]
+fn weighted_routing_splits_connections_80_20() {
+    let r = Rehearsal::start("weighted");
+    let (v1, v2) = (r.backend(31400, "v1"), r.backend(31400, "v2"));
+    let (mut one, mut two) = (0, 0);
+    for i in 0..200 {
+        let got = exchange(r.gateway[&31400], format!("{i}\n").as_bytes());
+        if got == format!("{}one {i}\n", banner(&v1)) {
+            one += 1;
+        } else if got == format!("{}two {i}\n", banner(&v2)) {
+            two += 1;
+        } else {
+            panic!("connection {i}: unexpected answer {got:?}");
+        }
+    }
+    println!("200 connections: {one} to v1, {two} to v2");
+    // Binomial(200, 0.8): mean 160, standard deviation 5.7. The tolerance, ±24 (over 4 standard
+    // deviations), fails a correct 80/20 split about once in 50,000 runs; an even split (100)
+    // or a wrong way round (40) is far outside it.
+    assert_eq!(one + two, 200);
+    assert!((136..=184).contains(&one), "{one} of 200 to v1, expected 160 ± 24");
+}
+
+#[test]
+fn a_stopped_backend_is_a_closed_connection_not_a_hang() {
+    let mut r = Rehearsal::start("");
+    let v2 = r.backend(31401, "v2");
+    // A client connected through the gateway, banner read, when v2 stops.
+    let mut open = connect(r.gateway[&31401]);
+    let want = banner(&v2);
+    let mut got = vec![0u8; want.len()];
+    open.read_exact(&mut got).unwrap();
+    assert_eq!(String::from_utf8(got).unwrap(), want);
+    let (proc, _) = r.backends.remove("tcp-echo-v2").unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc_kill(proc.0.id() as i32) };
+    let t = Instant::now();
+    let mut rest = Vec::new();
+    match open.read_to_end(&mut rest) {
+        Ok(_) => {}
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
+    }
+    assert!(t.elapsed() < Duration::from_secs(5), "the open connection hung for {:?}", t.elapsed());
+    drop(proc);
+    // A new client: Envoy cannot reach v2 and closes the connection.
+    let t = Instant::now();
+    let mut fresh = connect(r.gateway[&31401]);
+    let _ = fresh.write_all(b"anyone there?\n");
+    let mut buf = Vec::new();
+    match fresh.read_to_end(&mut buf) {
+        Ok(_) => assert!(buf.is_empty(), "got {buf:?} from a stopped backend"),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
+    }
+    assert!(t.elapsed() < Duration::from_secs(5), "the new connection hung for {:?}", t.elapsed());
+    // v1 is unaffected.
+    let v1 = r.backend(31400, "v1");
+    assert_eq!(exchange(r.gateway[&31400], b"still\n"), format!("{}one still\n", banner(&v1)));
+}
+
+/// SIGTERM, as Kubernetes stops a pod.
+unsafe fn libc_kill(pid: i32) {
+    extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    kill(pid, 15);
+}
