@@ -41,7 +41,12 @@ impl Doc {
 
     /// `kind/name` (for messages).
     pub fn label(&self) -> String {
-        let name = self.value.get("metadata").and_then(|m| m.get("name")).and_then(|n| n.as_str()).unwrap_or("?");
+        let name = self
+            .value
+            .get("metadata")
+            .and_then(|m| m.get("name"))
+            .and_then(|n| n.as_str())
+            .unwrap_or("?");
         format!("{}/{} ({})", self.str_at("kind"), name, self.file.display())
     }
 }
@@ -50,29 +55,47 @@ impl Doc {
 pub fn build(dir: &Path) -> Result<Vec<Doc>, String> {
     let path = dir.join("kustomization.yaml");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let k: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    let map = k.as_mapping().ok_or_else(|| format!("{}: not a mapping", path.display()))?;
+    let k: serde_yaml::Value =
+        serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let map = k
+        .as_mapping()
+        .ok_or_else(|| format!("{}: not a mapping", path.display()))?;
     for key in map.keys() {
         let key = key.as_str().unwrap_or("");
         if !["apiVersion", "kind", "resources"].contains(&key) {
-            return Err(format!("{}: field `{key}` is not supported by this checker", path.display()));
+            return Err(format!(
+                "{}: field `{key}` is not supported by this checker",
+                path.display()
+            ));
         }
     }
     if k.get("kind").and_then(|v| v.as_str()) != Some("Kustomization") {
         return Err(format!("{}: kind must be Kustomization", path.display()));
     }
     let mut docs = Vec::new();
-    for r in k.get("resources").and_then(|r| r.as_sequence()).into_iter().flatten() {
-        let r = r.as_str().ok_or_else(|| format!("{}: resources must be strings", path.display()))?;
+    for r in k
+        .get("resources")
+        .and_then(|r| r.as_sequence())
+        .into_iter()
+        .flatten()
+    {
+        let r = r
+            .as_str()
+            .ok_or_else(|| format!("{}: resources must be strings", path.display()))?;
         let target = dir.join(r);
         if target.is_dir() {
             docs.extend(build(&target)?);
         } else {
-            let text = std::fs::read_to_string(&target).map_err(|e| format!("{}: {e}", target.display()))?;
+            let text = std::fs::read_to_string(&target)
+                .map_err(|e| format!("{}: {e}", target.display()))?;
             for de in serde_yaml::Deserializer::from_str(&text) {
-                let value = serde::Deserialize::deserialize(de).map_err(|e| format!("{}: {e}", target.display()))?;
+                let value = serde::Deserialize::deserialize(de)
+                    .map_err(|e| format!("{}: {e}", target.display()))?;
                 if !matches!(value, serde_yaml::Value::Null) {
-                    docs.push(Doc { file: target.clone(), value });
+                    docs.push(Doc {
+                        file: target.clone(),
+                        value,
+                    });
                 }
             }
         }
@@ -99,8 +122,28 @@ pub enum Object {
 
 /// Deserializes `value` into `T`, failing on any field `T` does not know.
 pub fn strict<T: serde::de::DeserializeOwned>(value: &serde_yaml::Value) -> Result<T, Vec<String>> {
+    strict_except::<T>(value, &[])
+}
+
+/// [`strict`], except for the top-level fields in `allowed`: kube's derived custom-resource
+/// types do not model `apiVersion` and `kind` (checked by [`parse`] before it gets here).
+fn strict_except<T: serde::de::DeserializeOwned>(
+    value: &serde_yaml::Value,
+    allowed: &[&str],
+) -> Result<T, Vec<String>> {
     let mut unknown = Vec::new();
-    let parsed: Result<T, _> = serde_ignored::deserialize(value.clone(), |path| unknown.push(format!("unknown field `{path}`")));
+    let parsed: Result<T, _> = serde_ignored::deserialize(value.clone(), |path| {
+        // serde_ignored writes `?` for each Option on the way; a reader wants the YAML path.
+        let path = path
+            .to_string()
+            .split('.')
+            .filter(|s| *s != "?")
+            .collect::<Vec<_>>()
+            .join(".");
+        if !allowed.contains(&path.as_str()) {
+            unknown.push(format!("unknown field `{path}`"));
+        }
+    });
     match parsed {
         Err(e) => {
             unknown.push(e.to_string());
@@ -111,22 +154,118 @@ pub fn strict<T: serde::de::DeserializeOwned>(value: &serde_yaml::Value) -> Resu
     }
 }
 
+/// A core kind: [`strict`], plus the required fields its OpenAPI schema names (k8s-openapi
+/// would otherwise default a missing one silently).
+fn core<T: serde::de::DeserializeOwned + schemars::JsonSchema>(
+    value: &serde_yaml::Value,
+) -> Result<T, Vec<String>> {
+    let root = schemars::SchemaGenerator::default().into_root_schema_for::<T>();
+    let root = serde_json::to_value(&root).expect("schema as JSON");
+    let json = serde_json::to_value(value).map_err(|e| vec![e.to_string()])?;
+    let mut missing = Vec::new();
+    missing_required(&root, &root, &json, "", &mut missing);
+    match strict::<T>(value) {
+        Ok(v) if missing.is_empty() => Ok(v),
+        Ok(_) => Err(missing),
+        Err(mut e) => {
+            e.extend(missing);
+            Err(e)
+        }
+    }
+}
+
+/// Walks `value` along `schema` (resolving `$ref`s in `root`), reporting every required field
+/// that is absent.
+fn missing_required(
+    root: &serde_json::Value,
+    schema: &serde_json::Value,
+    value: &serde_json::Value,
+    path: &str,
+    out: &mut Vec<String>,
+) {
+    let mut schema = schema;
+    while let Some(r) = schema.get("$ref").and_then(|r| r.as_str()) {
+        let Some(target) = r.strip_prefix('#').and_then(|p| root.pointer(p)) else {
+            return;
+        };
+        schema = target;
+    }
+    let at = |k: &str| {
+        if path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
+    match value {
+        serde_json::Value::Object(map) => {
+            for req in schema
+                .get("required")
+                .and_then(|r| r.as_array())
+                .into_iter()
+                .flatten()
+            {
+                let req = req.as_str().unwrap_or_default();
+                if !map.contains_key(req) {
+                    out.push(format!(
+                        "missing field `{req}` at `{}`",
+                        if path.is_empty() { "." } else { path }
+                    ));
+                }
+            }
+            let props = schema.get("properties").and_then(|p| p.as_object());
+            let extra = schema.get("additionalProperties").filter(|a| a.is_object());
+            for (k, v) in map {
+                if let Some(sub) = props.and_then(|p| p.get(k)).or(extra) {
+                    missing_required(root, sub, v, &at(k), out);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => {
+            if let Some(sub) = schema.get("items") {
+                for (i, v) in items.iter().enumerate() {
+                    missing_required(root, sub, v, &at(&i.to_string()), out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Top-level fields of Istio documents that the typed models leave to [`parse`].
+const ISTIO_TOP: &[&str] = &["apiVersion", "kind"];
+
 /// Parses one document into its typed model (see [`Object`]); unknown kinds are errors.
 pub fn parse(doc: &Doc) -> Result<Object, Vec<String>> {
-    let errors = |e: Vec<String>| e.into_iter().map(|m| format!("{}: {m}", doc.label())).collect::<Vec<_>>();
+    let errors = |e: Vec<String>| {
+        e.into_iter()
+            .map(|m| format!("{}: {m}", doc.label()))
+            .collect::<Vec<_>>()
+    };
     let v = &doc.value;
     match (doc.str_at("apiVersion"), doc.str_at("kind")) {
-        ("v1", "ServiceAccount") => strict(v).map(|o| Object::ServiceAccount(Box::new(o))).map_err(errors),
-        ("apps/v1", "Deployment") => strict(v).map(|o| Object::Deployment(Box::new(o))).map_err(errors),
-        ("v1", "Service") => strict(v).map(|o| Object::Service(Box::new(o))).map_err(errors),
-        ("networking.istio.io/v1", "Gateway") => strict(v).map(|o| Object::Gateway(Box::new(o))).map_err(errors),
-        ("networking.istio.io/v1", "VirtualService") => {
-            strict(v).map(|o| Object::VirtualService(Box::new(o))).map_err(errors)
-        }
-        ("networking.istio.io/v1", "DestinationRule") => {
-            strict(v).map(|o| Object::DestinationRule(Box::new(o))).map_err(errors)
-        }
-        (api, kind) => Err(vec![format!("{}: unsupported apiVersion/kind {api}/{kind}", doc.label())]),
+        ("v1", "ServiceAccount") => core::<ServiceAccount>(v)
+            .map(|o| Object::ServiceAccount(Box::new(o)))
+            .map_err(errors),
+        ("apps/v1", "Deployment") => core::<Deployment>(v)
+            .map(|o| Object::Deployment(Box::new(o)))
+            .map_err(errors),
+        ("v1", "Service") => core::<Service>(v)
+            .map(|o| Object::Service(Box::new(o)))
+            .map_err(errors),
+        ("networking.istio.io/v1", "Gateway") => strict_except(v, ISTIO_TOP)
+            .map(|o| Object::Gateway(Box::new(o)))
+            .map_err(errors),
+        ("networking.istio.io/v1", "VirtualService") => strict_except(v, ISTIO_TOP)
+            .map(|o| Object::VirtualService(Box::new(o)))
+            .map_err(errors),
+        ("networking.istio.io/v1", "DestinationRule") => strict_except(v, ISTIO_TOP)
+            .map(|o| Object::DestinationRule(Box::new(o)))
+            .map_err(errors),
+        (api, kind) => Err(vec![format!(
+            "{}: unsupported apiVersion/kind {api}/{kind}",
+            doc.label()
+        )]),
     }
 }
 
@@ -191,18 +330,32 @@ fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String
 }
 
 fn pod_labels(t: &PodTemplateSpec) -> BTreeMap<String, String> {
-    t.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default()
+    t.metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default()
 }
 
 fn env_value(c: &Container, name: &str) -> Option<String> {
-    c.env.as_ref()?.iter().find(|e| e.name == name)?.value.clone()
+    c.env
+        .as_ref()?
+        .iter()
+        .find(|e| e.name == name)?
+        .value
+        .clone()
 }
 
 /// Resolves a port given as a number or a container port name.
 fn resolve_port(port: &IntOrString, c: &Container) -> Option<i32> {
     match port {
         IntOrString::Int(n) => Some(*n),
-        IntOrString::String(name) => c.ports.as_ref()?.iter().find(|p| p.name.as_deref() == Some(name))?.container_port.into(),
+        IntOrString::String(name) => c
+            .ports
+            .as_ref()?
+            .iter()
+            .find(|p| p.name.as_deref() == Some(name))?
+            .container_port
+            .into(),
     }
 }
 
@@ -220,7 +373,9 @@ pub fn cross_check(set: &Set) -> Vec<String> {
         let labels = pod_labels(&spec.template);
         let sel = spec.selector.match_labels.clone().unwrap_or_default();
         if !selects(&sel, &labels) {
-            p.push(format!("Deployment {name}: spec.selector does not select its own pod template labels"));
+            p.push(format!(
+                "Deployment {name}: spec.selector does not select its own pod template labels"
+            ));
         }
         for l in ["app", "version"] {
             if !labels.contains_key(l) {
@@ -240,9 +395,15 @@ pub fn cross_check(set: &Set) -> Vec<String> {
                     "Deployment {name}: TCP_PORT={} is not a containerPort ({ports:?})",
                     tcp_port.unwrap_or_default()
                 )),
-                None => p.push(format!("Deployment {name}: container {} sets no literal TCP_PORT", c.name)),
+                None => p.push(format!(
+                    "Deployment {name}: container {} sets no literal TCP_PORT",
+                    c.name
+                )),
             }
-            for (kind, probe) in [("readinessProbe", &c.readiness_probe), ("livenessProbe", &c.liveness_probe)] {
+            for (kind, probe) in [
+                ("readinessProbe", &c.readiness_probe),
+                ("livenessProbe", &c.liveness_probe),
+            ] {
                 match probe.as_ref().and_then(|pr| pr.tcp_socket.as_ref()) {
                     Some(tcp) => match resolve_port(&tcp.port, c) {
                         Some(port) if ports.contains(&port) => {}
@@ -251,7 +412,9 @@ pub fn cross_check(set: &Set) -> Vec<String> {
                     None => p.push(format!("Deployment {name}: no tcpSocket {kind}")),
                 }
             }
-            let drain = env_value(c, "ECHO_DRAIN_TIMEOUT").and_then(|v| v.parse::<f64>().ok()).unwrap_or(DEFAULT_DRAIN_SECONDS);
+            let drain = env_value(c, "ECHO_DRAIN_TIMEOUT")
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(DEFAULT_DRAIN_SECONDS);
             let grace = pod.termination_grace_period_seconds.unwrap_or(30) as f64;
             if grace <= drain {
                 p.push(format!(
@@ -268,25 +431,42 @@ pub fn cross_check(set: &Set) -> Vec<String> {
         let pods: Vec<&Deployment> = set
             .deployments
             .iter()
-            .filter(|d| d.spec.as_ref().is_some_and(|ds| selects(&sel, &pod_labels(&ds.template))))
+            .filter(|d| {
+                d.spec
+                    .as_ref()
+                    .is_some_and(|ds| selects(&sel, &pod_labels(&ds.template)))
+            })
             .collect();
         if pods.is_empty() {
-            p.push(format!("Service {name}: selector {sel:?} selects no Deployment's pods"));
+            p.push(format!(
+                "Service {name}: selector {sel:?} selects no Deployment's pods"
+            ));
         }
         for port in spec.ports.iter().flatten() {
             let pname = port.name.clone().unwrap_or_default();
-            let declared_tcp = pname == "tcp" || pname.starts_with("tcp-") || port.app_protocol.as_deref() == Some("tcp");
+            let declared_tcp = pname == "tcp"
+                || pname.starts_with("tcp-")
+                || port.app_protocol.as_deref() == Some("tcp");
             if !declared_tcp {
                 p.push(format!(
                     "Service {name}: port {} is neither named tcp/tcp-* nor appProtocol tcp: Istio's protocol sniffing would hold back the banner",
                     port.port
                 ));
             }
-            let target = port.target_port.clone().unwrap_or(IntOrString::Int(port.port));
+            let target = port
+                .target_port
+                .clone()
+                .unwrap_or(IntOrString::Int(port.port));
             for d in &pods {
-                let containers = d.spec.as_ref().and_then(|s| s.template.spec.as_ref()).map(|p| p.containers.clone()).unwrap_or_default();
+                let containers = d
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.template.spec.as_ref())
+                    .map(|p| p.containers.clone())
+                    .unwrap_or_default();
                 let ok = containers.iter().any(|c| {
-                    resolve_port(&target, c).is_some_and(|n| c.ports.iter().flatten().any(|cp| cp.container_port == n))
+                    resolve_port(&target, c)
+                        .is_some_and(|n| c.ports.iter().flatten().any(|cp| cp.container_port == n))
                 });
                 if !ok {
                     p.push(format!("Service {name}: targetPort {target:?} is not a containerPort of Deployment {}", name_of(&d.metadata)));
@@ -298,10 +478,17 @@ pub fn cross_check(set: &Set) -> Vec<String> {
     for dr in &set.destination_rules {
         let name = name_of(&dr.metadata);
         let Some(svc) = set.services.iter().find(|s| host_is(&dr.spec.host, s)) else {
-            p.push(format!("DestinationRule {name}: host {} is not a Service here", dr.spec.host));
+            p.push(format!(
+                "DestinationRule {name}: host {} is not a Service here",
+                dr.spec.host
+            ));
             continue;
         };
-        let svc_sel = svc.spec.as_ref().and_then(|s| s.selector.clone()).unwrap_or_default();
+        let svc_sel = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.clone())
+            .unwrap_or_default();
         for subset in dr.spec.subsets.iter().flatten() {
             let labels = subset.labels.clone().unwrap_or_default();
             let hit = set.deployments.iter().any(|d| {
@@ -328,15 +515,25 @@ pub fn cross_check(set: &Set) -> Vec<String> {
         for (i, tcp) in vs.spec.tcp.iter().flatten().enumerate() {
             for m in tcp.r#match.iter().flatten() {
                 let Some(port) = m.port else { continue };
-                let scope: Vec<String> = m.gateways.clone().filter(|g| !g.is_empty()).unwrap_or_else(|| gateways.clone());
+                let scope: Vec<String> = m
+                    .gateways
+                    .clone()
+                    .filter(|g| !g.is_empty())
+                    .unwrap_or_else(|| gateways.clone());
                 for g in &scope {
                     if !gateways.contains(g) {
                         p.push(format!("VirtualService {name}: tcp[{i}] matches gateway {g}, which is not in spec.gateways"));
                     }
                 }
-                let listens = set.gateways.iter().filter(|gw| scope.contains(&name_of(&gw.metadata))).any(|gw| {
-                    gw.spec.servers.iter().flatten().any(|s| s.port.number == port && s.port.protocol.eq_ignore_ascii_case("TCP"))
-                });
+                let listens = set
+                    .gateways
+                    .iter()
+                    .filter(|gw| scope.contains(&name_of(&gw.metadata)))
+                    .any(|gw| {
+                        gw.spec.servers.iter().flatten().any(|s| {
+                            s.port.number == port && s.port.protocol.eq_ignore_ascii_case("TCP")
+                        })
+                    });
                 if !listens {
                     p.push(format!("VirtualService {name}: tcp[{i}] matches port {port}, on which no gateway of {scope:?} has a TCP server"));
                 }
@@ -345,21 +542,36 @@ pub fn cross_check(set: &Set) -> Vec<String> {
             if routes.is_empty() {
                 p.push(format!("VirtualService {name}: tcp[{i}] has no route"));
             }
-            let weights: Vec<i64> = routes.iter().filter_map(|r| r.weight).collect();
+            let weights: Vec<i64> = routes
+                .iter()
+                .filter_map(|r| r.weight.map(i64::from))
+                .collect();
             if routes.len() > 1 || !weights.is_empty() {
                 let sum: i64 = weights.iter().sum();
                 if weights.len() != routes.len() || sum != 100 {
-                    p.push(format!("VirtualService {name}: tcp[{i}] weights {weights:?} do not sum to 100"));
+                    p.push(format!(
+                        "VirtualService {name}: tcp[{i}] weights {weights:?} do not sum to 100"
+                    ));
                 }
             }
             for r in &routes {
                 let dest = &r.destination;
                 let Some(svc) = set.services.iter().find(|s| host_is(&dest.host, s)) else {
-                    p.push(format!("VirtualService {name}: destination host {} is not a Service here", dest.host));
+                    p.push(format!(
+                        "VirtualService {name}: destination host {} is not a Service here",
+                        dest.host
+                    ));
                     continue;
                 };
                 if let Some(num) = dest.port.as_ref().and_then(|pt| pt.number) {
-                    let ports: Vec<i32> = svc.spec.as_ref().and_then(|s| s.ports.clone()).unwrap_or_default().iter().map(|sp| sp.port).collect();
+                    let ports: Vec<i32> = svc
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.ports.clone())
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|sp| sp.port)
+                        .collect();
                     if !ports.contains(&(num as i32)) {
                         p.push(format!("VirtualService {name}: destination port {num} is not a port of Service {} ({ports:?})", dest.host));
                     }
@@ -415,13 +627,24 @@ pub fn routes(set: &Set) -> Vec<Route> {
     let mut out = Vec::new();
     for vs in &set.virtual_services {
         for tcp in vs.spec.tcp.iter().flatten() {
-            let ports: Vec<i64> = tcp.r#match.iter().flatten().filter_map(|m| m.port).collect();
+            let ports: Vec<i64> = tcp
+                .r#match
+                .iter()
+                .flatten()
+                .filter_map(|m| m.port)
+                .collect();
             for port in ports {
                 let mut backends = Vec::new();
                 for r in tcp.route.iter().flatten() {
                     let dest = &r.destination;
-                    let Some(svc) = set.services.iter().find(|s| host_is(&dest.host, s)) else { continue };
-                    let svc_sel = svc.spec.as_ref().and_then(|s| s.selector.clone()).unwrap_or_default();
+                    let Some(svc) = set.services.iter().find(|s| host_is(&dest.host, s)) else {
+                        continue;
+                    };
+                    let svc_sel = svc
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.selector.clone())
+                        .unwrap_or_default();
                     let subset_labels = dest
                         .subset
                         .as_ref()
@@ -436,7 +659,9 @@ pub fn routes(set: &Set) -> Vec<Route> {
                     for d in &set.deployments {
                         let Some(ds) = &d.spec else { continue };
                         let pl = pod_labels(&ds.template);
-                        if !selects(&svc_sel, &pl) || (!subset_labels.is_empty() && !selects(&subset_labels, &pl)) {
+                        if !selects(&svc_sel, &pl)
+                            || (!subset_labels.is_empty() && !selects(&subset_labels, &pl))
+                        {
                             continue;
                         }
                         let pod = ds.template.spec.clone().unwrap_or_default();
@@ -451,12 +676,18 @@ pub fn routes(set: &Set) -> Vec<Route> {
                             deployment: name_of(&d.metadata),
                             version: pl.get("version").cloned().unwrap_or_default(),
                             env,
-                            service_account: pod.service_account_name.clone().unwrap_or_else(|| "default".into()),
+                            service_account: pod
+                                .service_account_name
+                                .clone()
+                                .unwrap_or_else(|| "default".into()),
                             weight: r.weight.unwrap_or(100) as u32,
                         });
                     }
                 }
-                out.push(Route { gateway_port: port as u16, backends });
+                out.push(Route {
+                    gateway_port: port as u16,
+                    backends,
+                });
             }
         }
     }

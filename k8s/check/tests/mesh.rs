@@ -69,13 +69,21 @@ fn start_backend(b: &Backend) -> (Proc, SocketAddr) {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Envoy's bootstrap: per gateway port a loopback listener with a TCP proxy to one cluster or,
 /// with several backends, `weighted_clusters` (how Istio programs TCP weights); one STATIC
 /// cluster per backend.
-fn envoy_config(routes: &[Route], listen: &BTreeMap<u16, u16>, backends: &BTreeMap<String, SocketAddr>) -> String {
+fn envoy_config(
+    routes: &[Route],
+    listen: &BTreeMap<u16, u16>,
+    backends: &BTreeMap<String, SocketAddr>,
+) -> String {
     let mut y = String::from("static_resources:\n  listeners:\n");
     for r in routes {
         let name = format!("gateway_{}", r.gateway_port);
@@ -88,7 +96,10 @@ fn envoy_config(routes: &[Route], listen: &BTreeMap<u16, u16>, backends: &BTreeM
         } else {
             y += "          weighted_clusters:\n            clusters:\n";
             for b in &r.backends {
-                y += &format!("            - {{ name: {}, weight: {} }}\n", b.deployment, b.weight);
+                y += &format!(
+                    "            - {{ name: {}, weight: {} }}\n",
+                    b.deployment, b.weight
+                );
             }
         }
     }
@@ -114,7 +125,12 @@ struct Rehearsal {
 
 impl Rehearsal {
     fn start(dir: &str) -> Rehearsal {
-        let set = check(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(dir)).unwrap_or_else(|e| panic!("{e:#?}"));
+        let set = check(
+            &PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join(dir),
+        )
+        .unwrap_or_else(|e| panic!("{e:#?}"));
         let routes = routes(&set);
         assert!(!routes.is_empty());
         let mut backends = BTreeMap::new();
@@ -123,26 +139,53 @@ impl Rehearsal {
                 backends.insert(b.deployment.clone(), start_backend(b));
             }
         }
-        let listen: BTreeMap<u16, u16> = routes.iter().map(|r| (r.gateway_port, free_port())).collect();
+        let listen: BTreeMap<u16, u16> = routes
+            .iter()
+            .map(|r| (r.gateway_port, free_port()))
+            .collect();
         let addrs = backends.iter().map(|(k, (_, a))| (k.clone(), *a)).collect();
-        let config = std::env::temp_dir().join(format!("tcp-echo-envoy-{}-{}.yaml", std::process::id(), listen.values().next().unwrap()));
+        let config = std::env::temp_dir().join(format!(
+            "tcp-echo-envoy-{}-{}.yaml",
+            std::process::id(),
+            listen.values().next().unwrap()
+        ));
         std::fs::write(&config, envoy_config(&routes, &listen, &addrs)).unwrap();
         let envoy = Command::new(env("ENVOY_BIN"))
-            .args(["-c", config.to_str().unwrap(), "--use-dynamic-base-id", "--concurrency", "1", "--log-level", "warn"])
+            .args([
+                "-c",
+                config.to_str().unwrap(),
+                "--use-dynamic-base-id",
+                "--concurrency",
+                "1",
+                "--log-level",
+                "warn",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start envoy");
-        let gateway: BTreeMap<u16, SocketAddr> = listen.iter().map(|(g, p)| (*g, SocketAddr::from(([127, 0, 0, 1], *p)))).collect();
+        let gateway: BTreeMap<u16, SocketAddr> = listen
+            .iter()
+            .map(|(g, p)| (*g, SocketAddr::from(([127, 0, 0, 1], *p))))
+            .collect();
         let start = Instant::now();
         for addr in gateway.values() {
             while TcpStream::connect(addr).is_err() {
-                assert!(start.elapsed() < Duration::from_secs(30), "envoy did not listen on {addr}");
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "envoy did not listen on {addr}"
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        Rehearsal { routes, backends, gateway, _envoy: Proc(envoy), _config: config }
+        Rehearsal {
+            routes,
+            backends,
+            gateway,
+            _envoy: Proc(envoy),
+            _config: config,
+        }
     }
 
     fn backend(&self, port: u16, version: &str) -> Backend {
@@ -179,7 +222,10 @@ fn port_routing_sends_each_gateway_port_to_its_version() {
         let got = exchange(r.gateway[&port], b"hello\nlast line without newline");
         assert_eq!(
             got,
-            format!("{}{prefix} hello\n{prefix} last line without newline", banner(&b)),
+            format!(
+                "{}{prefix} hello\n{prefix} last line without newline",
+                banner(&b)
+            ),
             "through gateway port {port}"
         );
     }
@@ -205,7 +251,10 @@ fn weighted_routing_splits_connections_80_20() {
     // deviations), fails a correct 80/20 split about once in 50,000 runs; an even split (100)
     // or a wrong way round (40) is far outside it.
     assert_eq!(one + two, 200);
-    assert!((136..=184).contains(&one), "{one} of 200 to v1, expected 160 ± 24");
+    assert!(
+        (136..=184).contains(&one),
+        "{one} of 200 to v1, expected 160 ± 24"
+    );
 }
 
 #[test]
@@ -227,7 +276,11 @@ fn a_stopped_backend_is_a_closed_connection_not_a_hang() {
         Ok(_) => {}
         Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
     }
-    assert!(t.elapsed() < Duration::from_secs(5), "the open connection hung for {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "the open connection hung for {:?}",
+        t.elapsed()
+    );
     drop(proc);
     // A new client: Envoy cannot reach v2 and closes the connection.
     let t = Instant::now();
@@ -238,10 +291,17 @@ fn a_stopped_backend_is_a_closed_connection_not_a_hang() {
         Ok(_) => assert!(buf.is_empty(), "got {buf:?} from a stopped backend"),
         Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
     }
-    assert!(t.elapsed() < Duration::from_secs(5), "the new connection hung for {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "the new connection hung for {:?}",
+        t.elapsed()
+    );
     // v1 is unaffected.
     let v1 = r.backend(31400, "v1");
-    assert_eq!(exchange(r.gateway[&31400], b"still\n"), format!("{}one still\n", banner(&v1)));
+    assert_eq!(
+        exchange(r.gateway[&31400], b"still\n"),
+        format!("{}one still\n", banner(&v1))
+    );
 }
 
 /// SIGTERM, as Kubernetes stops a pod.

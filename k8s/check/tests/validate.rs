@@ -6,15 +6,19 @@ use serde_yaml::Value;
 use tcp_echo_k8s::{build, check, cross_check, parse_all, routes, Doc};
 
 fn k8s(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(rel)
 }
 
 /// The value at a dotted path (`spec.template.spec.containers.0`), for editing.
 fn at<'a>(v: &'a mut Value, path: &str) -> &'a mut Value {
-    path.split('.').filter(|s| !s.is_empty()).fold(v, |v, key| match key.parse::<usize>() {
-        Ok(i) => &mut v[i],
-        Err(_) => &mut v[key],
-    })
+    path.split('.')
+        .filter(|s| !s.is_empty())
+        .fold(v, |v, key| match key.parse::<usize>() {
+            Ok(i) => &mut v[i],
+            Err(_) => &mut v[key],
+        })
 }
 
 /// Builds `dir`, applies `edit` to the document `kind`/`name`, and returns every error the
@@ -23,7 +27,10 @@ fn broken(dir: &str, kind: &str, name: &str, edit: impl FnOnce(&mut Value)) -> V
     let mut docs: Vec<Doc> = build(&k8s(dir)).expect("build");
     let doc = docs
         .iter_mut()
-        .find(|d| d.value["kind"].as_str() == Some(kind) && d.value["metadata"]["name"].as_str() == Some(name))
+        .find(|d| {
+            d.value["kind"].as_str() == Some(kind)
+                && d.value["metadata"]["name"].as_str() == Some(name)
+        })
         .unwrap_or_else(|| panic!("no {kind}/{name} in {dir}"));
     edit(&mut doc.value);
     match parse_all(&docs) {
@@ -51,11 +58,22 @@ fn the_port_routing_walkthrough_is_valid() {
     let r = routes(&set);
     let summary: Vec<(u16, Vec<(String, u32)>)> = r
         .iter()
-        .map(|r| (r.gateway_port, r.backends.iter().map(|b| (b.deployment.clone(), b.weight)).collect()))
+        .map(|r| {
+            (
+                r.gateway_port,
+                r.backends
+                    .iter()
+                    .map(|b| (b.deployment.clone(), b.weight))
+                    .collect(),
+            )
+        })
         .collect();
     assert_eq!(
         summary,
-        vec![(31400, vec![("tcp-echo-v1".into(), 100)]), (31401, vec![("tcp-echo-v2".into(), 100)])]
+        vec![
+            (31400, vec![("tcp-echo-v1".into(), 100)]),
+            (31401, vec![("tcp-echo-v2".into(), 100)])
+        ]
     );
 }
 
@@ -68,9 +86,21 @@ fn the_weighted_walkthrough_is_valid() {
     let weights: Vec<(String, u32, String)> = r[0]
         .backends
         .iter()
-        .map(|b| (b.version.clone(), b.weight, b.env.get("ECHO_PREFIX").cloned().unwrap_or_default()))
+        .map(|b| {
+            (
+                b.version.clone(),
+                b.weight,
+                b.env.get("ECHO_PREFIX").cloned().unwrap_or_default(),
+            )
+        })
         .collect();
-    assert_eq!(weights, vec![("v1".into(), 80, "one".into()), ("v2".into(), 20, "two".into())]);
+    assert_eq!(
+        weights,
+        vec![
+            ("v1".into(), 80, "one".into()),
+            ("v2".into(), 20, "two".into())
+        ]
+    );
 }
 
 #[test]
@@ -81,18 +111,39 @@ fn pods_pass_the_restricted_pod_security_standard() {
         let psc = pod.security_context.as_ref().expect("pod securityContext");
         assert_eq!(psc.run_as_non_root, Some(true));
         assert_eq!(psc.run_as_user, Some(65532));
-        assert_eq!(psc.seccomp_profile.as_ref().map(|s| s.type_.as_str()), Some("RuntimeDefault"));
+        assert_eq!(
+            psc.seccomp_profile.as_ref().map(|s| s.type_.as_str()),
+            Some("RuntimeDefault")
+        );
         for c in &pod.containers {
-            let sc = c.security_context.as_ref().expect("container securityContext");
+            let sc = c
+                .security_context
+                .as_ref()
+                .expect("container securityContext");
             assert_eq!(sc.allow_privilege_escalation, Some(false));
             assert_eq!(sc.read_only_root_filesystem, Some(true));
-            assert_eq!(sc.capabilities.as_ref().and_then(|c| c.drop.clone()), Some(vec!["ALL".to_string()]));
+            assert_eq!(
+                sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+                Some(vec!["ALL".to_string()])
+            );
             assert_ne!(sc.run_as_user, Some(1337), "1337 is Istio's proxy uid");
             let res = c.resources.as_ref().expect("resources");
             assert!(res.requests.is_some() && res.limits.is_some());
             // Downward API for every banner variable.
-            let env: Vec<&str> = c.env.iter().flatten().filter(|e| e.value_from.is_some()).map(|e| e.name.as_str()).collect();
-            for v in ["NODE_NAME", "POD_NAME", "POD_NAMESPACE", "POD_IP", "SERVICE_ACCOUNT"] {
+            let env: Vec<&str> = c
+                .env
+                .iter()
+                .flatten()
+                .filter(|e| e.value_from.is_some())
+                .map(|e| e.name.as_str())
+                .collect();
+            for v in [
+                "NODE_NAME",
+                "POD_NAME",
+                "POD_NAMESPACE",
+                "POD_IP",
+                "SERVICE_ACCOUNT",
+            ] {
                 assert!(env.contains(&v), "{v} not from the downward API");
             }
         }
@@ -106,8 +157,13 @@ fn an_unknown_or_misspelt_field_fails() {
     let e = broken("", "Deployment", "tcp-echo-v1", |v| {
         at(v, "spec.template.spec.containers.0")["imagePullPolicyy"] = "Always".into();
     });
-    assert_fails(&e, "unknown field `spec.template.spec.containers.0.imagePullPolicyy`");
-    let e = broken("", "Service", "tcp-echo", |v| at(v, "spec")["selectr"] = Value::Null);
+    assert_fails(
+        &e,
+        "unknown field `spec.template.spec.containers.0.imagePullPolicyy`",
+    );
+    let e = broken("", "Service", "tcp-echo", |v| {
+        at(v, "spec")["selectr"] = Value::Null
+    });
     assert_fails(&e, "unknown field `spec.selectr`");
     let e = broken("", "DestinationRule", "tcp-echo-destination", |v| {
         let subset = at(v, "spec.subsets.0");
@@ -120,19 +176,29 @@ fn an_unknown_or_misspelt_field_fails() {
         route["destinaton"] = route["destination"].clone();
     });
     assert_fails(&e, "destinaton");
-    let e = broken("", "Gateway", "tcp-echo-gateway-v1", |v| at(v, "spec.servers.0.port")["protocl"] = "TCP".into());
+    let e = broken("", "Gateway", "tcp-echo-gateway-v1", |v| {
+        at(v, "spec.servers.0.port")["protocl"] = "TCP".into()
+    });
     assert_fails(&e, "unknown field `spec.servers.0.port.protocl`");
-    let e = broken("", "ServiceAccount", "tcp-echo", |v| v["automountServiceAccountTokens"] = false.into());
+    let e = broken("", "ServiceAccount", "tcp-echo", |v| {
+        v["automountServiceAccountTokens"] = false.into()
+    });
     assert_fails(&e, "unknown field `automountServiceAccountTokens`");
 }
 
 #[test]
 fn a_wrong_type_fails() {
-    let e = broken("", "Deployment", "tcp-echo-v1", |v| at(v, "spec.template.spec.containers.0.ports.0")["containerPort"] = "3333".into());
+    let e = broken("", "Deployment", "tcp-echo-v1", |v| {
+        at(v, "spec.template.spec.containers.0.ports.0")["containerPort"] = "3333".into()
+    });
     assert!(!e.is_empty(), "a string containerPort passed");
-    let e = broken("", "Gateway", "tcp-echo-gateway-v2", |v| at(v, "spec.servers.0.port")["number"] = "many".into());
+    let e = broken("", "Gateway", "tcp-echo-gateway-v2", |v| {
+        at(v, "spec.servers.0.port")["number"] = "many".into()
+    });
     assert!(!e.is_empty(), "a string port number passed");
-    let e = broken("", "Deployment", "tcp-echo-v2", |v| at(v, "spec")["replicas"] = "one".into());
+    let e = broken("", "Deployment", "tcp-echo-v2", |v| {
+        at(v, "spec")["replicas"] = "one".into()
+    });
     assert!(!e.is_empty());
 }
 
@@ -143,15 +209,24 @@ fn a_missing_required_field_fails() {
     });
     assert_fails(&e, "missing field `selector`");
     let e = broken("", "Gateway", "tcp-echo-gateway-v1", |v| {
-        at(v, "spec.servers.0").as_mapping_mut().unwrap().remove("hosts");
+        at(v, "spec.servers.0")
+            .as_mapping_mut()
+            .unwrap()
+            .remove("hosts");
     });
     assert_fails(&e, "missing field `hosts`");
     let e = broken("weighted", "VirtualService", "tcp-echo", |v| {
-        at(v, "spec.tcp.0.route.0.destination").as_mapping_mut().unwrap().remove("host");
+        at(v, "spec.tcp.0.route.0.destination")
+            .as_mapping_mut()
+            .unwrap()
+            .remove("host");
     });
     assert_fails(&e, "missing field `host`");
     let e = broken("", "Deployment", "tcp-echo-v2", |v| {
-        at(v, "spec.template.spec.containers.0").as_mapping_mut().unwrap().remove("name");
+        at(v, "spec.template.spec.containers.0")
+            .as_mapping_mut()
+            .unwrap()
+            .remove("name");
     });
     assert_fails(&e, "missing field `name`");
 }
@@ -166,25 +241,40 @@ fn an_unsupported_kind_or_kustomization_field_fails() {
 
 #[test]
 fn a_service_selecting_no_pods_fails() {
-    let e = broken("", "Service", "tcp-echo", |v| at(v, "spec.selector")["app"] = "tcp-eco".into());
+    let e = broken("", "Service", "tcp-echo", |v| {
+        at(v, "spec.selector")["app"] = "tcp-eco".into()
+    });
     assert_fails(&e, "selects no Deployment's pods");
 }
 
 #[test]
 fn a_deployment_selector_not_matching_its_pods_fails() {
-    let e = broken("", "Deployment", "tcp-echo-v1", |v| at(v, "spec.selector.matchLabels")["version"] = "v9".into());
+    let e = broken("", "Deployment", "tcp-echo-v1", |v| {
+        at(v, "spec.selector.matchLabels")["version"] = "v9".into()
+    });
     assert_fails(&e, "does not select its own pod template labels");
 }
 
 #[test]
 fn disagreeing_ports_fail() {
-    let e = broken("", "Service", "tcp-echo", |v| at(v, "spec.ports.0")["targetPort"] = 3334.into());
+    let e = broken("", "Service", "tcp-echo", |v| {
+        at(v, "spec.ports.0")["targetPort"] = 3334.into()
+    });
     assert_fails(&e, "targetPort Int(3334) is not a containerPort");
-    let e = broken("", "Deployment", "tcp-echo-v2", |v| at(v, "spec.template.spec.containers.0.env.0")["value"] = "9000".into());
+    let e = broken("", "Deployment", "tcp-echo-v2", |v| {
+        at(v, "spec.template.spec.containers.0.env.0")["value"] = "9000".into()
+    });
     assert_fails(&e, "TCP_PORT=9000 is not a containerPort");
-    let e = broken("", "Deployment", "tcp-echo-v1", |v| at(v, "spec.template.spec.containers.0.readinessProbe.tcpSocket")["port"] = 8080.into());
+    let e = broken("", "Deployment", "tcp-echo-v1", |v| {
+        at(
+            v,
+            "spec.template.spec.containers.0.readinessProbe.tcpSocket",
+        )["port"] = 8080.into()
+    });
     assert_fails(&e, "readinessProbe port Int(8080)");
-    let e = broken("", "Deployment", "tcp-echo-v1", |v| at(v, "spec.template.spec.containers.0.livenessProbe.tcpSocket")["port"] = "http".into());
+    let e = broken("", "Deployment", "tcp-echo-v1", |v| {
+        at(v, "spec.template.spec.containers.0.livenessProbe.tcpSocket")["port"] = "http".into()
+    });
     assert_fails(&e, "livenessProbe port String(\"http\")");
 }
 
@@ -200,42 +290,69 @@ fn a_port_not_declared_tcp_fails() {
 
 #[test]
 fn a_subset_selecting_no_pods_fails() {
-    let e = broken("", "DestinationRule", "tcp-echo-destination", |v| at(v, "spec.subsets.1.labels")["version"] = "v3".into());
-    assert_fails(&e, "subset v2 (labels {\"version\": \"v3\"}) selects no pods");
-    let e = broken("", "DestinationRule", "tcp-echo-destination", |v| at(v, "spec")["host"] = "tcp-echo-2".into());
+    let e = broken("", "DestinationRule", "tcp-echo-destination", |v| {
+        at(v, "spec.subsets.1.labels")["version"] = "v3".into()
+    });
+    assert_fails(
+        &e,
+        "subset v2 (labels {\"version\": \"v3\"}) selects no pods",
+    );
+    let e = broken("", "DestinationRule", "tcp-echo-destination", |v| {
+        at(v, "spec")["host"] = "tcp-echo-2".into()
+    });
     assert_fails(&e, "host tcp-echo-2 is not a Service here");
 }
 
 #[test]
 fn routing_to_an_unknown_subset_or_port_fails() {
-    let e = broken("", "VirtualService", "tcp-echo", |v| at(v, "spec.tcp.1.route.0.destination")["subset"] = "v3".into());
+    let e = broken("", "VirtualService", "tcp-echo", |v| {
+        at(v, "spec.tcp.1.route.0.destination")["subset"] = "v3".into()
+    });
     assert_fails(&e, "subset v3 of tcp-echo is defined by no DestinationRule");
-    let e = broken("", "VirtualService", "tcp-echo", |v| at(v, "spec.tcp.0.route.0.destination.port")["number"] = 9000.into());
-    assert_fails(&e, "destination port 9000 is not a port of Service tcp-echo");
+    let e = broken("", "VirtualService", "tcp-echo", |v| {
+        at(v, "spec.tcp.0.route.0.destination.port")["number"] = 9000.into()
+    });
+    assert_fails(
+        &e,
+        "destination port 9000 is not a port of Service tcp-echo",
+    );
 }
 
 #[test]
 fn a_missing_gateway_fails() {
-    let e = broken("", "VirtualService", "tcp-echo", |v| at(v, "spec.gateways")[1] = "tcp-echo-gateway-x".into());
+    let e = broken("", "VirtualService", "tcp-echo", |v| {
+        at(v, "spec.gateways")[1] = "tcp-echo-gateway-x".into()
+    });
     assert_fails(&e, "gateway tcp-echo-gateway-x does not exist");
 }
 
 #[test]
 fn a_port_no_gateway_listens_on_fails() {
-    let e = broken("", "VirtualService", "tcp-echo", |v| at(v, "spec.tcp.1.match.0")["port"] = 31402.into());
+    let e = broken("", "VirtualService", "tcp-echo", |v| {
+        at(v, "spec.tcp.1.match.0")["port"] = 31402.into()
+    });
     assert_fails(&e, "matches port 31402, on which no gateway");
-    let e = broken("", "Gateway", "tcp-echo-gateway-v2", |v| at(v, "spec.servers.0.port")["protocol"] = "HTTP".into());
+    let e = broken("", "Gateway", "tcp-echo-gateway-v2", |v| {
+        at(v, "spec.servers.0.port")["protocol"] = "HTTP".into()
+    });
     assert_fails(&e, "matches port 31401, on which no gateway");
 }
 
 #[test]
 fn weights_not_summing_to_100_fail() {
-    let e = broken("weighted", "VirtualService", "tcp-echo", |v| at(v, "spec.tcp.0.route.1")["weight"] = 10.into());
+    let e = broken("weighted", "VirtualService", "tcp-echo", |v| {
+        at(v, "spec.tcp.0.route.1")["weight"] = 10.into()
+    });
     assert_fails(&e, "weights [80, 10] do not sum to 100");
 }
 
 #[test]
 fn a_grace_period_not_longer_than_the_drain_timeout_fails() {
-    let e = broken("", "Deployment", "tcp-echo-v1", |v| at(v, "spec.template.spec")["terminationGracePeriodSeconds"] = 5.into());
-    assert_fails(&e, "terminationGracePeriodSeconds 5 does not exceed the drain timeout 5s");
+    let e = broken("", "Deployment", "tcp-echo-v1", |v| {
+        at(v, "spec.template.spec")["terminationGracePeriodSeconds"] = 5.into()
+    });
+    assert_fails(
+        &e,
+        "terminationGracePeriodSeconds 5 does not exceed the drain timeout 5s",
+    );
 }
