@@ -37,11 +37,28 @@ impl Display for RawBytes<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let shown = &self.0[..self.0.len().min(LOG_CAP)];
         f.write_char('[')?;
-        for (i, b) in shown.iter().enumerate() {
-            if i > 0 {
-                f.write_char(' ')?;
+        // Decimal digits written by hand into a small buffer, 64 bytes at a time: the `fmt`
+        // machinery per byte made this record the most expensive part of logging a line.
+        let mut buf = [0u8; 64 * 4];
+        for (c, chunk) in shown.chunks(64).enumerate() {
+            let mut n = 0;
+            for (i, &b) in chunk.iter().enumerate() {
+                if c + i > 0 {
+                    buf[n] = b' ';
+                    n += 1;
+                }
+                if b >= 100 {
+                    buf[n] = b'0' + b / 100;
+                    n += 1;
+                }
+                if b >= 10 {
+                    buf[n] = b'0' + b / 10 % 10;
+                    n += 1;
+                }
+                buf[n] = b'0' + b % 10;
+                n += 1;
             }
-            write!(f, "{b}")?;
+            f.write_str(std::str::from_utf8(&buf[..n]).map_err(|_| fmt::Error)?)?;
         }
         f.write_char(']')?;
         more(f, self.0.len() - shown.len())
@@ -61,20 +78,29 @@ impl Display for EscapedText<'_> {
         }
         let shown = &text[..text.len().min(LOG_CAP)];
         for chunk in shown.utf8_chunks() {
-            for c in chunk.valid().chars() {
-                match c {
-                    '\\' => f.write_str("\\\\")?,
-                    '\n' => f.write_str("\\n")?,
-                    '\r' => f.write_str("\\r")?,
-                    '\t' => f.write_str("\\t")?,
-                    '\0' => f.write_str("\\0")?,
+            // Runs of plain characters are written in one call; only escapes are written apart.
+            let valid = chunk.valid();
+            let mut plain = 0;
+            for (i, c) in valid.char_indices() {
+                let escape = match c {
+                    '\\' => "\\\\",
+                    '\n' => "\\n",
+                    '\r' => "\\r",
+                    '\t' => "\\t",
+                    '\0' => "\\0",
                     // C0, DEL, C1 and the Unicode line/paragraph separators.
-                    c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => {
-                        write!(f, "\\u{{{:x}}}", c as u32)?
-                    }
-                    c => f.write_char(c)?,
+                    c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => "",
+                    _ => continue,
+                };
+                f.write_str(&valid[plain..i])?;
+                if escape.is_empty() {
+                    write!(f, "\\u{{{:x}}}", c as u32)?;
+                } else {
+                    f.write_str(escape)?;
                 }
+                plain = i + c.len_utf8();
             }
+            f.write_str(&valid[plain..])?;
             for b in chunk.invalid() {
                 write!(f, "\\x{b:02x}")?;
             }

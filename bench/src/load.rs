@@ -372,3 +372,67 @@ pub fn time_to_first_echo(addr: SocketAddr, spawn: impl FnOnce()) -> Duration {
         std::thread::sleep(Duration::from_micros(100));
     }
 }
+
+/// Open loop, below saturation: `conns` clients each send one line every `period` (phases
+/// spread evenly) for `dur`. Latency runs from the send to the complete echo; the send times
+/// come from tokio's timer (1 ms granularity), and the echo always returns well within the
+/// period, so no send waits on a slow reply.
+pub fn paced(
+    addr: SocketAddr,
+    conns: usize,
+    period: Duration,
+    dur: Duration,
+    prefix: &str,
+) -> PingPong {
+    let prefix = prefix.to_string();
+    runtime().block_on(async move {
+        let streams = connect_all(addr, conns).await.expect("connect");
+        let start = Instant::now() + Duration::from_millis(50);
+        let deadline = start + dur;
+        let tasks: Vec<_> = streams
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut s)| {
+                let l = line(i, 64);
+                let want = reply(&prefix, &l);
+                let first = start + period * i as u32 / conns as u32;
+                tokio::spawn(async move {
+                    let mut hist =
+                        Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).unwrap();
+                    let mut got = vec![0u8; want.len()];
+                    let (mut n, mut errors) = (0u64, 0u64);
+                    let mut next = first;
+                    while next < deadline {
+                        tokio::time::sleep_until(next.into()).await;
+                        let sent = Instant::now();
+                        if s.write_all(&l).await.is_err()
+                            || s.read_exact(&mut got).await.is_err()
+                            || got != want
+                        {
+                            errors += 1;
+                            break;
+                        }
+                        let _ = hist.record((sent.elapsed().as_nanos() as u64).max(1_000));
+                        n += 1;
+                        next += period;
+                    }
+                    (n, errors, hist)
+                })
+            })
+            .collect();
+        let mut total = PingPong {
+            round_trips: 0,
+            elapsed: Duration::ZERO,
+            latency: Histogram::new_with_bounds(1_000, 60_000_000_000, 3).unwrap(),
+            errors: 0,
+        };
+        for t in tasks {
+            let (n, e, h) = t.await.expect("paced task");
+            total.round_trips += n;
+            total.errors += e;
+            total.latency.add(&h).expect("merge");
+        }
+        total.elapsed = start.elapsed();
+        total
+    })
+}

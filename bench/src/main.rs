@@ -149,6 +149,24 @@ fn ping_pong(spec: &Spec, conns: usize, secs: Duration) -> BTreeMap<String, f64>
     })
 }
 
+fn paced(spec: &Spec, conns: usize, secs: Duration) -> BTreeMap<String, f64> {
+    measure(spec, |s| {
+        let r = load::paced(s.addr, conns, Duration::from_millis(10), secs, &spec.prefix);
+        let q = |p: f64| r.latency.value_at_quantile(p) as f64 / 1000.0;
+        let m = BTreeMap::from([
+            (
+                "rt_per_s".to_string(),
+                r.round_trips as f64 / r.elapsed.as_secs_f64(),
+            ),
+            ("p50_us".to_string(), q(0.5)),
+            ("p99_us".to_string(), q(0.99)),
+            ("p999_us".to_string(), q(0.999)),
+            ("errors".to_string(), r.errors as f64),
+        ]);
+        (m, r.round_trips as f64)
+    })
+}
+
 fn streaming(spec: &Spec, conns: usize, line_len: usize, secs: Duration) -> BTreeMap<String, f64> {
     measure(spec, |s| {
         let r = load::streaming(s.addr, conns, line_len, secs, &spec.prefix);
@@ -407,6 +425,10 @@ fn run(args: &[String]) {
             for s in order.iter().filter(|_| wanted(&sc)) {
                 add(&sc, s, ping_pong(s, conns, secs));
             }
+        }
+        let sc = "paced 256";
+        for s in order.iter().filter(|_| wanted(sc)) {
+            add(sc, s, paced(s, 256, secs));
         }
         for (line_len, conns) in [(64, 1), (64, 16), (4096, 1), (4096, 16)] {
             let sc = format!("stream {line_len}B x{conns}");
