@@ -440,7 +440,8 @@ fn plot(d: &Data) -> Result<(), Box<dyn std::error::Error>> {
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(500);
     let conns = [1.0, 16.0, 256.0, 1000.0];
-    let colors = [RED, BLUE, GREEN];
+    // tcp-echo last, so that it is drawn on top.
+    let order = [(NAIVE, BLUE, 2), (TOKIO, GREEN, 2), (ECHO, RED, 3)];
     let series = |metric: &str, server: &str| -> Vec<(f64, f64)> {
         conns
             .iter()
@@ -450,42 +451,74 @@ fn plot(d: &Data) -> Result<(), Box<dyn std::error::Error>> {
             })
             .collect()
     };
-    for (area, metric, title) in [
-        (&left, "rt_per_s", "round trips/s"),
-        (&right, "p99_us", "p99 latency (µs)"),
-    ] {
-        let max = SERVERS
+    let max = |metric: &str| {
+        SERVERS
             .iter()
             .flat_map(|s| series(metric, s))
             .map(|(_, v)| v)
-            .fold(1.0, f64::max);
-        let mut chart = ChartBuilder::on(area)
-            .caption(format!("ping-pong: {title}"), ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(70)
-            .build_cartesian_2d((1f64..1000f64).log_scale(), (1f64..max * 1.5).log_scale())?;
+            .fold(1.0, f64::max)
+    };
+
+    // Round trips/s: a linear axis from 0.
+    let mut chart = ChartBuilder::on(&left)
+        .caption("ping-pong: round trips/s", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(70)
+        .build_cartesian_2d((1f64..1000f64).log_scale(), 0f64..max("rt_per_s") * 1.15)?;
+    chart
+        .configure_mesh()
+        .x_desc("connections")
+        .y_desc("round trips/s")
+        .draw()?;
+    for (s, color, width) in order {
+        let pts = series("rt_per_s", s);
         chart
-            .configure_mesh()
-            .x_desc("connections")
-            .y_desc(title)
-            .draw()?;
-        for (s, color) in SERVERS.iter().zip(colors) {
-            let pts = series(metric, s);
-            chart
-                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
-                .label(*s)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
-                });
-            chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(width)))?
+            .label(s)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+            });
+        chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
     }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+
+    // p99: a log axis (it spans four decades).
+    let mut chart = ChartBuilder::on(&right)
+        .caption("ping-pong: p99 latency (µs)", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(70)
+        .build_cartesian_2d(
+            (1f64..1000f64).log_scale(),
+            (1f64..max("p99_us") * 1.5).log_scale(),
+        )?;
+    chart
+        .configure_mesh()
+        .x_desc("connections")
+        .y_desc("p99 (µs)")
+        .draw()?;
+    for (s, color, width) in order {
+        let pts = series("p99_us", s);
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(width)))?
+            .label(s)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+            });
+        chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
     root.present()?;
     Ok(())
 }
