@@ -150,8 +150,11 @@ fn classify_write(e: io::Error) -> Reason {
     }
 }
 
-/// Writes all of `out` and clears it (keeping its capacity).
+/// Writes all of `out`, if anything, and clears it (keeping its capacity).
 fn send(mut stream: &TcpStream, out: &mut Vec<u8>) -> Result<(), Reason> {
+    if out.is_empty() {
+        return Ok(());
+    }
     let result = stream.write_all(out).map_err(classify_write);
     out.clear();
     result
@@ -245,28 +248,24 @@ pub fn echo_connection(
         if let Some(budget) = drain_budget.as_mut() {
             *budget -= n as u64;
         }
-        if !out.is_empty() {
-            if let Err(reason) = send(stream, &mut out) {
-                return Outcome {
-                    reason,
-                    bytes,
-                    lines: framer.lines(),
-                };
-            }
+        if let Err(reason) = send(stream, &mut out) {
+            return Outcome {
+                reason,
+                bytes,
+                lines: framer.lines(),
+            };
         }
     };
 
     // Whatever partial line was held is echoed too (the Go samples drop it).
     if matches!(reason, Reason::Eof | Reason::Shutdown | Reason::IdleTimeout) {
         framer.finish(&mut out, &mut observe);
-        if !out.is_empty() {
-            if let Err(reason) = send(stream, &mut out) {
-                return Outcome {
-                    reason,
-                    bytes,
-                    lines: framer.lines(),
-                };
-            }
+        if let Err(reason) = send(stream, &mut out) {
+            return Outcome {
+                reason,
+                bytes,
+                lines: framer.lines(),
+            };
         }
     }
     if matches!(reason, Reason::Shutdown) {

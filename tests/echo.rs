@@ -159,14 +159,7 @@ fn logs_keep_go_echo_lines_under_one_uuid() {
     let closed = log.wait_for("close line", DEADLINE, |l| {
         l.contains("TCP connection closed.")
     });
-    let id = closed
-        .split(" - ")
-        .next()
-        .unwrap()
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .to_string();
+    let id = support::connection_id(&closed);
     assert!(
         uuid::Uuid::parse_str(&id).is_ok(),
         "not a uuid: {id:?} in {closed}"

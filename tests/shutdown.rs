@@ -6,7 +6,7 @@ use std::io::{ErrorKind, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use support::{read_exactly, read_to_eof, Server, DEADLINE};
+use support::{field, read_exactly, read_to_eof, Server, DEADLINE};
 
 #[test]
 fn sigterm_with_no_connections_exits_0_with_a_summary() {
@@ -277,13 +277,4 @@ fn every_byte_read_before_the_signal_reaches_the_client_even_when_it_keeps_sendi
         got.len(),
         s.log.lines().join("\n")
     );
-}
-
-/// The value of `name` (e.g. `bytes=`) in a log line.
-fn field<'a>(line: &'a str, name: &str) -> &'a str {
-    let start = line
-        .find(name)
-        .unwrap_or_else(|| panic!("no {name} in {line}"))
-        + name.len();
-    line[start..].split_whitespace().next().unwrap()
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{connect, read_exactly, Monitor, Sample, Server, Usage, DEADLINE};
+use support::{connect, field, read_exactly, Monitor, Sample, Server, Usage, DEADLINE};
 
 const QUIET: (&str, &str) = ("RUST_LOG", "info,tcp_echo::data=off");
 const SAMPLE_EVERY: Duration = Duration::from_millis(20);
@@ -49,15 +49,6 @@ fn connect_small_window(addr: SocketAddr, rcvbuf: usize) -> TcpStream {
     sock.set_recv_buffer_size(rcvbuf).unwrap();
     sock.connect_timeout(&addr.into(), DEADLINE).unwrap();
     sock.into()
-}
-
-/// A value of `name=` in a log line.
-fn field<'a>(line: &'a str, name: &str) -> &'a str {
-    let start = line
-        .find(name)
-        .unwrap_or_else(|| panic!("no {name} in {line}"))
-        + name.len();
-    line[start..].split_whitespace().next().unwrap()
 }
 
 /// xorshift64*: a reproducible byte stream.
@@ -548,14 +539,7 @@ fn s6_shutdown_under_load() {
     // Count both ends: the server's bytes= per connection against what each client received.
     let mut by_port: HashMap<u16, String> = HashMap::new();
     for l in s.log.matching("TCP connection open.") {
-        let id = l
-            .split(" - ")
-            .next()
-            .unwrap()
-            .rsplit(' ')
-            .next()
-            .unwrap()
-            .to_string();
+        let id = support::connection_id(&l);
         let port: u16 = field(&l, "peer=")
             .rsplit(':')
             .next()

@@ -55,6 +55,32 @@ async fn connect_all(addr: SocketAddr, n: usize) -> std::io::Result<Vec<TcpStrea
     Ok(all)
 }
 
+/// A latency histogram in nanoseconds, 1 µs to 60 s, 3 significant digits.
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1_000, 60_000_000_000, 3).expect("histogram bounds")
+}
+
+/// Waits for per-connection (round trips, errors, latencies) and adds them up.
+async fn collect(
+    tasks: Vec<tokio::task::JoinHandle<(u64, u64, Histogram<u64>)>>,
+    start: Instant,
+) -> PingPong {
+    let mut total = PingPong {
+        round_trips: 0,
+        elapsed: Duration::ZERO,
+        latency: histogram(),
+        errors: 0,
+    };
+    for t in tasks {
+        let (n, e, h) = t.await.expect("client task");
+        total.round_trips += n;
+        total.errors += e;
+        total.latency.add(&h).expect("merge histograms");
+    }
+    total.elapsed = start.elapsed();
+    total
+}
+
 /// Result of a ping-pong run.
 pub struct PingPong {
     /// Round trips completed.
@@ -81,8 +107,7 @@ pub fn ping_pong(addr: SocketAddr, conns: usize, dur: Duration, prefix: &str) ->
                 let l = line(i, 64);
                 let want = reply(&prefix, &l);
                 tokio::spawn(async move {
-                    let mut hist =
-                        Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).unwrap();
+                    let mut hist = histogram();
                     let mut got = vec![0u8; want.len()];
                     let (mut n, mut errors) = (0u64, 0u64);
                     while Instant::now() < deadline {
@@ -101,20 +126,7 @@ pub fn ping_pong(addr: SocketAddr, conns: usize, dur: Duration, prefix: &str) ->
                 })
             })
             .collect();
-        let mut total = PingPong {
-            round_trips: 0,
-            elapsed: Duration::ZERO,
-            latency: Histogram::new_with_bounds(1_000, 60_000_000_000, 3).unwrap(),
-            errors: 0,
-        };
-        for t in tasks {
-            let (n, e, h) = t.await.expect("ping task");
-            total.round_trips += n;
-            total.errors += e;
-            total.latency.add(&h).expect("merge");
-        }
-        total.elapsed = start.elapsed();
-        total
+        collect(tasks, start).await
     })
 }
 
@@ -397,8 +409,7 @@ pub fn paced(
                 let want = reply(&prefix, &l);
                 let first = start + period * i as u32 / conns as u32;
                 tokio::spawn(async move {
-                    let mut hist =
-                        Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).unwrap();
+                    let mut hist = histogram();
                     let mut got = vec![0u8; want.len()];
                     let (mut n, mut errors) = (0u64, 0u64);
                     let mut next = first;
@@ -420,19 +431,6 @@ pub fn paced(
                 })
             })
             .collect();
-        let mut total = PingPong {
-            round_trips: 0,
-            elapsed: Duration::ZERO,
-            latency: Histogram::new_with_bounds(1_000, 60_000_000_000, 3).unwrap(),
-            errors: 0,
-        };
-        for t in tasks {
-            let (n, e, h) = t.await.expect("paced task");
-            total.round_trips += n;
-            total.errors += e;
-            total.latency.add(&h).expect("merge");
-        }
-        total.elapsed = start.elapsed();
-        total
+        collect(tasks, start).await
     })
 }

@@ -131,39 +131,37 @@ fn measure(
     m
 }
 
+/// Round trips/s, latency quantiles and errors of a ping-pong result, and its operation count.
+fn latency_metrics(r: &load::PingPong) -> (BTreeMap<String, f64>, f64) {
+    let q = |p: f64| r.latency.value_at_quantile(p) as f64 / 1000.0;
+    let m = BTreeMap::from([
+        (
+            "rt_per_s".to_string(),
+            r.round_trips as f64 / r.elapsed.as_secs_f64(),
+        ),
+        ("p50_us".to_string(), q(0.5)),
+        ("p99_us".to_string(), q(0.99)),
+        ("p999_us".to_string(), q(0.999)),
+        ("errors".to_string(), r.errors as f64),
+    ]);
+    (m, r.round_trips as f64)
+}
+
 fn ping_pong(spec: &Spec, conns: usize, secs: Duration) -> BTreeMap<String, f64> {
     measure(spec, |s| {
-        let r = load::ping_pong(s.addr, conns, secs, &spec.prefix);
-        let q = |p: f64| r.latency.value_at_quantile(p) as f64 / 1000.0;
-        let m = BTreeMap::from([
-            (
-                "rt_per_s".to_string(),
-                r.round_trips as f64 / r.elapsed.as_secs_f64(),
-            ),
-            ("p50_us".to_string(), q(0.5)),
-            ("p99_us".to_string(), q(0.99)),
-            ("p999_us".to_string(), q(0.999)),
-            ("errors".to_string(), r.errors as f64),
-        ]);
-        (m, r.round_trips as f64)
+        latency_metrics(&load::ping_pong(s.addr, conns, secs, &spec.prefix))
     })
 }
 
 fn paced(spec: &Spec, conns: usize, secs: Duration) -> BTreeMap<String, f64> {
     measure(spec, |s| {
-        let r = load::paced(s.addr, conns, Duration::from_millis(10), secs, &spec.prefix);
-        let q = |p: f64| r.latency.value_at_quantile(p) as f64 / 1000.0;
-        let m = BTreeMap::from([
-            (
-                "rt_per_s".to_string(),
-                r.round_trips as f64 / r.elapsed.as_secs_f64(),
-            ),
-            ("p50_us".to_string(), q(0.5)),
-            ("p99_us".to_string(), q(0.99)),
-            ("p999_us".to_string(), q(0.999)),
-            ("errors".to_string(), r.errors as f64),
-        ]);
-        (m, r.round_trips as f64)
+        latency_metrics(&load::paced(
+            s.addr,
+            conns,
+            Duration::from_millis(10),
+            secs,
+            &spec.prefix,
+        ))
     })
 }
 

@@ -496,22 +496,12 @@ fn plot(d: &Data) -> Result<(), Box<dyn std::error::Error>> {
         .x_desc("connections")
         .y_desc("round trips/s")
         .draw()?;
-    for (s, color, width) in order {
-        let pts = series("rt_per_s", s);
-        chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(width)))?
-            .label(s)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
-            });
-        chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+    draw_lines(
+        &mut chart,
+        |server| series("rt_per_s", server),
+        &order,
+        SeriesLabelPosition::LowerLeft,
+    )?;
 
     // p99: a log axis (it spans four decades).
     let mut chart = ChartBuilder::on(&right)
@@ -528,8 +518,29 @@ fn plot(d: &Data) -> Result<(), Box<dyn std::error::Error>> {
         .x_desc("connections")
         .y_desc("p99 (µs)")
         .draw()?;
-    for (s, color, width) in order {
-        let pts = series("p99_us", s);
+    draw_lines(
+        &mut chart,
+        |server| series("p99_us", server),
+        &order,
+        SeriesLabelPosition::UpperLeft,
+    )?;
+    root.present()?;
+    Ok(())
+}
+
+/// Draws one line (with points) per server, in `order`, and the legend.
+fn draw_lines<'a, Y: plotters::coord::ranged1d::Ranged<ValueType = f64>>(
+    chart: &mut ChartContext<
+        'a,
+        SVGBackend<'a>,
+        Cartesian2d<plotters::coord::combinators::LogCoord<f64>, Y>,
+    >,
+    series: impl Fn(&str) -> Vec<(f64, f64)>,
+    order: &[(&'static str, RGBColor, u32)],
+    legend: SeriesLabelPosition,
+) -> Result<(), Box<dyn std::error::Error>> {
+    for &(s, color, width) in order {
+        let pts = series(s);
         chart
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(width)))?
             .label(s)
@@ -540,10 +551,9 @@ fn plot(d: &Data) -> Result<(), Box<dyn std::error::Error>> {
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(legend)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()?;
-    root.present()?;
     Ok(())
 }

@@ -242,13 +242,17 @@ impl Drop for Server {
 
 /// A field of /proc/PID/status as a number (`VmRSS:` in kB, `Threads:`).
 pub fn proc_status(pid: i32, field: &str) -> usize {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    try_proc_status(pid, field).unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// [`proc_status`], or `None` once the process is gone (a zombie has no `VmRSS:`).
+pub fn try_proc_status(pid: i32, field: &str) -> Option<usize> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
         .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
 /// Connects with read and write timeouts of [`DEADLINE`].
@@ -458,12 +462,17 @@ impl Usage {
 
 /// Reads one sample of `pid` now.
 pub fn sample(pid: i32, at: Duration) -> Sample {
-    Sample {
+    try_sample(pid, at).unwrap_or_else(|| panic!("process {pid} is gone"))
+}
+
+/// [`sample`], or `None` once the process has exited.
+pub fn try_sample(pid: i32, at: Duration) -> Option<Sample> {
+    Some(Sample {
         at,
-        rss_kb: proc_status(pid, "VmRSS:"),
-        threads: proc_status(pid, "Threads:"),
+        rss_kb: try_proc_status(pid, "VmRSS:")?,
+        threads: try_proc_status(pid, "Threads:")?,
         fds: open_fds(pid),
-    }
+    })
 }
 
 impl Monitor {
@@ -476,10 +485,11 @@ impl Monitor {
             let start = Instant::now();
             let mut samples = Vec::new();
             while !flag.load(std::sync::atomic::Ordering::SeqCst) {
-                if !std::path::Path::new(&format!("/proc/{pid}/status")).exists() {
+                // The process may exit while monitored (shutdown cases): stop there.
+                let Some(s) = try_sample(pid, start.elapsed()) else {
                     break;
-                }
-                samples.push(sample(pid, start.elapsed()));
+                };
+                samples.push(s);
                 thread::sleep(every);
             }
             samples
@@ -522,4 +532,19 @@ pub fn results_dir() -> std::path::PathBuf {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/stress");
     std::fs::create_dir_all(&dir).expect("create target/stress");
     dir
+}
+
+/// The value of `name` (e.g. `bytes=`) in a log line.
+pub fn field<'a>(line: &'a str, name: &str) -> &'a str {
+    let start = line
+        .find(name)
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+        + name.len();
+    line[start..].split_whitespace().next().unwrap_or_default()
+}
+
+/// The connection id (uuid) of a `<uuid> - ...` log line.
+pub fn connection_id(line: &str) -> String {
+    let head = line.split(" - ").next().unwrap_or_default();
+    head.rsplit(' ').next().unwrap_or_default().to_string()
 }

@@ -484,11 +484,7 @@ pub fn cross_check(set: &Set) -> Vec<String> {
             ));
             continue;
         };
-        let svc_sel = svc
-            .spec
-            .as_ref()
-            .and_then(|s| s.selector.clone())
-            .unwrap_or_default();
+        let svc_sel = service_selector(svc);
         for subset in dr.spec.subsets.iter().flatten() {
             let labels = subset.labels.clone().unwrap_or_default();
             let hit = set.deployments.iter().any(|d| {
@@ -592,6 +588,14 @@ pub fn cross_check(set: &Set) -> Vec<String> {
     p
 }
 
+/// A Service's pod selector.
+fn service_selector(s: &Service) -> BTreeMap<String, String> {
+    s.spec
+        .as_ref()
+        .and_then(|spec| spec.selector.clone())
+        .unwrap_or_default()
+}
+
 /// Whether an Istio `host` names Service `s` (short name or cluster-local FQDN).
 fn host_is(host: &str, s: &Service) -> bool {
     let name = name_of(&s.metadata);
@@ -640,11 +644,7 @@ pub fn routes(set: &Set) -> Vec<Route> {
                     let Some(svc) = set.services.iter().find(|s| host_is(&dest.host, s)) else {
                         continue;
                     };
-                    let svc_sel = svc
-                        .spec
-                        .as_ref()
-                        .and_then(|s| s.selector.clone())
-                        .unwrap_or_default();
+                    let svc_sel = service_selector(svc);
                     let subset_labels = dest
                         .subset
                         .as_ref()
