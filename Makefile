@@ -51,12 +51,12 @@ test: deps static ## fmt check, clippy, every test (unit, binary, nc, static bin
 	TCP_ECHO_STATIC=$(abspath $(STATIC)) $(CARGO) test --features scratch-test
 	$(CARGO) test -p tcp-echo-k8s
 
-static: ## Static release binary for $(TARGET) (ARCH=aarch64 cross-builds)
+static: ## Static release binary for x86_64-unknown-linux-musl (ARCH=aarch64: aarch64, cross-built)
 	@rustup target list --installed | grep -qx '$(TARGET)' || rustup target add $(TARGET)
 	$(CARGO) build --release --target $(TARGET)
 	@ls -l $(STATIC)
 
-image: static docker-check ## Image $(IMAGE):$(VERSION)$(TAG_SUFFIX) and :latest$(TAG_SUFFIX) FROM scratch (ARCH=aarch64: linux/arm64)
+image: static docker-check ## Image tcp-echo:VERSION and tcp-echo:latest FROM scratch (ARCH=aarch64: linux/arm64, tags -arm64)
 	mkdir -p target/image && cp $(STATIC) target/image/tcp-echo
 	docker build --no-cache --platform $(PLATFORM) --build-arg VERSION=$(VERSION) \
 		-t $(IMAGE):$(VERSION)$(TAG_SUFFIX) -t $(IMAGE):latest$(TAG_SUFFIX) .
