@@ -81,6 +81,11 @@ async fn collect(
     total
 }
 
+/// One round trip: sends `line`, reads its echo into `got`, and checks it is `want`.
+async fn round_trip(s: &mut TcpStream, line: &[u8], want: &[u8], got: &mut [u8]) -> bool {
+    s.write_all(line).await.is_ok() && s.read_exact(got).await.is_ok() && got == want
+}
+
 /// Result of a ping-pong run.
 pub struct PingPong {
     /// Round trips completed.
@@ -112,10 +117,7 @@ pub fn ping_pong(addr: SocketAddr, conns: usize, dur: Duration, prefix: &str) ->
                     let (mut n, mut errors) = (0u64, 0u64);
                     while Instant::now() < deadline {
                         let t = Instant::now();
-                        if s.write_all(&l).await.is_err()
-                            || s.read_exact(&mut got).await.is_err()
-                            || got != want
-                        {
+                        if !round_trip(&mut s, &l, &want, &mut got).await {
                             errors += 1;
                             break;
                         }
@@ -350,10 +352,7 @@ pub fn hold_idle<T>(
             let l = line(i, 64);
             let want = reply(&prefix, &l);
             let mut got = vec![0u8; want.len()];
-            if s.write_all(&l).await.is_err()
-                || s.read_exact(&mut got).await.is_err()
-                || got != want
-            {
+            if !round_trip(s, &l, &want, &mut got).await {
                 errors += 1;
             }
         }
@@ -416,10 +415,7 @@ pub fn paced(
                     while next < deadline {
                         tokio::time::sleep_until(next.into()).await;
                         let sent = Instant::now();
-                        if s.write_all(&l).await.is_err()
-                            || s.read_exact(&mut got).await.is_err()
-                            || got != want
-                        {
+                        if !round_trip(&mut s, &l, &want, &mut got).await {
                             errors += 1;
                             break;
                         }
