@@ -104,6 +104,15 @@ fn start(spec: &Spec) -> Running {
         assert!(Instant::now() < deadline, "{} did not start", spec.name);
         std::thread::sleep(Duration::from_millis(2));
     }
+    // Guard the method itself: once the load generator is pinned to core 0, a server that
+    // shares it measures the scheduler, not the server.
+    let own = proc::allowed_cores(std::process::id());
+    let server = proc::allowed_cores(child.id());
+    assert!(
+        own.as_deref() != Some("0") || server.as_deref() == Some("1"),
+        "{}: load generator on cores {own:?}, server on {server:?}; expected 0 and 1",
+        spec.name
+    );
     Running { child, addr }
 }
 

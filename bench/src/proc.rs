@@ -24,6 +24,13 @@ pub fn status(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
+/// The cores `pid` may run on, as /proc/PID/status lists them (`0`, `1`, `0-1`).
+pub fn allowed_cores(pid: u32) -> Option<String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("Cpus_allowed_list:"))?;
+    Some(line.split_whitespace().nth(1)?.to_string())
+}
+
 /// `syscw` (write-type syscalls) from /proc/PID/io.
 pub fn write_syscalls(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
@@ -69,7 +76,10 @@ pub fn pin_self(core: usize) {
     }
 }
 
-/// Cores this process may run on.
+/// The machine's online cores. Not `available_parallelism`, which counts the cores this
+/// process may run on: once the load generator has pinned itself, that is 1.
 pub fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).map_or(1, |n| n.max(1))
 }
