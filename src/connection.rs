@@ -112,14 +112,13 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
 /// Serves one connection to its end and logs it (the worker pool's job handler).
 pub fn serve(job: Job, config: &Config, registry: &Registry, stats: &Stats) {
     let id = Uuid::new_v4();
-    let stream = job.ticket.stream();
-    let local = stream.local_addr().map(canonical);
+    let local = job.ticket.stream().local_addr().map(canonical);
     info!(
         "{id} - TCP connection open. peer={} local={}",
         canonical(job.peer),
         local.map_or_else(|_| "?".to_string(), |a| a.to_string())
     );
-    let outcome = echo_connection(stream, config, registry, &id);
+    let outcome = echo_connection(&job.ticket, config, registry, &id);
     info!(
         "{id} - TCP connection closed. reason={} bytes={} lines={} duration={:.3}s",
         outcome.reason,
@@ -150,20 +149,37 @@ fn classify_write(e: io::Error) -> Reason {
     }
 }
 
-/// Writes all of `out`, if anything, and clears it (keeping its capacity).
-fn send(mut stream: &TcpStream, out: &mut Vec<u8>) -> Result<(), Reason> {
-    if out.is_empty() {
-        return Ok(());
+/// Writes all of `out`, if anything, and clears it (keeping its capacity). Every write that
+/// moves data counts as progress, so a slow reader is not taken for an idle one.
+fn send(ticket: &Ticket, out: &mut Vec<u8>) -> Result<(), Reason> {
+    let mut stream = ticket.stream();
+    let mut rest = &out[..];
+    let mut result = Ok(());
+    while !rest.is_empty() {
+        match stream.write(rest) {
+            Ok(0) => {
+                result = Err(Reason::Error(ErrorKind::WriteZero.into()));
+                break;
+            }
+            Ok(n) => {
+                rest = &rest[n..];
+                ticket.made_progress();
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => {
+                result = Err(classify_write(e));
+                break;
+            }
+        }
     }
-    let result = stream.write_all(out).map_err(classify_write);
     out.clear();
     result
 }
 
-/// The echo loop over a connected socket. Returns once the connection is finished (replies
-/// flushed, write side shut, and at shutdown, acknowledged or out of time).
+/// The echo loop over an admitted connection. Returns once the connection is finished
+/// (replies flushed, write side shut, and at shutdown, acknowledged or out of time).
 pub fn echo_connection(
-    stream: &TcpStream,
+    ticket: &Ticket,
     config: &Config,
     registry: &Registry,
     id: &Uuid,
@@ -183,9 +199,10 @@ pub fn echo_connection(
         }
     };
 
+    let stream = ticket.stream();
+    // The idle timeout is the registry's idle watch, not a receive timeout (see registry.rs).
     let setup = stream
         .set_nodelay(true)
-        .and_then(|()| stream.set_read_timeout(config.idle_timeout))
         .and_then(|()| stream.set_write_timeout(Some(config.write_timeout())));
     if let Err(e) = setup {
         return Outcome {
@@ -198,7 +215,7 @@ pub fn echo_connection(
     let mut banner_due = !config.banner.is_empty() && config.banner_mode == BannerMode::FirstRead;
     if config.banner_mode == BannerMode::Connect && !config.banner.is_empty() {
         out.extend_from_slice(&config.banner);
-        if let Err(reason) = send(stream, &mut out) {
+        if let Err(reason) = send(ticket, &mut out) {
             return Outcome {
                 reason,
                 bytes,
@@ -219,8 +236,10 @@ pub fn echo_connection(
         }
         let n = match reader.fill_buf() {
             Ok([]) if registry.is_shutting_down() => break Reason::Shutdown,
+            Ok([]) if ticket.timed_out() => break Reason::IdleTimeout,
             Ok([]) => break Reason::Eof,
             Ok(data) => {
+                ticket.made_progress();
                 let n = match drain_budget {
                     Some(budget) => data.len().min(budget as usize),
                     None => data.len(),
@@ -248,7 +267,7 @@ pub fn echo_connection(
         if let Some(budget) = drain_budget.as_mut() {
             *budget -= n as u64;
         }
-        if let Err(reason) = send(stream, &mut out) {
+        if let Err(reason) = send(ticket, &mut out) {
             return Outcome {
                 reason,
                 bytes,
@@ -260,7 +279,7 @@ pub fn echo_connection(
     // Whatever partial line was held is echoed too (the Go samples drop it).
     if matches!(reason, Reason::Eof | Reason::Shutdown | Reason::IdleTimeout) {
         framer.finish(&mut out, &mut observe);
-        if let Err(reason) = send(stream, &mut out) {
+        if let Err(reason) = send(ticket, &mut out) {
             return Outcome {
                 reason,
                 bytes,

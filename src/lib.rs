@@ -146,6 +146,21 @@ impl Server {
             ))
         };
 
+        // The idle watch; dropping `stop_idle` ends it.
+        let (stop_idle, idle_stopped) = crossbeam_channel::bounded::<()>(0);
+        let idle_watch = match config.idle_timeout {
+            Some(timeout) => {
+                let name = "tcp-echo-idle".to_string();
+                let registry = Arc::clone(&registry);
+                let spawned = thread::Builder::new()
+                    .name(name.clone())
+                    .stack_size(pool::WORKER_STACK)
+                    .spawn(move || registry::watch_idle(&registry, timeout, &idle_stopped));
+                Some(spawned.map_err(|source| Error::Thread { name, source })?)
+            }
+            None => None,
+        };
+
         for addr in &addrs {
             info!("listening on {addr}");
         }
@@ -192,6 +207,11 @@ impl Server {
             config.drain_timeout.as_secs_f64()
         );
         registry.begin_shutdown(deadline);
+        // Every reader is awake now; the idle watch has nothing left to do.
+        drop(stop_idle);
+        if let Some(join) = idle_watch {
+            let _ = join.join();
+        }
         for stopper in &stoppers {
             listener::stop_accepting(stopper);
         }

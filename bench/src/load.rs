@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::runtime::Runtime;
 
 /// A line of exactly `len` bytes (the last is `\n`), numbered `n`.
 pub fn line(n: usize, len: usize) -> Vec<u8> {
@@ -27,7 +28,8 @@ fn reply(prefix: &str, line: &[u8]) -> Vec<u8> {
     r
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+/// The load generator's runtime: one thread.
+pub fn runtime() -> Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -65,12 +67,7 @@ async fn collect(
     tasks: Vec<tokio::task::JoinHandle<(u64, u64, Histogram<u64>)>>,
     start: Instant,
 ) -> PingPong {
-    let mut total = PingPong {
-        round_trips: 0,
-        elapsed: Duration::ZERO,
-        latency: histogram(),
-        errors: 0,
-    };
+    let mut total = PingPong::empty();
     for t in tasks {
         let (n, e, h) = t.await.expect("client task");
         total.round_trips += n;
@@ -98,38 +95,87 @@ pub struct PingPong {
     pub errors: u64,
 }
 
-/// `conns` clients each send a 64-byte line, wait for its echo, and repeat for `dur`.
-pub fn ping_pong(addr: SocketAddr, conns: usize, dur: Duration, prefix: &str) -> PingPong {
-    let prefix = prefix.to_string();
-    runtime().block_on(async move {
-        let streams = connect_all(addr, conns).await.expect("connect");
-        let start = Instant::now();
-        let deadline = start + dur;
-        let tasks: Vec<_> = streams
-            .into_iter()
-            .enumerate()
-            .map(|(i, mut s)| {
-                let l = line(i, 64);
-                let want = reply(&prefix, &l);
-                tokio::spawn(async move {
-                    let mut hist = histogram();
-                    let mut got = vec![0u8; want.len()];
-                    let (mut n, mut errors) = (0u64, 0u64);
-                    while Instant::now() < deadline {
-                        let t = Instant::now();
-                        if !round_trip(&mut s, &l, &want, &mut got).await {
-                            errors += 1;
-                            break;
+impl PingPong {
+    fn empty() -> PingPong {
+        PingPong {
+            round_trips: 0,
+            elapsed: Duration::ZERO,
+            latency: histogram(),
+            errors: 0,
+        }
+    }
+
+    /// Adds `other` (a later window of the same clients) to this result.
+    pub fn merge(&mut self, other: &PingPong) {
+        self.round_trips += other.round_trips;
+        self.elapsed += other.elapsed;
+        self.errors += other.errors;
+        self.latency.add(&other.latency).expect("merge histograms");
+    }
+}
+
+/// Connected ping-pong clients of one server, kept open between timed windows so that several
+/// servers can be measured in turns.
+pub struct Clients {
+    streams: Vec<TcpStream>,
+    prefix: String,
+}
+
+impl Clients {
+    /// Connects `conns` clients to `addr`, whose echo starts with `prefix` and a space.
+    pub fn connect(rt: &Runtime, addr: SocketAddr, conns: usize, prefix: &str) -> Clients {
+        Clients {
+            streams: rt.block_on(connect_all(addr, conns)).expect("connect"),
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// Every client sends a 64-byte line, waits for its echo, and repeats for `dur`; all of
+    /// them then wait for their last echo, so the server is idle when this returns.
+    pub fn ping_pong(&mut self, rt: &Runtime, dur: Duration) -> PingPong {
+        let streams = std::mem::take(&mut self.streams);
+        let prefix = self.prefix.clone();
+        let (streams, result) = rt.block_on(async move {
+            let start = Instant::now();
+            let deadline = start + dur;
+            let tasks: Vec<_> = streams
+                .into_iter()
+                .enumerate()
+                .map(|(i, mut s)| {
+                    let l = line(i, 64);
+                    let want = reply(&prefix, &l);
+                    tokio::spawn(async move {
+                        let mut hist = histogram();
+                        let mut got = vec![0u8; want.len()];
+                        let (mut n, mut errors) = (0u64, 0u64);
+                        while Instant::now() < deadline {
+                            let t = Instant::now();
+                            if !round_trip(&mut s, &l, &want, &mut got).await {
+                                errors += 1;
+                                break;
+                            }
+                            let _ = hist.record((t.elapsed().as_nanos() as u64).max(1_000));
+                            n += 1;
                         }
-                        let _ = hist.record((t.elapsed().as_nanos() as u64).max(1_000));
-                        n += 1;
-                    }
-                    (n, errors, hist)
+                        (s, n, errors, hist)
+                    })
                 })
-            })
-            .collect();
-        collect(tasks, start).await
-    })
+                .collect();
+            let mut total = PingPong::empty();
+            let mut streams = Vec::with_capacity(tasks.len());
+            for t in tasks {
+                let (s, n, e, h) = t.await.expect("client task");
+                streams.push(s);
+                total.round_trips += n;
+                total.errors += e;
+                total.latency.add(&h).expect("merge histograms");
+            }
+            total.elapsed = start.elapsed();
+            (streams, total)
+        });
+        self.streams = streams;
+        result
+    }
 }
 
 /// Result of a streaming run.

@@ -132,12 +132,17 @@ fn measure(
     let writes = proc::write_syscalls(server.pid())
         .unwrap_or(0)
         .saturating_sub(w0);
+    per_op(&mut m, cpu, writes, ops);
+    m
+}
+
+/// Adds the server's CPU time and log writes per operation to `m`.
+fn per_op(m: &mut BTreeMap<String, f64>, cpu: Duration, writes: u64, ops: f64) {
     if ops > 0.0 {
         m.insert("server_us_per_op".into(), cpu.as_secs_f64() * 1e6 / ops);
         m.insert("log_writes_per_op".into(), writes as f64 / ops);
     }
     m.insert("server_cpu_s".into(), cpu.as_secs_f64());
-    m
 }
 
 /// Round trips/s, latency quantiles and errors of a ping-pong result, and its operation count.
@@ -156,10 +161,55 @@ fn latency_metrics(r: &load::PingPong) -> (BTreeMap<String, f64>, f64) {
     (m, r.round_trips as f64)
 }
 
-fn ping_pong(spec: &Spec, conns: usize, secs: Duration) -> BTreeMap<String, f64> {
-    measure(spec, |s| {
-        latency_metrics(&load::ping_pong(s.addr, conns, secs, &spec.prefix))
-    })
+/// Length of one timed window of ping-pong.
+const WINDOW: Duration = Duration::from_millis(250);
+
+/// Ping-pong with `conns` clients against every server of `specs`: all are started and
+/// connected first, then measured in short windows taken in turns (A B C, B C A, ...), so that
+/// the machine's changes of speed, which come within seconds here, fall on all of them alike.
+/// Each server is measured for about `secs` in all.
+fn ping_pong(specs: &[&Spec], conns: usize, secs: Duration) -> Vec<BTreeMap<String, f64>> {
+    let rt = load::runtime();
+    let servers: Vec<Running> = specs.iter().map(|s| start(s)).collect();
+    let mut clients: Vec<load::Clients> = servers
+        .iter()
+        .zip(specs)
+        .map(|(server, spec)| load::Clients::connect(&rt, server.addr, conns, &spec.prefix))
+        .collect();
+    let n = specs.len();
+    let windows = (secs.as_secs_f64() / WINDOW.as_secs_f64()).round().max(1.0) as usize;
+    let mut results: Vec<Option<load::PingPong>> = (0..n).map(|_| None).collect();
+    let mut cpu = vec![Duration::ZERO; n];
+    let mut writes = vec![0u64; n];
+    for w in 0..windows {
+        for k in 0..n {
+            let i = (k + w) % n;
+            let pid = servers[i].pid();
+            let (cpu0, w0) = (proc::cpu_time(pid), proc::write_syscalls(pid));
+            let r = clients[i].ping_pong(&rt, WINDOW);
+            if let (Some(a), Some(b)) = (cpu0, proc::cpu_time(pid)) {
+                cpu[i] += b.saturating_sub(a);
+            }
+            if let (Some(a), Some(b)) = (w0, proc::write_syscalls(pid)) {
+                writes[i] += b.saturating_sub(a);
+            }
+            match &mut results[i] {
+                Some(total) => total.merge(&r),
+                slot => *slot = Some(r),
+            }
+        }
+    }
+    drop(clients);
+    results
+        .into_iter()
+        .zip(cpu.into_iter().zip(writes))
+        .map(|(r, (cpu, writes))| {
+            let r = r.expect("at least one window");
+            let (mut m, ops) = latency_metrics(&r);
+            per_op(&mut m, cpu, writes, ops);
+            m
+        })
+        .collect()
 }
 
 fn paced(spec: &Spec, conns: usize, secs: Duration) -> BTreeMap<String, f64> {
@@ -439,21 +489,13 @@ fn run(args: &[String]) {
             .collect();
         for conns in [1, 16, 256, 1000] {
             let sc = format!("ping-pong {conns}");
-            for s in order.iter().filter(|_| wanted(&sc)) {
-                add(&sc, s, ping_pong(s, conns, secs));
-            }
-        }
-        if let Some(g) = &glibc {
-            let sc = "ping-pong 256";
-            if wanted(sc) {
-                add(sc, g, ping_pong(g, 256, secs));
-                // and naive again right after it, for a within-minutes ratio
-                add(
-                    "ping-pong 256 (glibc pair)",
-                    &main_servers[1],
-                    ping_pong(&main_servers[1], 256, secs),
-                );
-                add("ping-pong 256 (glibc pair)", g, ping_pong(g, 256, secs));
+            if wanted(&sc) {
+                let mut specs = order.clone();
+                // The same code built for glibc, beside them at 256 connections.
+                specs.extend(glibc.iter().filter(|_| conns == 256));
+                for (s, m) in specs.iter().zip(ping_pong(&specs, conns, secs)) {
+                    add(&sc, s, m);
+                }
             }
         }
         let sc = "paced 256";
@@ -484,10 +526,13 @@ fn run(args: &[String]) {
             }
         }
         // Logging and prefix costs: tcp-echo against itself.
-        for s in std::iter::once(&main_servers[0]).chain(&variants) {
-            if wanted("log ping-pong 16") {
-                add("log ping-pong 16", s, ping_pong(s, 16, secs));
+        let selves: Vec<&Spec> = std::iter::once(&main_servers[0]).chain(&variants).collect();
+        if wanted("log ping-pong 16") {
+            for (s, m) in selves.iter().zip(ping_pong(&selves, 16, secs)) {
+                add("log ping-pong 16", s, m);
             }
+        }
+        for s in selves {
             if wanted("log stream 64B x1") {
                 add("log stream 64B x1", s, streaming(s, 1, 64, secs));
             }
