@@ -4,10 +4,11 @@
 //!   `BENCHMARKS.md`, `bench/results.json` and `bench/plot.svg`.
 //! * `tcp-echo-bench naive|tokio --port P [--prefix X]`: the peer servers.
 //!
-//! The load generator is pinned to core 0 and each server to core 1. Servers are run one after
-//! another for every scenario of every round (A B C A B C ...), a fresh process each time, and
-//! compared within the round: the machine's speed changes over minutes, so ratios are taken
-//! per round and their median reported.
+//! The load generator is pinned to core 0 and each server to core 1. The machine's speed
+//! changes within seconds to minutes, so servers are compared only within a round: ping-pong
+//! runs every server of a round at once and measures them in alternating 250 ms windows; the
+//! other scenarios run the servers one after another, a fresh process each time. Ratios are
+//! taken per round and their median reported.
 
 mod load;
 mod peers;
@@ -180,15 +181,30 @@ fn ping_pong(specs: &[&Spec], conns: usize, secs: Duration) -> Vec<BTreeMap<Stri
     let windows = (secs.as_secs_f64() / WINDOW.as_secs_f64()).round().max(1.0) as usize;
     let mut results: Vec<Option<load::PingPong>> = (0..n).map(|_| None).collect();
     let mut cpu = vec![Duration::ZERO; n];
+    let mut own_cpu = vec![Duration::ZERO; n];
+    // Context switches of the server's threads, and its user and system ticks.
+    let mut switches = vec![0u64; n];
+    let mut ticks = vec![(0u64, 0u64); n];
     let mut writes = vec![0u64; n];
+    let me = std::process::id();
     for w in 0..windows {
         for k in 0..n {
             let i = (k + w) % n;
             let pid = servers[i].pid();
             let (cpu0, w0) = (proc::cpu_time(pid), proc::write_syscalls(pid));
+            let own0 = proc::cpu_time(me);
+            let (sw0, t0) = (proc::context_switches(pid), proc::user_system_ticks(pid));
             let r = clients[i].ping_pong(&rt, WINDOW);
+            switches[i] += proc::context_switches(pid).saturating_sub(sw0);
+            if let (Some(a), Some(b)) = (t0, proc::user_system_ticks(pid)) {
+                ticks[i].0 += b.0.saturating_sub(a.0);
+                ticks[i].1 += b.1.saturating_sub(a.1);
+            }
             if let (Some(a), Some(b)) = (cpu0, proc::cpu_time(pid)) {
                 cpu[i] += b.saturating_sub(a);
+            }
+            if let (Some(a), Some(b)) = (own0, proc::cpu_time(me)) {
+                own_cpu[i] += b.saturating_sub(a);
             }
             if let (Some(a), Some(b)) = (w0, proc::write_syscalls(pid)) {
                 writes[i] += b.saturating_sub(a);
@@ -202,11 +218,22 @@ fn ping_pong(specs: &[&Spec], conns: usize, secs: Duration) -> Vec<BTreeMap<Stri
     drop(clients);
     results
         .into_iter()
-        .zip(cpu.into_iter().zip(writes))
-        .map(|(r, (cpu, writes))| {
+        .zip(cpu.into_iter().zip(writes).zip(own_cpu))
+        .zip(switches.into_iter().zip(ticks))
+        .map(|((r, ((cpu, writes), own)), (switches, (user, system)))| {
             let r = r.expect("at least one window");
             let (mut m, ops) = latency_metrics(&r);
             per_op(&mut m, cpu, writes, ops);
+            if ops > 0.0 {
+                m.insert("switches_per_op".into(), switches as f64 / ops);
+            }
+            if user + system > 0 {
+                m.insert("user_share".into(), user as f64 / (user + system) as f64);
+            }
+            // How busy each core was: which side limits the round trips.
+            let t = r.elapsed.as_secs_f64();
+            m.insert("server_core_busy".into(), cpu.as_secs_f64() / t);
+            m.insert("client_core_busy".into(), own.as_secs_f64() / t);
             m
         })
         .collect()
@@ -313,18 +340,43 @@ fn burst(spec: &Spec) -> BTreeMap<String, f64> {
 
 /// Write-type syscalls per echoed line while streaming 64-byte lines on one connection, counted
 /// by `strace -c` attached to the server (its own overhead does not change the count).
-fn writes_per_line(spec: &Spec) -> BTreeMap<String, f64> {
+/// Write syscalls per line streamed (64-byte lines, one connection), and all syscalls per
+/// round trip in ping-pong (16 connections), counted by `strace -c` attached to the server.
+fn syscalls(spec: &Spec) -> BTreeMap<String, f64> {
+    let writes = strace_count(spec, Some("write,writev,sendto,sendmsg"), |addr, prefix| {
+        let r = load::streaming(addr, 1, 64, Duration::from_millis(500), prefix);
+        (r.lines as f64, r.errors as f64)
+    });
+    let all = strace_count(spec, None, |addr, prefix| {
+        let rt = load::runtime();
+        let mut clients = load::Clients::connect(&rt, addr, 16, prefix);
+        let r = clients.ping_pong(&rt, Duration::from_millis(500));
+        (r.round_trips as f64, r.errors as f64)
+    });
+    BTreeMap::from([
+        ("writes_per_line".to_string(), writes.0),
+        ("syscalls_per_rt".to_string(), all.0),
+        ("errors".to_string(), writes.1 + all.1),
+    ])
+}
+
+/// Runs `work` against a fresh instance of `spec` while `strace -f -c` (limited to `trace`
+/// when given) counts the server's syscalls; returns the calls per operation and the errors
+/// `work` reported (`work` returns the operation count and the error count).
+fn strace_count(
+    spec: &Spec,
+    trace: Option<&str>,
+    work: impl FnOnce(SocketAddr, &str) -> (f64, f64),
+) -> (f64, f64) {
     let s = start(spec);
     let out = std::env::temp_dir().join(format!("tcp-echo-bench-strace-{}", std::process::id()));
-    let mut strace = Command::new("strace")
-        .args([
-            "-f",
-            "-c",
-            "-qq",
-            "-e",
-            "trace=write,writev,sendto,sendmsg",
-            "-o",
-        ])
+    let mut cmd = Command::new("strace");
+    cmd.args(["-f", "-c", "-qq"]);
+    if let Some(t) = trace {
+        cmd.args(["-e", &format!("trace={t}")]);
+    }
+    let mut strace = cmd
+        .arg("-o")
         .arg(&out)
         .args(["-p", &s.pid().to_string()])
         .stdin(Stdio::null())
@@ -337,36 +389,24 @@ fn writes_per_line(spec: &Spec) -> BTreeMap<String, f64> {
         assert!(Instant::now() < deadline, "strace did not attach");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let r = load::streaming(s.addr, 1, 64, Duration::from_millis(500), &spec.prefix);
+    let (ops, errors) = work(s.addr, &spec.prefix);
     // SAFETY: signalling our own child.
     unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
     let _ = strace.wait();
     let text = std::fs::read_to_string(&out).unwrap_or_default();
     let _ = std::fs::remove_file(&out);
+    // Rows: % time, seconds, usecs/call, calls, [errors], syscall; then a "total" row.
     let calls: f64 = text
         .lines()
-        .filter(|l| {
-            ["write", "writev", "sendto", "sendmsg"]
-                .contains(&l.split_whitespace().last().unwrap_or(""))
-        })
+        .filter(|l| !l.trim_end().ends_with("total"))
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            // % time, seconds, usecs/call, calls, [errors], syscall
-            f.get(3).and_then(|c| c.parse::<f64>().ok())
+            f.first()?.parse::<f64>().ok()?;
+            f.get(3)?.parse::<f64>().ok()
         })
         .sum();
-    BTreeMap::from([
-        (
-            "writes_per_line".to_string(),
-            if r.lines > 0 {
-                calls / r.lines as f64
-            } else {
-                f64::NAN
-            },
-        ),
-        ("lines".to_string(), r.lines as f64),
-        ("errors".to_string(), r.errors as f64),
-    ])
+    let per_op = if ops > 0.0 { calls / ops } else { f64::NAN };
+    (per_op, errors)
 }
 
 fn arg(args: &[String], name: &str) -> Option<String> {
@@ -522,7 +562,7 @@ fn run(args: &[String]) {
         }
         if round == 0 {
             for s in order.iter().filter(|_| wanted("writes")) {
-                add("writes", s, writes_per_line(s));
+                add("writes", s, syscalls(s));
             }
         }
         // Logging and prefix costs: tcp-echo against itself.
