@@ -37,9 +37,9 @@ fn record(order: u32, case: &str, load: &str, usage: &Usage, outcome: &str) {
 }
 
 /// Threads the server may have: workers up to `max_connections`, plus main, one acceptor per
-/// port and the signal handler.
+/// port, the idle watch and the signal handler.
 fn thread_bound(max_connections: usize, ports: usize) -> usize {
-    max_connections + ports + 2
+    max_connections + ports + 3
 }
 
 /// Connects a socket with a small receive buffer (set before connecting, so the window stays
