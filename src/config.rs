@@ -34,7 +34,7 @@ pub struct Config {
     pub bind_fallback: bool,
     /// Connections served at once; one more is told `busy`.
     pub max_connections: usize,
-    /// Close a connection that sends nothing for this long (`None`: never).
+    /// Close a connection that moves no data (input or replies) for this long (`None`: never).
     pub idle_timeout: Option<Duration>,
     /// Bytes of an incomplete line held back before it is echoed in pieces.
     pub max_line: usize,

@@ -184,6 +184,7 @@ fn ping_pong(specs: &[&Spec], conns: usize, secs: Duration) -> Vec<BTreeMap<Stri
     let mut own_cpu = vec![Duration::ZERO; n];
     // Context switches of the server's threads, and its user and system ticks.
     let mut switches = vec![0u64; n];
+    let mut wall = vec![Duration::ZERO; n];
     let mut ticks = vec![(0u64, 0u64); n];
     let mut writes = vec![0u64; n];
     let me = std::process::id();
@@ -194,7 +195,9 @@ fn ping_pong(specs: &[&Spec], conns: usize, secs: Duration) -> Vec<BTreeMap<Stri
             let (cpu0, w0) = (proc::cpu_time(pid), proc::write_syscalls(pid));
             let own0 = proc::cpu_time(me);
             let (sw0, t0) = (proc::context_switches(pid), proc::user_system_ticks(pid));
+            let t = Instant::now();
             let r = clients[i].ping_pong(&rt, WINDOW);
+            wall[i] += t.elapsed();
             switches[i] += proc::context_switches(pid).saturating_sub(sw0);
             if let (Some(a), Some(b)) = (t0, proc::user_system_ticks(pid)) {
                 ticks[i].0 += b.0.saturating_sub(a.0);
@@ -219,23 +222,25 @@ fn ping_pong(specs: &[&Spec], conns: usize, secs: Duration) -> Vec<BTreeMap<Stri
     results
         .into_iter()
         .zip(cpu.into_iter().zip(writes).zip(own_cpu))
-        .zip(switches.into_iter().zip(ticks))
-        .map(|((r, ((cpu, writes), own)), (switches, (user, system)))| {
-            let r = r.expect("at least one window");
-            let (mut m, ops) = latency_metrics(&r);
-            per_op(&mut m, cpu, writes, ops);
-            if ops > 0.0 {
-                m.insert("switches_per_op".into(), switches as f64 / ops);
-            }
-            if user + system > 0 {
-                m.insert("user_share".into(), user as f64 / (user + system) as f64);
-            }
-            // How busy each core was: which side limits the round trips.
-            let t = r.elapsed.as_secs_f64();
-            m.insert("server_core_busy".into(), cpu.as_secs_f64() / t);
-            m.insert("client_core_busy".into(), own.as_secs_f64() / t);
-            m
-        })
+        .zip(switches.into_iter().zip(ticks).zip(wall))
+        .map(
+            |((r, ((cpu, writes), own)), ((switches, (user, system)), wall))| {
+                let r = r.expect("at least one window");
+                let (mut m, ops) = latency_metrics(&r);
+                per_op(&mut m, cpu, writes, ops);
+                if ops > 0.0 {
+                    m.insert("switches_per_op".into(), switches as f64 / ops);
+                }
+                if user + system > 0 {
+                    m.insert("user_share".into(), user as f64 / (user + system) as f64);
+                }
+                // How busy each core was: which side limits the round trips.
+                let t = wall.as_secs_f64();
+                m.insert("server_core_busy".into(), cpu.as_secs_f64() / t);
+                m.insert("client_core_busy".into(), own.as_secs_f64() / t);
+                m
+            },
+        )
         .collect()
 }
 
