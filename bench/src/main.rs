@@ -193,21 +193,23 @@ fn ping_pong(specs: &[&Spec], conns: usize, secs: Duration) -> Vec<BTreeMap<Stri
             let i = (k + w) % n;
             let pid = servers[i].pid();
             let (cpu0, w0) = (proc::cpu_time(pid), proc::write_syscalls(pid));
-            let own0 = proc::cpu_time(me);
             let (sw0, t0) = (proc::context_switches(pid), proc::user_system_ticks(pid));
+            // The load generator's own CPU and the wall time cover the window alone, not the
+            // /proc reads around it (a scan of every server thread for context switches).
+            let own0 = proc::cpu_time(me);
             let t = Instant::now();
             let r = clients[i].ping_pong(&rt, WINDOW);
             wall[i] += t.elapsed();
-            switches[i] += proc::context_switches(pid).saturating_sub(sw0);
-            if let (Some(a), Some(b)) = (t0, proc::user_system_ticks(pid)) {
-                ticks[i].0 += b.0.saturating_sub(a.0);
-                ticks[i].1 += b.1.saturating_sub(a.1);
+            if let (Some(a), Some(b)) = (own0, proc::cpu_time(me)) {
+                own_cpu[i] += b.saturating_sub(a);
             }
             if let (Some(a), Some(b)) = (cpu0, proc::cpu_time(pid)) {
                 cpu[i] += b.saturating_sub(a);
             }
-            if let (Some(a), Some(b)) = (own0, proc::cpu_time(me)) {
-                own_cpu[i] += b.saturating_sub(a);
+            switches[i] += proc::context_switches(pid).saturating_sub(sw0);
+            if let (Some(a), Some(b)) = (t0, proc::user_system_ticks(pid)) {
+                ticks[i].0 += b.0.saturating_sub(a.0);
+                ticks[i].1 += b.1.saturating_sub(a.1);
             }
             if let (Some(a), Some(b)) = (w0, proc::write_syscalls(pid)) {
                 writes[i] += b.saturating_sub(a);
