@@ -637,22 +637,51 @@ fn s7_soak() {
             }
         }));
     }
-    // Churn: connect, one line, close.
-    {
+    // Churn: connect, one line, close. A failure names the client's port, so that the
+    // server's records of that connection can be shown with it.
+    let churn = {
         let (stop, ops) = (Arc::clone(&stop), Arc::clone(&ops));
-        load.push(thread::spawn(move || {
+        thread::spawn(move || -> Result<(), (u16, String)> {
             while !stop.load(Ordering::SeqCst) {
-                assert_eq!(support::exchange(addr, b"churn\n"), b"churn\n");
-                ops.fetch_add(1, Ordering::Relaxed);
+                let mut c = connect(addr);
+                let port = c.local_addr().map_or(0, |a| a.port());
+                let started = Instant::now();
+                let got = (|| {
+                    c.write_all(b"churn\n")?;
+                    c.shutdown(std::net::Shutdown::Write)?;
+                    let mut out = Vec::new();
+                    c.read_to_end(&mut out).map(|_| out)
+                })();
+                match got {
+                    Ok(reply) if reply == b"churn\n" => {
+                        ops.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => {
+                        let what = format!("{other:?} after {:?}", started.elapsed());
+                        return Err((port, what));
+                    }
+                }
             }
-        }));
-    }
+            Ok(())
+        })
+    };
     // 100 idle connections held for the whole run.
     let idle: Vec<TcpStream> = (0..100).map(|_| connect(addr)).collect();
     thread::sleep(Duration::from_secs(secs)); // the soak's duration
     stop.store(true, Ordering::SeqCst);
     for t in load {
         t.join().expect("load thread");
+    }
+    if let Err((port, what)) = churn.join().expect("churn thread") {
+        let peer = format!("peer=127.0.0.1:{port} ");
+        let records: Vec<String> = match s.log.matching(&peer).first() {
+            Some(open) => s.log.matching(&support::connection_id(open)),
+            None => vec![format!("no record of a connection from port {port}")],
+        };
+        panic!(
+            "a churn client got {what}; the server's records:\n{}",
+            records.join("\n")
+        );
     }
     let usage = monitor.stop();
     drop(idle);
