@@ -62,25 +62,59 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1_000, 60_000_000_000, 3).expect("histogram bounds")
 }
 
-/// Waits for per-connection (round trips, errors, latencies) and adds them up.
-async fn collect(
-    tasks: Vec<tokio::task::JoinHandle<(u64, u64, Histogram<u64>)>>,
+/// Waits for every client task and adds up their results; gives back what each task returned
+/// beside its result, in order.
+async fn collect<T>(
+    tasks: Vec<tokio::task::JoinHandle<(T, PingPong)>>,
     start: Instant,
-) -> PingPong {
+) -> (Vec<T>, PingPong) {
     let mut total = PingPong::empty();
+    let mut kept = Vec::with_capacity(tasks.len());
     for t in tasks {
-        let (n, e, h) = t.await.expect("client task");
-        total.round_trips += n;
-        total.errors += e;
-        total.latency.add(&h).expect("merge histograms");
+        let (k, r) = t.await.expect("client task");
+        kept.push(k);
+        total.merge(&r);
     }
     total.elapsed = start.elapsed();
-    total
+    (kept, total)
 }
 
 /// One round trip: sends `line`, reads its echo into `got`, and checks it is `want`.
 async fn round_trip(s: &mut TcpStream, line: &[u8], want: &[u8], got: &mut [u8]) -> bool {
     s.write_all(line).await.is_ok() && s.read_exact(got).await.is_ok() && got == want
+}
+
+/// One client of a latency scenario: its socket, its numbered 64-byte line and the echo it
+/// expects.
+struct Client {
+    s: TcpStream,
+    line: Vec<u8>,
+    want: Vec<u8>,
+    got: Vec<u8>,
+}
+
+impl Client {
+    fn new(i: usize, s: TcpStream, prefix: &str) -> Client {
+        let line = line(i, 64);
+        let want = reply(prefix, &line);
+        let got = vec![0u8; want.len()];
+        Client { s, line, want, got }
+    }
+
+    /// One round trip, timed from now and added to `result`; false (counted as an error) if
+    /// it failed or the echo was wrong.
+    async fn timed_round_trip(&mut self, result: &mut PingPong) -> bool {
+        let sent = Instant::now();
+        if !round_trip(&mut self.s, &self.line, &self.want, &mut self.got).await {
+            result.errors += 1;
+            return false;
+        }
+        let _ = result
+            .latency
+            .record((sent.elapsed().as_nanos() as u64).max(1_000));
+        result.round_trips += 1;
+        true
+    }
 }
 
 /// Result of a ping-pong run.
@@ -117,63 +151,42 @@ impl PingPong {
 /// Connected ping-pong clients of one server, kept open between timed windows so that several
 /// servers can be measured in turns.
 pub struct Clients {
-    streams: Vec<TcpStream>,
-    prefix: String,
+    clients: Vec<Client>,
 }
 
 impl Clients {
     /// Connects `conns` clients to `addr`, whose echo starts with `prefix` and a space.
     pub fn connect(rt: &Runtime, addr: SocketAddr, conns: usize, prefix: &str) -> Clients {
+        let streams = rt.block_on(connect_all(addr, conns)).expect("connect");
         Clients {
-            streams: rt.block_on(connect_all(addr, conns)).expect("connect"),
-            prefix: prefix.to_string(),
+            clients: streams
+                .into_iter()
+                .enumerate()
+                .map(|(i, s)| Client::new(i, s, prefix))
+                .collect(),
         }
     }
 
-    /// Every client sends a 64-byte line, waits for its echo, and repeats for `dur`; all of
-    /// them then wait for their last echo, so the server is idle when this returns.
+    /// Every client sends its line, waits for the echo, and repeats for `dur`; all of them
+    /// then wait for their last echo, so the server is idle when this returns.
     pub fn ping_pong(&mut self, rt: &Runtime, dur: Duration) -> PingPong {
-        let streams = std::mem::take(&mut self.streams);
-        let prefix = self.prefix.clone();
-        let (streams, result) = rt.block_on(async move {
+        let clients = std::mem::take(&mut self.clients);
+        let (clients, result) = rt.block_on(async move {
             let start = Instant::now();
             let deadline = start + dur;
-            let tasks: Vec<_> = streams
+            let tasks: Vec<_> = clients
                 .into_iter()
-                .enumerate()
-                .map(|(i, mut s)| {
-                    let l = line(i, 64);
-                    let want = reply(&prefix, &l);
+                .map(|mut c| {
                     tokio::spawn(async move {
-                        let mut hist = histogram();
-                        let mut got = vec![0u8; want.len()];
-                        let (mut n, mut errors) = (0u64, 0u64);
-                        while Instant::now() < deadline {
-                            let t = Instant::now();
-                            if !round_trip(&mut s, &l, &want, &mut got).await {
-                                errors += 1;
-                                break;
-                            }
-                            let _ = hist.record((t.elapsed().as_nanos() as u64).max(1_000));
-                            n += 1;
-                        }
-                        (s, n, errors, hist)
+                        let mut r = PingPong::empty();
+                        while Instant::now() < deadline && c.timed_round_trip(&mut r).await {}
+                        (c, r)
                     })
                 })
                 .collect();
-            let mut total = PingPong::empty();
-            let mut streams = Vec::with_capacity(tasks.len());
-            for t in tasks {
-                let (s, n, e, h) = t.await.expect("client task");
-                streams.push(s);
-                total.round_trips += n;
-                total.errors += e;
-                total.latency.add(&h).expect("merge histograms");
-            }
-            total.elapsed = start.elapsed();
-            (streams, total)
+            collect(tasks, start).await
         });
-        self.streams = streams;
+        self.clients = clients;
         result
     }
 }
@@ -449,30 +462,22 @@ pub fn paced(
         let tasks: Vec<_> = streams
             .into_iter()
             .enumerate()
-            .map(|(i, mut s)| {
-                let l = line(i, 64);
-                let want = reply(&prefix, &l);
-                let first = start + period * i as u32 / conns as u32;
+            .map(|(i, s)| {
+                let mut c = Client::new(i, s, &prefix);
+                let mut next = start + period * i as u32 / conns as u32;
                 tokio::spawn(async move {
-                    let mut hist = histogram();
-                    let mut got = vec![0u8; want.len()];
-                    let (mut n, mut errors) = (0u64, 0u64);
-                    let mut next = first;
+                    let mut r = PingPong::empty();
                     while next < deadline {
                         tokio::time::sleep_until(next.into()).await;
-                        let sent = Instant::now();
-                        if !round_trip(&mut s, &l, &want, &mut got).await {
-                            errors += 1;
+                        if !c.timed_round_trip(&mut r).await {
                             break;
                         }
-                        let _ = hist.record((sent.elapsed().as_nanos() as u64).max(1_000));
-                        n += 1;
                         next += period;
                     }
-                    (n, errors, hist)
+                    ((), r)
                 })
             })
             .collect();
-        collect(tasks, start).await
+        collect(tasks, start).await.1
     })
 }

@@ -117,6 +117,68 @@ fn start(spec: &Spec) -> Running {
     Running { child, addr }
 }
 
+/// What the benchmark reads of a server process: CPU time, write syscalls (its log),
+/// context switches of its live threads, and user and system clock ticks.
+#[derive(Debug, Default, Clone, Copy)]
+struct Usage {
+    cpu: Duration,
+    writes: u64,
+    switches: u64,
+    user_ticks: u64,
+    system_ticks: u64,
+}
+
+impl Usage {
+    /// `pid`'s counters now (a counter that cannot be read counts as 0).
+    fn of(pid: u32) -> Usage {
+        let (user_ticks, system_ticks) = proc::user_system_ticks(pid).unwrap_or_default();
+        Usage {
+            cpu: proc::cpu_time(pid).unwrap_or_default(),
+            writes: proc::write_syscalls(pid).unwrap_or(0),
+            switches: proc::context_switches(pid),
+            user_ticks,
+            system_ticks,
+        }
+    }
+
+    /// What happened between `earlier` and `self`.
+    fn since(self, earlier: Usage) -> Usage {
+        Usage {
+            cpu: self.cpu.saturating_sub(earlier.cpu),
+            writes: self.writes.saturating_sub(earlier.writes),
+            switches: self.switches.saturating_sub(earlier.switches),
+            user_ticks: self.user_ticks.saturating_sub(earlier.user_ticks),
+            system_ticks: self.system_ticks.saturating_sub(earlier.system_ticks),
+        }
+    }
+
+    fn add(&mut self, other: Usage) {
+        self.cpu += other.cpu;
+        self.writes += other.writes;
+        self.switches += other.switches;
+        self.user_ticks += other.user_ticks;
+        self.system_ticks += other.system_ticks;
+    }
+
+    /// Adds the server's CPU time and log writes per operation to `m`, and the share of its CPU
+    /// spent in user space. (Context switches only count threads alive at both readings, so
+    /// only ping-pong, whose connections outlive its windows, reports them.)
+    fn per_op(&self, m: &mut BTreeMap<String, f64>, ops: f64) {
+        if ops > 0.0 {
+            m.insert(
+                "server_us_per_op".into(),
+                self.cpu.as_secs_f64() * 1e6 / ops,
+            );
+            m.insert("log_writes_per_op".into(), self.writes as f64 / ops);
+        }
+        let ticks = self.user_ticks + self.system_ticks;
+        if ticks > 0 {
+            m.insert("user_share".into(), self.user_ticks as f64 / ticks as f64);
+        }
+        m.insert("server_cpu_s".into(), self.cpu.as_secs_f64());
+    }
+}
+
 /// Runs `f` against a fresh instance of `spec`, adding the server's CPU time per operation
 /// (`f` returns its metrics and the operation count).
 fn measure(
@@ -124,26 +186,10 @@ fn measure(
     f: impl FnOnce(&Running) -> (BTreeMap<String, f64>, f64),
 ) -> BTreeMap<String, f64> {
     let server = start(spec);
-    let cpu0 = proc::cpu_time(server.pid()).unwrap_or_default();
-    let w0 = proc::write_syscalls(server.pid()).unwrap_or(0);
+    let before = Usage::of(server.pid());
     let (mut m, ops) = f(&server);
-    let cpu = proc::cpu_time(server.pid())
-        .unwrap_or_default()
-        .saturating_sub(cpu0);
-    let writes = proc::write_syscalls(server.pid())
-        .unwrap_or(0)
-        .saturating_sub(w0);
-    per_op(&mut m, cpu, writes, ops);
+    Usage::of(server.pid()).since(before).per_op(&mut m, ops);
     m
-}
-
-/// Adds the server's CPU time and log writes per operation to `m`.
-fn per_op(m: &mut BTreeMap<String, f64>, cpu: Duration, writes: u64, ops: f64) {
-    if ops > 0.0 {
-        m.insert("server_us_per_op".into(), cpu.as_secs_f64() * 1e6 / ops);
-        m.insert("log_writes_per_op".into(), writes as f64 / ops);
-    }
-    m.insert("server_cpu_s".into(), cpu.as_secs_f64());
 }
 
 /// Round trips/s, latency quantiles and errors of a ping-pong result, and its operation count.
@@ -180,40 +226,24 @@ fn ping_pong(specs: &[&Spec], conns: usize, secs: Duration) -> Vec<BTreeMap<Stri
     let n = specs.len();
     let windows = (secs.as_secs_f64() / WINDOW.as_secs_f64()).round().max(1.0) as usize;
     let mut results: Vec<Option<load::PingPong>> = (0..n).map(|_| None).collect();
-    let mut cpu = vec![Duration::ZERO; n];
+    let mut usage = vec![Usage::default(); n];
+    // The load generator's own CPU time and the wall time of each server's windows.
     let mut own_cpu = vec![Duration::ZERO; n];
-    // Context switches of the server's threads, and its user and system ticks.
-    let mut switches = vec![0u64; n];
     let mut wall = vec![Duration::ZERO; n];
-    let mut ticks = vec![(0u64, 0u64); n];
-    let mut writes = vec![0u64; n];
     let me = std::process::id();
     for w in 0..windows {
         for k in 0..n {
             let i = (k + w) % n;
             let pid = servers[i].pid();
-            let (cpu0, w0) = (proc::cpu_time(pid), proc::write_syscalls(pid));
-            let (sw0, t0) = (proc::context_switches(pid), proc::user_system_ticks(pid));
-            // The load generator's own CPU and the wall time cover the window alone, not the
+            let before = Usage::of(pid);
+            // The load generator's CPU and the wall time cover the window alone, not the
             // /proc reads around it (a scan of every server thread for context switches).
-            let own0 = proc::cpu_time(me);
+            let own0 = proc::cpu_time(me).unwrap_or_default();
             let t = Instant::now();
             let r = clients[i].ping_pong(&rt, WINDOW);
             wall[i] += t.elapsed();
-            if let (Some(a), Some(b)) = (own0, proc::cpu_time(me)) {
-                own_cpu[i] += b.saturating_sub(a);
-            }
-            if let (Some(a), Some(b)) = (cpu0, proc::cpu_time(pid)) {
-                cpu[i] += b.saturating_sub(a);
-            }
-            switches[i] += proc::context_switches(pid).saturating_sub(sw0);
-            if let (Some(a), Some(b)) = (t0, proc::user_system_ticks(pid)) {
-                ticks[i].0 += b.0.saturating_sub(a.0);
-                ticks[i].1 += b.1.saturating_sub(a.1);
-            }
-            if let (Some(a), Some(b)) = (w0, proc::write_syscalls(pid)) {
-                writes[i] += b.saturating_sub(a);
-            }
+            own_cpu[i] += proc::cpu_time(me).unwrap_or_default().saturating_sub(own0);
+            usage[i].add(Usage::of(pid).since(before));
             match &mut results[i] {
                 Some(total) => total.merge(&r),
                 slot => *slot = Some(r),
@@ -221,28 +251,21 @@ fn ping_pong(specs: &[&Spec], conns: usize, secs: Duration) -> Vec<BTreeMap<Stri
         }
     }
     drop(clients);
-    results
-        .into_iter()
-        .zip(cpu.into_iter().zip(writes).zip(own_cpu))
-        .zip(switches.into_iter().zip(ticks).zip(wall))
-        .map(
-            |((r, ((cpu, writes), own)), ((switches, (user, system)), wall))| {
-                let r = r.expect("at least one window");
-                let (mut m, ops) = latency_metrics(&r);
-                per_op(&mut m, cpu, writes, ops);
-                if ops > 0.0 {
-                    m.insert("switches_per_op".into(), switches as f64 / ops);
-                }
-                if user + system > 0 {
-                    m.insert("user_share".into(), user as f64 / (user + system) as f64);
-                }
-                // How busy each core was: which side limits the round trips.
-                let t = wall.as_secs_f64();
-                m.insert("server_core_busy".into(), cpu.as_secs_f64() / t);
-                m.insert("client_core_busy".into(), own.as_secs_f64() / t);
-                m
-            },
-        )
+    (0..n)
+        .map(|i| {
+            let r = results[i].take().expect("at least one window");
+            let (mut m, ops) = latency_metrics(&r);
+            usage[i].per_op(&mut m, ops);
+            m.insert(
+                "switches_per_op".into(),
+                usage[i].switches as f64 / ops.max(1.0),
+            );
+            // How busy each core was: which side limits the round trips.
+            let t = wall[i].as_secs_f64();
+            m.insert("server_core_busy".into(), usage[i].cpu.as_secs_f64() / t);
+            m.insert("client_core_busy".into(), own_cpu[i].as_secs_f64() / t);
+            m
+        })
         .collect()
 }
 
