@@ -7,10 +7,10 @@
 use std::ffi::OsString;
 use std::process::ExitCode;
 
-use log::info;
+use log::{info, warn};
 
 use crate::config::{self, Command};
-use crate::{logging, shutdown, Server};
+use crate::{limits, logging, shutdown, Server};
 
 /// Runs tcp-echo with these arguments (the first is the program name).
 pub fn main<I, T>(args: I) -> ExitCode
@@ -18,8 +18,8 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let config = match config::from_args(args) {
-        Ok(Command::Serve(config)) => config,
+    let (config, warnings) = match config::from_args(args) {
+        Ok(Command::Serve(config, warnings)) => (config, warnings),
         Ok(Command::Print(text)) => {
             print!("{text}");
             if !text.ends_with('\n') {
@@ -33,6 +33,10 @@ where
         }
     };
     logging::init();
+    for w in &warnings {
+        warn!("{w}");
+    }
+    limits::raise_open_files(&config);
     let result = Server::bind(config).and_then(|server| {
         shutdown::install_signal_handler(server.shutdown_handle())?;
         server.run()

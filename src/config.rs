@@ -13,6 +13,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 
 use crate::banner::BannerMode;
+use crate::echo::MAX_PREFIX;
 
 /// A client whose replies cannot be written for this long is disconnected when
 /// `--idle-timeout` is 0 (never); otherwise the idle timeout is used for writes too.
@@ -20,6 +21,13 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The largest accepted `--max-connections` (each connection may hold a worker thread).
 pub const MAX_CONNECTIONS_LIMIT: usize = 100_000;
+
+/// Default `--socket-buffer`: each connection's send and receive buffers (the kernel doubles
+/// the value for its bookkeeping). Sized by measurement: see ARCHITECTURE.md and BENCHMARKS.md.
+pub const DEFAULT_SOCKET_BUFFER: usize = 64 * 1024;
+
+/// Range of a non-zero `--socket-buffer`.
+pub const SOCKET_BUFFER_RANGE: std::ops::RangeInclusive<usize> = 4096..=16 * 1024 * 1024;
 
 /// The validated settings of one server.
 #[derive(Debug, Clone)]
@@ -36,10 +44,11 @@ pub struct Config {
     pub max_connections: usize,
     /// Close a connection that moves no data (input or replies) for this long (`None`: never).
     pub idle_timeout: Option<Duration>,
-    /// Bytes of an incomplete line held back before it is echoed in pieces.
-    pub max_line: usize,
     /// Longest wait for open connections at shutdown.
     pub drain_timeout: Duration,
+    /// Send and receive buffer size of each connection's socket (`None`: the kernel's
+    /// autotuning, which can reach megabytes per connection).
+    pub socket_buffer: Option<usize>,
     /// When the banner is sent.
     pub banner_mode: BannerMode,
     /// The banner's bytes (possibly empty), see [`crate::banner`].
@@ -56,8 +65,8 @@ impl Config {
             bind_fallback: false,
             max_connections: 1024,
             idle_timeout: Some(Duration::from_secs(300)),
-            max_line: 65536,
             drain_timeout: Duration::from_secs(5),
+            socket_buffer: Some(DEFAULT_SOCKET_BUFFER),
             banner_mode: BannerMode::Connect,
             banner: Vec::new(),
         }
@@ -73,7 +82,7 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "prefix={:?} max_connections={} idle_timeout={} max_line={} drain_timeout={}s \
+            "prefix={:?} max_connections={} idle_timeout={} drain_timeout={}s socket_buffer={} \
              banner={} ({} lines)",
             self.prefix.as_deref().unwrap_or(""),
             self.max_connections,
@@ -81,8 +90,11 @@ impl fmt::Display for Config {
                 Some(d) => format!("{}s", d.as_secs_f64()),
                 None => "never".to_string(),
             },
-            self.max_line,
             self.drain_timeout.as_secs_f64(),
+            match self.socket_buffer {
+                Some(n) => n.to_string(),
+                None => "auto".to_string(),
+            },
             self.banner_mode,
             self.banner.iter().filter(|&&b| b == b'\n').count(),
         )
@@ -172,15 +184,15 @@ struct Cli {
     )]
     idle_timeout: String,
 
-    /// Echo a longer incomplete line in pieces of this many bytes
+    /// No effect since 1.0.0, accepted so that existing configurations start: every byte is
+    /// echoed as soon as it arrives, nothing waits for a newline
     #[arg(
         long,
         env = "ECHO_MAX_LINE",
         allow_negative_numbers = true,
-        default_value = "65536",
         value_name = "BYTES"
     )]
-    max_line: String,
+    max_line: Option<String>,
 
     /// At shutdown, wait at most this long for open connections, in seconds
     #[arg(
@@ -191,6 +203,17 @@ struct Cli {
         value_name = "SECONDS"
     )]
     drain_timeout: String,
+
+    /// Send and receive buffer of each connection, in bytes (0: the kernel's autotuning, up to
+    /// megabytes per connection)
+    #[arg(
+        long,
+        env = "ECHO_SOCKET_BUFFER",
+        allow_negative_numbers = true,
+        default_value = "65536",
+        value_name = "BYTES"
+    )]
+    socket_buffer: String,
 
     /// When to send the welcome banner: connect, first-read or off
     #[arg(
@@ -205,8 +228,8 @@ struct Cli {
 /// What the command line asks for.
 #[derive(Debug)]
 pub enum Command {
-    /// Serve with these settings.
-    Serve(Config),
+    /// Serve with these settings, logging these warnings about them once logging is up.
+    Serve(Config, Vec<String>),
     /// Print this text to stdout and exit 0 (`--help`, `--version`).
     Print(String),
 }
@@ -257,7 +280,7 @@ where
             .to_string(),
     })?;
     cli.validate(&matches)
-        .map(Command::Serve)
+        .map(|(config, warnings)| Command::Serve(config, warnings))
         .map_err(|e| UsageError {
             message: e.to_string(),
         })
@@ -268,7 +291,7 @@ fn from_command_line(matches: &ArgMatches, id: &str) -> bool {
 }
 
 impl Cli {
-    fn validate(self, matches: &ArgMatches) -> Result<Config, ConfigError> {
+    fn validate(self, matches: &ArgMatches) -> Result<(Config, Vec<String>), ConfigError> {
         let err = |flag, var, value: &str, reason: &str| ConfigError {
             flag,
             var,
@@ -304,6 +327,14 @@ impl Cli {
                     "ECHO_PREFIX",
                     p,
                     "control characters are not allowed",
+                ));
+            }
+            if p.len() > MAX_PREFIX {
+                return Err(err(
+                    "--prefix",
+                    "ECHO_PREFIX",
+                    p,
+                    &format!("at most {MAX_PREFIX} bytes (it has {})", p.len()),
                 ));
             }
         }
@@ -343,20 +374,26 @@ impl Cli {
         })?;
         let idle_timeout = (!idle.is_zero()).then_some(idle);
 
-        let max_line = self
-            .max_line
-            .trim()
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=1 << 30).contains(n))
-            .ok_or_else(|| {
-                err(
-                    "--max-line",
-                    "ECHO_MAX_LINE",
-                    &self.max_line,
-                    "expected bytes from 1 to 1073741824",
-                )
-            })?;
+        // Still parsed, so that a typo is reported, but without effect.
+        let mut warnings = Vec::new();
+        if let Some(text) = &self.max_line {
+            text.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=1 << 30).contains(n))
+                .ok_or_else(|| {
+                    err(
+                        "--max-line",
+                        "ECHO_MAX_LINE",
+                        text,
+                        "expected bytes from 1 to 1073741824",
+                    )
+                })?;
+            warnings.push(format!(
+                "--max-line/ECHO_MAX_LINE ({text}) has no effect: every byte is echoed as soon \
+                 as it arrives, nothing waits for a newline"
+            ));
+        }
 
         let drain_timeout = parse_seconds(&self.drain_timeout).map_err(|r| {
             err(
@@ -367,24 +404,42 @@ impl Cli {
             )
         })?;
 
+        let socket_buffer = match self.socket_buffer.trim().parse::<usize>() {
+            Ok(0) => None,
+            Ok(n) if SOCKET_BUFFER_RANGE.contains(&n) => Some(n),
+            _ => {
+                return Err(err(
+                    "--socket-buffer",
+                    "ECHO_SOCKET_BUFFER",
+                    &self.socket_buffer,
+                    &format!(
+                        "expected 0 (the kernel's autotuning) or bytes from {} to {}",
+                        SOCKET_BUFFER_RANGE.start(),
+                        SOCKET_BUFFER_RANGE.end()
+                    ),
+                ))
+            }
+        };
+
         let banner_mode = self
             .banner
             .trim()
             .parse::<BannerMode>()
             .map_err(|r| err("--banner", "ECHO_BANNER", &self.banner, &r))?;
 
-        Ok(Config {
+        let config = Config {
             ports,
             prefix,
             bind,
             bind_fallback,
             max_connections,
             idle_timeout,
-            max_line,
             drain_timeout,
+            socket_buffer,
             banner_mode,
             banner: crate::banner::from_env(),
-        })
+        };
+        Ok((config, warnings))
     }
 }
 

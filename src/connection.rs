@@ -1,26 +1,35 @@
-//! One connection, from banner to close: read through a `BufReader`, frame, write the replies
-//! of each read in one `write`, log, time out, and close without losing replies.
+//! One connection, from banner to close: the echo loop.
+//!
+//! Each `read` (through a `BufReader`) is echoed before the next one: without a prefix the
+//! bytes leave straight from the read buffer, with one they are framed into an output buffer
+//! of bounded size. A write that blocks (the client is not reading) holds up the next read, so
+//! a client that stops reading stops being read, and the memory a connection holds never
+//! exceeds its two buffers.
 
 use std::fmt;
 use std::io::{self, BufRead, BufReader, ErrorKind, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use log::{info, log_enabled, Level};
+use log::{info, log_enabled, warn, Level};
 use uuid::Uuid;
 
 use crate::banner::BannerMode;
 use crate::config::Config;
-use crate::echo::{Framer, Piece};
+use crate::echo::{self, Framer};
+use crate::log_budget::{self, ConnectionBudget, ServerBudget, Verdict};
 use crate::logging::{EscapedText, RawBytes};
 use crate::registry::{Registry, Ticket};
+use crate::{drain, socket};
 
 /// Initial size of a connection's read buffer: an idle or interactive connection stays small.
 pub const READ_BUFFER_MIN: usize = 2 * 1024;
-/// Largest read buffer: a streaming connection grows to it within three reads. The replies
-/// to one read leave in one write.
+/// Largest read buffer: a streaming connection grows to it within three reads.
 pub const READ_BUFFER_MAX: usize = 64 * 1024;
+/// Largest output buffer (prefixed echo only): one read's echo leaves in writes of at most
+/// this much, whatever its prefixes add (a read of empty lines grows five-fold with `one `).
+pub const OUTPUT_BUFFER_MAX: usize = 16 * 1024;
 
 /// The read buffer size after a read of `n` bytes into a buffer of `capacity`: a full read
 /// means more is waiting (grow), a small one means the peer is interactive (shrink back).
@@ -34,11 +43,8 @@ pub fn next_read_capacity(capacity: usize, n: usize) -> usize {
     }
 }
 
-/// How often a closing connection checks whether the peer has acknowledged every reply.
-const ACK_POLL: Duration = Duration::from_millis(2);
-
-/// Log target of the per-line `Received ...` records, so that they can be filtered apart from
-/// the connection records: `RUST_LOG=info,tcp_echo::data=off`.
+/// Log target of the per-piece `Received ...` records, so that they can be filtered apart
+/// from the connection records: `RUST_LOG=info,tcp_echo::data=off`.
 pub const DATA_TARGET: &str = "tcp_echo::data";
 
 /// Counters for the exit summary, updated once per connection.
@@ -50,6 +56,19 @@ pub struct Stats {
     pub refused: AtomicU64,
     /// Bytes received and echoed.
     pub bytes: AtomicU64,
+}
+
+/// What every connection shares: settings, the open-connection set, counters, log budget.
+#[derive(Debug)]
+pub struct Shared {
+    /// The settings.
+    pub config: Config,
+    /// Open connections.
+    pub registry: std::sync::Arc<Registry>,
+    /// Counters.
+    pub stats: Stats,
+    /// The server-wide limit on `Received` records.
+    pub log_budget: ServerBudget,
 }
 
 /// An accepted connection on its way to a worker.
@@ -98,10 +117,12 @@ impl fmt::Display for Reason {
 pub struct Outcome {
     /// Why it ended.
     pub reason: Reason,
-    /// Bytes received (all of which were echoed unless the reason is an error).
+    /// Bytes received (every one of them echoed unless the reason is an error).
     pub bytes: u64,
-    /// Lines echoed.
+    /// Lines echoed (a last line without `\n` counts).
     pub lines: u64,
+    /// Pieces the log budget kept out of the log.
+    pub unlogged: u64,
 }
 
 /// Shows an IPv4 client of a dual-stack listener as `1.2.3.4:5`, not `[::ffff:1.2.3.4]:5`.
@@ -110,7 +131,7 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
 }
 
 /// Serves one connection to its end and logs it (the worker pool's job handler).
-pub fn serve(job: Job, config: &Config, registry: &Registry, stats: &Stats) {
+pub fn serve(job: Job, shared: &Shared) {
     let id = Uuid::new_v4();
     let local = job.ticket.stream().local_addr().map(canonical);
     info!(
@@ -118,16 +139,20 @@ pub fn serve(job: Job, config: &Config, registry: &Registry, stats: &Stats) {
         canonical(job.peer),
         local.map_or_else(|_| "?".to_string(), |a| a.to_string())
     );
-    let outcome = echo_connection(&job.ticket, config, registry, &id);
+    let outcome = echo_connection(&job.ticket, shared, &id);
     info!(
-        "{id} - TCP connection closed. reason={} bytes={} lines={} duration={:.3}s",
+        "{id} - TCP connection closed. reason={} bytes={} lines={} duration={:.3}s unlogged={}",
         outcome.reason,
         outcome.bytes,
         outcome.lines,
-        job.accepted.elapsed().as_secs_f64()
+        job.accepted.elapsed().as_secs_f64(),
+        outcome.unlogged,
     );
-    stats.served.fetch_add(1, Ordering::Relaxed);
-    stats.bytes.fetch_add(outcome.bytes, Ordering::Relaxed);
+    shared.stats.served.fetch_add(1, Ordering::Relaxed);
+    shared
+        .stats
+        .bytes
+        .fetch_add(outcome.bytes, Ordering::Relaxed);
     // `job.ticket` drops here: the connection leaves the registry, the socket closes.
 }
 
@@ -149,54 +174,84 @@ fn classify_write(e: io::Error) -> Reason {
     }
 }
 
-/// Writes all of `out`, if anything, and clears it (keeping its capacity). Every write that
-/// moves data counts as progress, so a slow reader is not taken for an idle one.
-fn send(ticket: &Ticket, out: &mut Vec<u8>) -> Result<(), Reason> {
+/// Writes all of `bytes`. Every write that moves data counts as progress, so a slow reader is
+/// not taken for an idle one.
+fn send(ticket: &Ticket, mut bytes: &[u8]) -> Result<(), Reason> {
     let mut stream = ticket.stream();
-    let mut rest = &out[..];
-    let mut result = Ok(());
-    while !rest.is_empty() {
-        match stream.write(rest) {
-            Ok(0) => {
-                result = Err(Reason::Error(ErrorKind::WriteZero.into()));
-                break;
-            }
+    while !bytes.is_empty() {
+        match stream.write(bytes) {
+            Ok(0) => return Err(Reason::Error(ErrorKind::WriteZero.into())),
             Ok(n) => {
-                rest = &rest[n..];
+                bytes = &bytes[n..];
                 ticket.made_progress();
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => {
-                result = Err(classify_write(e));
-                break;
-            }
+            Err(e) => return Err(classify_write(e)),
         }
     }
-    out.clear();
-    result
+    Ok(())
+}
+
+/// The `Received` records of one read, within the log budget.
+struct DataLog<'a> {
+    id: &'a Uuid,
+    budget: ConnectionBudget<'a>,
+}
+
+impl DataLog<'_> {
+    fn record(&mut self, data: &[u8]) {
+        let id = self.id;
+        let mut rest = data;
+        while !rest.is_empty() && !self.budget.is_spent() {
+            let piece = echo::first_piece(rest);
+            rest = &rest[piece.len()..];
+            match self.budget.admit(piece.len()) {
+                Verdict::Log => {
+                    info!(target: DATA_TARGET, "{id} - Received Raw Data: {}", RawBytes(piece));
+                    info!(
+                        target: DATA_TARGET,
+                        "{id} - Received Data (converted to string): {}",
+                        EscapedText(piece)
+                    );
+                }
+                Verdict::ConnectionSpent => info!(
+                    target: DATA_TARGET,
+                    "{id} - Received records stop here: this connection's log budget ({} pieces \
+                     or {} KiB) is spent; its close record counts the pieces not logged",
+                    log_budget::PIECES_PER_CONNECTION,
+                    log_budget::BYTES_PER_CONNECTION / 1024
+                ),
+                Verdict::ServerNotice => warn!(
+                    target: DATA_TARGET,
+                    "Received records are being held back: more than {} pieces a second \
+                     server-wide; each connection's close record counts its own",
+                    log_budget::SERVER_RATE
+                ),
+                Verdict::Quiet => {}
+            }
+        }
+        // Once the budget is spent, pieces are only counted.
+        self.budget.skip(echo::count_pieces(rest));
+    }
 }
 
 /// The echo loop over an admitted connection. Returns once the connection is finished
-/// (replies flushed, write side shut, and at shutdown, acknowledged or out of time).
-pub fn echo_connection(
-    ticket: &Ticket,
-    config: &Config,
-    registry: &Registry,
-    id: &Uuid,
-) -> Outcome {
-    let mut framer = Framer::new(config.prefix.as_deref(), config.max_line);
+/// (replies written, write side shut, and at shutdown, acknowledged or out of time).
+pub fn echo_connection(ticket: &Ticket, shared: &Shared, id: &Uuid) -> Outcome {
+    let config = &shared.config;
+    let registry = &shared.registry;
+    let mut framer = Framer::new(config.prefix.as_deref());
     let mut out: Vec<u8> = Vec::new();
     let mut bytes = 0u64;
-    let log_data = log_enabled!(target: DATA_TARGET, Level::Info);
-    let mut observe = |piece: Piece<'_>| {
-        if log_data {
-            info!(target: DATA_TARGET, "{id} - Received Raw Data: {}", RawBytes(piece.bytes));
-            info!(
-                target: DATA_TARGET,
-                "{id} - Received Data (converted to string): {}",
-                EscapedText(piece.bytes)
-            );
-        }
+    let mut log = log_enabled!(target: DATA_TARGET, Level::Info).then(|| DataLog {
+        id,
+        budget: ConnectionBudget::new(&shared.log_budget),
+    });
+    let finish = |reason, bytes, framer: &Framer, log: &Option<DataLog>| Outcome {
+        reason,
+        bytes,
+        lines: framer.lines(),
+        unlogged: log.as_ref().map_or(0, |l| l.budget.unlogged()),
     };
 
     let stream = ticket.stream();
@@ -205,22 +260,13 @@ pub fn echo_connection(
         .set_nodelay(true)
         .and_then(|()| stream.set_write_timeout(Some(config.write_timeout())));
     if let Err(e) = setup {
-        return Outcome {
-            reason: classify_read(e),
-            bytes,
-            lines: 0,
-        };
+        return finish(classify_read(e), bytes, &framer, &log);
     }
 
     let mut banner_due = !config.banner.is_empty() && config.banner_mode == BannerMode::FirstRead;
     if config.banner_mode == BannerMode::Connect && !config.banner.is_empty() {
-        out.extend_from_slice(&config.banner);
-        if let Err(reason) = send(ticket, &mut out) {
-            return Outcome {
-                reason,
-                bytes,
-                lines: 0,
-            };
+        if let Err(reason) = send(ticket, &config.banner) {
+            return finish(reason, bytes, &framer, &log);
         }
     }
 
@@ -229,133 +275,82 @@ pub fn echo_connection(
     let mut drain_budget: Option<u64> = None;
     let reason = loop {
         if drain_budget.is_none() && registry.is_shutting_down() {
-            drain_budget = Some(queued_input(stream).unwrap_or(0) + reader.buffer().len() as u64);
+            drain_budget =
+                Some(socket::queued_input(stream).unwrap_or(0) + reader.buffer().len() as u64);
         }
         if drain_budget == Some(0) {
             break Reason::Shutdown;
         }
-        let n = match reader.fill_buf() {
+        let data = match reader.fill_buf() {
             Ok([]) if registry.is_shutting_down() => break Reason::Shutdown,
             Ok([]) if ticket.timed_out() => break Reason::IdleTimeout,
             Ok([]) => break Reason::Eof,
-            Ok(data) => {
-                ticket.made_progress();
-                let n = match drain_budget {
-                    Some(budget) => data.len().min(budget as usize),
-                    None => data.len(),
-                };
-                if banner_due {
-                    out.extend_from_slice(&config.banner);
-                    banner_due = false;
-                }
-                framer.feed(&data[..n], &mut out, &mut observe);
-                n
-            }
+            Ok(data) => data,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => break classify_read(e),
         };
-        reader.consume(n);
+        ticket.made_progress();
+        let n = match drain_budget {
+            Some(budget) => data.len().min(budget as usize),
+            None => data.len(),
+        };
+        let data = &data[..n];
+        if banner_due {
+            banner_due = false;
+            if let Err(reason) = send(ticket, &config.banner) {
+                return finish(reason, bytes, &framer, &log);
+            }
+        }
+        if let Some(log) = log.as_mut() {
+            log.record(data);
+        }
+        let sent = if framer.is_identity() {
+            framer.pass(data);
+            send(ticket, data)
+        } else {
+            send_framed(ticket, &mut framer, data, &mut out)
+        };
         bytes += n as u64;
+        if let Err(reason) = sent {
+            return finish(reason, bytes, &framer, &log);
+        }
+        reader.consume(n);
         let capacity = next_read_capacity(reader.capacity(), n);
         if capacity != reader.capacity() && reader.buffer().is_empty() {
             reader = BufReader::with_capacity(capacity, reader.into_inner());
             if capacity == READ_BUFFER_MIN {
                 // The connection went interactive: release the streaming-sized output too.
-                out.shrink_to(READ_BUFFER_MIN);
+                out = Vec::new();
             }
         }
         if let Some(budget) = drain_budget.as_mut() {
             *budget -= n as u64;
         }
-        if let Err(reason) = send(ticket, &mut out) {
-            return Outcome {
-                reason,
-                bytes,
-                lines: framer.lines(),
-            };
-        }
     };
 
-    // Whatever partial line was held is echoed too (the Go samples drop it).
-    if matches!(reason, Reason::Eof | Reason::Shutdown | Reason::IdleTimeout) {
-        framer.finish(&mut out, &mut observe);
-        if let Err(reason) = send(ticket, &mut out) {
-            return Outcome {
-                reason,
-                bytes,
-                lines: framer.lines(),
-            };
-        }
-    }
     if matches!(reason, Reason::Shutdown) {
-        // The client may still be sending. Closing with unread input answers with a reset that
-        // discards replies not yet delivered, and so does the kernel when input arrives after
-        // our FIN on a socket whose read side is shut (RFC 1122). So: wait until the client
-        // has acknowledged every reply, discarding its new input, and only then send FIN.
         let deadline = registry.drain_deadline().unwrap_or_else(Instant::now);
-        wait_acknowledged(&mut reader, deadline);
+        drain::wait_acknowledged(&mut reader, deadline);
     }
     let _ = stream.shutdown(Shutdown::Write);
-    Outcome {
-        reason,
-        bytes,
-        lines: framer.lines(),
+    finish(reason, bytes, &framer, &log)
+}
+
+/// Sends the prefixed echo of `data`, framed into `out` at most [`OUTPUT_BUFFER_MAX`] bytes
+/// at a time.
+fn send_framed(
+    ticket: &Ticket,
+    framer: &mut Framer,
+    mut data: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), Reason> {
+    while !data.is_empty() {
+        out.clear();
+        let n = framer.feed(data, out, OUTPUT_BUFFER_MAX);
+        data = &data[n..];
+        send(ticket, out)?;
     }
-}
-
-/// Waits until the peer has acknowledged every byte written, or `deadline` passes. Input that
-/// arrives meanwhile is read and discarded (it came after the shutdown began): left unread, it
-/// would close the receive window and stall the very acknowledgements being waited for.
-fn wait_acknowledged(reader: &mut BufReader<&TcpStream>, deadline: Instant) {
-    let stream = *reader.get_ref();
-    let _ = stream.set_nonblocking(true);
-    while Instant::now() < deadline {
-        // At most 64 reads per round, so a fast sender cannot keep this loop from checking.
-        for _ in 0..64 {
-            match reader.fill_buf() {
-                Ok(data) if !data.is_empty() => {
-                    let n = data.len();
-                    reader.consume(n);
-                }
-                _ => break,
-            }
-        }
-        match unacknowledged_output(stream) {
-            Some(0) | None => return,
-            Some(_) => std::thread::sleep(ACK_POLL),
-        }
-    }
-}
-
-#[cfg(target_os = "linux")]
-fn socket_queue(stream: &TcpStream, request: libc::Ioctl) -> Option<u64> {
-    use std::os::fd::AsRawFd;
-    let mut n: libc::c_int = 0;
-    // SAFETY: a valid socket descriptor and a pointer to an int, as SIOCINQ/SIOCOUTQ expect.
-    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), request, &mut n) };
-    (rc == 0 && n >= 0).then_some(n as u64)
-}
-
-/// Bytes received by the kernel and not yet read (SIOCINQ).
-#[cfg(target_os = "linux")]
-fn queued_input(stream: &TcpStream) -> Option<u64> {
-    socket_queue(stream, libc::FIONREAD)
-}
-
-/// Bytes written and not yet acknowledged by the peer (SIOCOUTQ).
-#[cfg(target_os = "linux")]
-fn unacknowledged_output(stream: &TcpStream) -> Option<u64> {
-    socket_queue(stream, libc::TIOCOUTQ)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn queued_input(_: &TcpStream) -> Option<u64> {
-    None
-}
-
-#[cfg(not(target_os = "linux"))]
-fn unacknowledged_output(_: &TcpStream) -> Option<u64> {
-    None
+    Ok(())
 }
 
 #[cfg(test)]

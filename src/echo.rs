@@ -1,160 +1,137 @@
-//! Line framing: turns the bytes a client sends into the bytes it gets back.
+//! The echo itself: turns the bytes a client sends into the bytes it gets back.
 //!
-//! This module does no I/O. [`Framer::feed`] takes whatever one `read` brought and appends the
-//! replies for it to an output buffer, so the connection code can send all of them in a single
-//! `write`. The rules:
+//! This module does no I/O. Every byte is echoed as soon as it is read: nothing is held back
+//! waiting for a newline (RFC 862), so a health checker's `PING` without `\n` comes back at
+//! once. Newlines only decide where the prefix goes: once, before the first byte of each line
+//! (`hello\n` -> `one hello\n`; `PING` -> `one PING`).
 //!
-//! * a line is the bytes up to and including `\n`; it comes back byte for byte, preceded by the
-//!   prefix and one space when a prefix is set (`hello\n` -> `one hello\n`);
-//! * a line that is not yet complete is held back until its `\n` arrives, but never more than
-//!   `max_line` bytes of it: once that much is held, it is sent as a piece and the rest of the
-//!   line follows as it arrives (the prefix still appears once, at the start of the line);
-//! * at the end of input, [`Framer::finish`] sends whatever partial line is held.
+//! Without a prefix the echo is the input itself, and the connection writes it straight from
+//! its read buffer; [`Framer::pass`] only keeps count. With a prefix, [`Framer::feed`] copies
+//! the input into an output buffer with the prefixes inserted, never past a given length, so a
+//! read of one-byte lines cannot make the output grow without bound: the caller writes what
+//! was framed and feeds the rest.
 //!
-//! Whatever the chunking of the input and whatever `max_line`, the concatenated output equals
-//! [`expected_echo`] of the concatenated input: framing only decides *when* bytes leave.
+//! Whatever the chunking of the input and whatever the output limit, the concatenated output
+//! equals [`expected_echo`] of the concatenated input, and after every call it equals the
+//! expected echo of all the input consumed so far: framing never delays a byte.
 
 use memchr::memchr;
 
-/// One piece of a line handed to the observer of [`Framer::feed`]: a whole line, or part of a
-/// line longer than `max_line`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Piece<'a> {
-    /// The bytes of this piece, including the `\n` when the piece ends a line.
-    pub bytes: &'a [u8],
-    /// True when the piece ends with the line's `\n` (or is the final partial line at EOF).
-    pub ends_line: bool,
-}
+/// The longest prefix accepted (`--prefix`), in bytes. With the space after it, a prefix and
+/// the first byte of a line always fit in an output buffer of [`MIN_OUTPUT`] bytes.
+pub const MAX_PREFIX: usize = 256;
 
-/// Incremental line framer for one connection.
-///
-/// Memory: the framer holds at most `max_line` bytes of an incomplete line; the buffer grows
-/// only when a line is actually split across reads.
+/// The smallest output limit [`Framer::feed`] accepts: room for the longest prefix, its space
+/// and one byte of the line.
+pub const MIN_OUTPUT: usize = MAX_PREFIX + 2;
+
+/// Line state of one connection's echo.
 #[derive(Debug)]
 pub struct Framer {
     /// Prefix followed by one space, or empty.
     prefix: Vec<u8>,
-    max_line: usize,
-    /// The held-back start of an incomplete line (at most `max_line` bytes).
-    pending: Vec<u8>,
-    /// Whether the next byte sent begins a new line (and so needs the prefix).
+    /// Whether the next byte echoed begins a new line (and so needs the prefix).
     at_line_start: bool,
-    lines: u64,
+    /// Newlines echoed so far.
+    newlines: u64,
 }
 
 impl Framer {
-    /// A framer that prefixes each line with `prefix` and one space (no prefix when `None` or
-    /// empty) and holds back at most `max_line` bytes (at least 1) of an incomplete line.
-    pub fn new(prefix: Option<&str>, max_line: usize) -> Framer {
+    /// A framer that puts `prefix` and one space before each line (nothing when `None` or
+    /// empty). Prefixes longer than [`MAX_PREFIX`] bytes are cut there (configuration rejects
+    /// them before this point).
+    pub fn new(prefix: Option<&str>) -> Framer {
         let prefix = match prefix {
-            Some(p) if !p.is_empty() => format!("{p} ").into_bytes(),
+            Some(p) if !p.is_empty() => {
+                let p = &p.as_bytes()[..p.len().min(MAX_PREFIX)];
+                let mut v = Vec::with_capacity(p.len() + 1);
+                v.extend_from_slice(p);
+                v.push(b' ');
+                v
+            }
             _ => Vec::new(),
         };
         Framer {
             prefix,
-            max_line: max_line.max(1),
-            pending: Vec::new(),
             at_line_start: true,
-            lines: 0,
+            newlines: 0,
         }
     }
 
-    /// Frames `input` and appends the replies it completes to `out`. `observe` sees every piece
-    /// sent, in order (used for logging; pass `|_| {}` when nothing listens).
-    pub fn feed(
-        &mut self,
-        mut input: &[u8],
-        out: &mut Vec<u8>,
-        mut observe: impl FnMut(Piece<'_>),
-    ) {
-        while !input.is_empty() {
-            match memchr(b'\n', input) {
+    /// Whether the echo is the input unchanged (no prefix): the caller may send the input
+    /// itself and call [`Framer::pass`] instead of [`Framer::feed`].
+    pub fn is_identity(&self) -> bool {
+        self.prefix.is_empty()
+    }
+
+    /// Appends the echo of the start of `input` to `out`, without letting `out` grow past
+    /// `limit` bytes (at least [`MIN_OUTPUT`] more than `out` holds, or this may consume
+    /// nothing), and returns how many input bytes it consumed. A prefix is only written
+    /// together with the first byte of its line.
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>, limit: usize) -> usize {
+        let mut consumed = 0;
+        while consumed < input.len() {
+            let mut room = limit.saturating_sub(out.len());
+            if self.at_line_start {
+                if room <= self.prefix.len() {
+                    break;
+                }
+                append(out, &self.prefix);
+                room -= self.prefix.len();
+                self.at_line_start = false;
+            }
+            let rest = &input[consumed..];
+            let window = &rest[..rest.len().min(room)];
+            if window.is_empty() {
+                break;
+            }
+            match memchr(b'\n', window) {
                 Some(i) => {
-                    let (line_end, rest) = input.split_at(i + 1);
-                    input = rest;
-                    self.lines += 1;
-                    if self.pending.is_empty() {
-                        self.emit_slice(line_end, true, out, &mut observe);
-                    } else if self.pending.len() + line_end.len() <= self.max_line {
-                        self.pending.extend_from_slice(line_end);
-                        self.emit_pending(true, out, &mut observe);
-                    } else {
-                        self.emit_pending(false, out, &mut observe);
-                        self.emit_slice(line_end, true, out, &mut observe);
-                    }
+                    append(out, &window[..=i]);
+                    consumed += i + 1;
+                    self.at_line_start = true;
+                    self.newlines += 1;
                 }
                 None => {
-                    let room = self.max_line - self.pending.len();
-                    let (held, rest) = input.split_at(room.min(input.len()));
-                    input = rest;
-                    self.pending.extend_from_slice(held);
-                    if self.pending.len() == self.max_line {
-                        self.emit_pending(false, out, &mut observe);
-                    }
+                    append(out, window);
+                    consumed += window.len();
                 }
             }
         }
+        consumed
     }
 
-    /// End of input: appends the held partial line, if any, to `out`.
-    pub fn finish(&mut self, out: &mut Vec<u8>, mut observe: impl FnMut(Piece<'_>)) {
-        if !self.pending.is_empty() {
-            self.lines += 1;
-            self.emit_pending(true, out, &mut observe);
+    /// Records that `input` was echoed unchanged (the identity echo, no prefix).
+    pub fn pass(&mut self, input: &[u8]) {
+        if let Some(&last) = input.last() {
+            self.newlines += count_newlines(input);
+            self.at_line_start = last == b'\n';
         }
     }
 
-    /// Lines completed so far (a final partial line counts once [`Framer::finish`] sent it).
+    /// Lines echoed so far: every newline, plus the line still open, if its first byte was
+    /// echoed (so `a\nb` counts 2 once both are echoed).
     pub fn lines(&self) -> u64 {
-        self.lines
+        self.newlines + u64::from(!self.at_line_start)
     }
+}
 
-    /// Bytes of an incomplete line currently held back.
-    pub fn pending_len(&self) -> usize {
-        self.pending.len()
+/// Counts `\n` in `bytes`; written so that the compiler vectorises it (a search per newline
+/// is slower when lines are short).
+pub fn count_newlines(bytes: &[u8]) -> u64 {
+    let mut total = 0u64;
+    // Per-chunk byte counters cannot overflow below 256 bytes.
+    for chunk in bytes.chunks(255) {
+        let n: u8 = chunk.iter().fold(0u8, |n, &b| n + u8::from(b == b'\n'));
+        total += u64::from(n);
     }
-
-    /// Capacity of the hold-back buffer (bounded by `max_line`, plus allocator rounding).
-    pub fn pending_capacity(&self) -> usize {
-        self.pending.capacity()
-    }
-
-    fn emit_slice(
-        &mut self,
-        bytes: &[u8],
-        ends_line: bool,
-        out: &mut Vec<u8>,
-        observe: &mut impl FnMut(Piece<'_>),
-    ) {
-        if self.at_line_start {
-            append(out, &self.prefix);
-        }
-        append(out, bytes);
-        self.at_line_start = ends_line;
-        observe(Piece { bytes, ends_line });
-    }
-
-    fn emit_pending(
-        &mut self,
-        ends_line: bool,
-        out: &mut Vec<u8>,
-        observe: &mut impl FnMut(Piece<'_>),
-    ) {
-        let pending = std::mem::take(&mut self.pending);
-        self.emit_slice(&pending, ends_line, out, observe);
-        self.pending = pending;
-        self.pending.clear();
-        // A long line grew the buffer to `max_line`; do not keep that much for a quiet client.
-        if self.pending.capacity() > SHRINK_ABOVE {
-            self.pending.shrink_to(SHRINK_ABOVE);
-        }
-    }
+    total
 }
 
 /// Appends `src` to `out`. Up to 64 bytes are copied inline with two overlapping fixed-size
 /// moves, as fast `memcpy` implementations do for short sizes; longer slices go to `memcpy`.
-/// The echo path copies two short slices per line (prefix and line), and the static binary's
-/// musl `memcpy` is slow to start on short, unaligned copies.
+/// The prefixed echo copies two short slices per line (prefix and line), and the static
+/// binary's musl `memcpy` is slow to start on short, unaligned copies.
 #[inline(always)]
 pub fn append(out: &mut Vec<u8>, src: &[u8]) {
     let n = src.len();
@@ -187,10 +164,6 @@ pub fn append(out: &mut Vec<u8>, src: &[u8]) {
     }
 }
 
-/// Hold-back capacity kept between lines; anything above (a line much longer than a read) is
-/// released after use. As large as a read, so that lines spanning reads cause no reallocation.
-const SHRINK_ABOVE: usize = 64 * 1024;
-
 /// The specified echo of a whole input: every line (the final one may lack `\n`) preceded by
 /// the prefix and one space. The reference the framer is tested against.
 pub fn expected_echo(input: &[u8], prefix: Option<&str>) -> Vec<u8> {
@@ -206,39 +179,78 @@ pub fn expected_echo(input: &[u8], prefix: Option<&str>) -> Vec<u8> {
     out
 }
 
+/// The first piece of `input` as the `Received` records show them: up to and including the
+/// first `\n`, or all of it when it holds none (the start of a line the read left open).
+pub fn first_piece(input: &[u8]) -> &[u8] {
+    match memchr(b'\n', input) {
+        Some(i) => &input[..=i],
+        None => input,
+    }
+}
+
+/// How many pieces `input` holds: its lines, and the open end if it does not end a line.
+pub fn count_pieces(input: &[u8]) -> u64 {
+    match input.last() {
+        None => 0,
+        Some(&last) => count_newlines(input) + u64::from(last != b'\n'),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn run(
-        prefix: Option<&str>,
-        max_line: usize,
-        chunks: &[&[u8]],
-    ) -> (Vec<u8>, Vec<(Vec<u8>, bool)>) {
-        let mut f = Framer::new(prefix, max_line);
+    /// Feeds `chunks` through a framer with output limit `limit`, the way a connection does
+    /// (frame, "write", frame the rest); returns the output.
+    fn run(prefix: Option<&str>, limit: usize, chunks: &[&[u8]]) -> (Vec<u8>, u64) {
+        let mut f = Framer::new(prefix);
+        let mut sent = Vec::new();
         let mut out = Vec::new();
-        let mut pieces = Vec::new();
         for c in chunks {
-            f.feed(c, &mut out, |p| {
-                pieces.push((p.bytes.to_vec(), p.ends_line))
-            });
+            let mut rest: &[u8] = c;
+            while !rest.is_empty() {
+                let n = f.feed(rest, &mut out, limit);
+                assert!(n > 0, "no progress");
+                assert!(out.len() <= limit);
+                rest = &rest[n..];
+                sent.append(&mut out);
+            }
         }
-        f.finish(&mut out, |p| pieces.push((p.bytes.to_vec(), p.ends_line)));
-        (out, pieces)
+        (sent, f.lines())
     }
 
     #[test]
     fn echoes_lines_with_prefix_in_the_istio_format() {
-        let (out, _) = run(Some("one"), 1024, &[b"hello\nworld\n"]);
+        let (out, lines) = run(Some("one"), 1024, &[b"hello\nworld\n"]);
         assert_eq!(out, b"one hello\none world\n");
+        assert_eq!(lines, 2);
+    }
+
+    #[test]
+    fn a_partial_line_comes_back_at_once_with_its_prefix() {
+        let mut f = Framer::new(Some("one"));
+        let mut out = Vec::new();
+        assert_eq!(f.feed(b"PING", &mut out, 1024), 4);
+        assert_eq!(out, b"one PING", "nothing waits for a newline");
+        out.clear();
+        assert_eq!(f.feed(b"PONG\nx", &mut out, 1024), 6);
+        assert_eq!(
+            out, b"PONG\none x",
+            "the open line continues without a second prefix"
+        );
+        assert_eq!(f.lines(), 2);
     }
 
     #[test]
     fn without_prefix_echo_is_identity() {
-        let (out, _) = run(None, 1024, &[b"hello\n", b"x\n"]);
-        assert_eq!(out, b"hello\nx\n");
-        let (out, _) = run(Some(""), 1024, &[b"hello\n"]);
-        assert_eq!(out, b"hello\n");
+        let mut f = Framer::new(None);
+        assert!(f.is_identity());
+        f.pass(b"hello\nwor");
+        assert_eq!(f.lines(), 2);
+        f.pass(b"ld\n");
+        assert_eq!(f.lines(), 2);
+        assert!(Framer::new(Some("")).is_identity());
+        assert!(!Framer::new(Some("one")).is_identity());
     }
 
     #[test]
@@ -250,67 +262,43 @@ mod tests {
 
     #[test]
     fn empty_lines_are_lines() {
-        let (out, pieces) = run(Some("p"), 1024, &[b"\n\n\n"]);
+        let (out, lines) = run(Some("p"), 1024, &[b"\n\n\n"]);
         assert_eq!(out, b"p \np \np \n");
-        assert_eq!(pieces.len(), 3);
+        assert_eq!(lines, 3);
     }
 
     #[test]
-    fn final_line_without_newline_comes_back_at_finish() {
-        let mut f = Framer::new(Some("one"), 1024);
+    fn the_output_never_grows_past_its_limit() {
+        // One-byte lines with a long prefix: 10 000 input bytes make 60 000 output bytes.
+        let input = vec![b'\n'; 10_000];
+        let prefix = "abcde";
+        let mut f = Framer::new(Some(prefix));
         let mut out = Vec::new();
-        f.feed(b"a\nb", &mut out, |_| {});
-        assert_eq!(out, b"one a\n", "partial line is held until EOF");
-        f.finish(&mut out, |_| {});
-        assert_eq!(out, b"one a\none b");
-        assert_eq!(f.lines(), 2);
-    }
-
-    #[test]
-    fn a_line_split_across_reads_is_sent_whole() {
-        let mut f = Framer::new(Some("one"), 1024);
-        let mut out = Vec::new();
-        f.feed(b"hel", &mut out, |_| {});
-        assert!(out.is_empty());
-        let mut pieces = 0;
-        f.feed(b"lo\n", &mut out, |p| {
-            assert_eq!(p.bytes, b"hello\n");
-            pieces += 1;
-        });
-        assert_eq!(out, b"one hello\n");
-        assert_eq!(pieces, 1);
-    }
-
-    #[test]
-    fn long_lines_go_out_in_pieces_with_one_prefix() {
-        let mut f = Framer::new(Some("one"), 4);
-        let mut out = Vec::new();
-        f.feed(b"abcdefghij", &mut out, |_| {});
-        // Two full pieces of 4 bytes left before the newline arrived; 2 bytes are held.
-        assert_eq!(out, b"one abcdefgh");
-        assert_eq!(f.pending_len(), 2);
-        f.feed(b"k\nxy\n", &mut out, |_| {});
-        assert_eq!(out, b"one abcdefghijk\none xy\n");
-    }
-
-    #[test]
-    fn held_bytes_never_exceed_max_line() {
-        let mut f = Framer::new(None, 100);
-        let mut out = Vec::new();
-        for _ in 0..1000 {
-            f.feed(&[b'z'; 37], &mut out, |_| {});
-            assert!(f.pending_len() <= 100);
+        let mut rest = &input[..];
+        let mut writes = 0;
+        while !rest.is_empty() {
+            let n = f.feed(rest, &mut out, MIN_OUTPUT);
+            assert!(out.len() <= MIN_OUTPUT);
+            assert!(n > 0);
+            rest = &rest[n..];
+            out.clear();
+            writes += 1;
         }
-        assert!(f.pending_capacity() <= SHRINK_ABOVE);
-        assert_eq!(out.len() + f.pending_len(), 37_000);
+        assert!(writes >= 60_000 / MIN_OUTPUT);
     }
 
     #[test]
-    fn pending_plus_tail_longer_than_max_line_is_split() {
-        let (out, pieces) = run(None, 4, &[b"abc", b"defg\n"]);
-        assert_eq!(out, b"abcdefg\n");
-        assert!(pieces.iter().all(|(p, _)| p.len() <= 5));
-        assert_eq!(pieces.last().map(|p| p.1), Some(true));
+    fn the_longest_prefix_always_makes_progress_in_the_smallest_buffer() {
+        let prefix = "p".repeat(MAX_PREFIX);
+        let (out, _) = run(Some(&prefix), MIN_OUTPUT, &[b"a\nb\nc"]);
+        assert_eq!(out, expected_echo(b"a\nb\nc", Some(&prefix)));
+    }
+
+    #[test]
+    fn a_longer_prefix_is_cut_at_the_maximum() {
+        let long = "x".repeat(MAX_PREFIX + 10);
+        let (out, _) = run(Some(&long), 4096, &[b"a"]);
+        assert_eq!(out.len(), MAX_PREFIX + 2);
     }
 
     #[test]
@@ -318,9 +306,30 @@ mod tests {
         let input: Vec<u8> = (0..500)
             .flat_map(|i| format!("line {i}\n").into_bytes())
             .collect();
-        let (out, pieces) = run(Some("two"), 16, &[&input]);
+        let (out, lines) = run(Some("two"), 300, &[&input]);
         assert_eq!(out, expected_echo(&input, Some("two")));
-        assert_eq!(pieces.len(), 500);
+        assert_eq!(lines, 500);
+    }
+
+    #[test]
+    fn newlines_are_counted_across_chunk_edges() {
+        for n in [0, 1, 254, 255, 256, 511, 1000] {
+            let input: Vec<u8> = (0..n)
+                .map(|i| if i % 3 == 0 { b'\n' } else { b'a' })
+                .collect();
+            let want = input.iter().filter(|&&b| b == b'\n').count() as u64;
+            assert_eq!(count_newlines(&input), want, "length {n}");
+        }
+        assert_eq!(count_newlines(&[b'\n'; 1000]), 1000);
+    }
+
+    #[test]
+    fn pieces_are_lines_and_the_open_end() {
+        assert_eq!(first_piece(b"a\nbc\nd"), b"a\n");
+        assert_eq!(first_piece(b"bcd"), b"bcd");
+        assert_eq!(count_pieces(b"a\nbc\nd"), 3);
+        assert_eq!(count_pieces(b"a\nbc\n"), 2);
+        assert_eq!(count_pieces(b""), 0);
     }
 
     #[test]

@@ -20,27 +20,32 @@ pub mod banner;
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod drain;
 pub mod echo;
 pub mod error;
+pub mod limits;
 pub mod listener;
+pub mod log_budget;
 pub mod logging;
 pub mod pool;
 pub mod registry;
 pub mod shutdown;
+pub mod socket;
 
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
 pub use crate::config::Config;
-use crate::connection::{Job, Stats};
+use crate::connection::{Job, Shared, Stats};
 pub use crate::error::Error;
-use crate::listener::Acceptor;
+use crate::listener::Acceptors;
+use crate::log_budget::ServerBudget;
 use crate::pool::Pool;
 use crate::registry::Registry;
 pub use crate::shutdown::ShutdownHandle;
@@ -54,7 +59,7 @@ const FORCE_GRACE: Duration = Duration::from_millis(200);
 
 /// A bound server, ready to [`run`](Server::run).
 pub struct Server {
-    config: Arc<Config>,
+    config: Config,
     listeners: Vec<TcpListener>,
     addrs: Vec<SocketAddr>,
     handle: ShutdownHandle,
@@ -87,7 +92,7 @@ impl fmt::Display for Summary {
 impl Server {
     /// Binds every listener. Fails, naming the address, if any port cannot be bound.
     pub fn bind(config: Config) -> Result<Server, Error> {
-        let listeners = listener::bind_all(config.bind, &config.ports, config.bind_fallback)?;
+        let listeners = listener::bind_all(&config)?;
         let addrs = listeners
             .iter()
             .zip(&config.ports)
@@ -100,7 +105,7 @@ impl Server {
             .collect::<Result<Vec<_>, _>>()?;
         let (handle, signal) = shutdown::channel();
         Ok(Server {
-            config: Arc::new(config),
+            config,
             listeners,
             addrs,
             handle,
@@ -131,18 +136,20 @@ impl Server {
         } = self;
         drop(handle);
         let registry = Registry::new(config.max_connections);
-        let stats = Arc::new(Stats::default());
+        let shared = Arc::new(Shared {
+            config,
+            registry: Arc::clone(&registry),
+            stats: Stats::default(),
+            log_budget: ServerBudget::default(),
+        });
+        let config = &shared.config;
         let pool = {
-            let (config, registry, stats) = (
-                Arc::clone(&config),
-                Arc::clone(&registry),
-                Arc::clone(&stats),
-            );
+            let shared = Arc::clone(&shared);
             Arc::new(Pool::new(
                 "tcp-echo-worker",
                 config.max_connections,
                 WORKER_IDLE_EXIT,
-                move |job: Job| connection::serve(job, &config, &registry, &stats),
+                move |job: Job| connection::serve(job, &shared),
             ))
         };
 
@@ -166,43 +173,18 @@ impl Server {
         }
         info!("settings: {config}");
 
-        let mut stoppers = Vec::with_capacity(listeners.len());
-        let mut acceptors: Vec<JoinHandle<()>> = Vec::with_capacity(listeners.len());
-        for (listener, addr) in listeners.into_iter().zip(&addrs) {
-            let name = format!("tcp-echo-accept-{}", addr.port());
-            let stopper = listener.try_clone().map_err(|source| Error::Bind {
-                addr: *addr,
-                source,
-            })?;
-            let acceptor = Acceptor {
-                registry: Arc::clone(&registry),
-                pool: Arc::clone(&pool),
-                stats: Arc::clone(&stats),
-            };
-            let spawned = thread::Builder::new()
-                .name(name.clone())
-                .stack_size(pool::WORKER_STACK)
-                .spawn(move || acceptor.run(listener));
-            match spawned {
-                Ok(join) => {
-                    stoppers.push(stopper);
-                    acceptors.push(join);
-                }
-                Err(source) => {
-                    for s in stoppers.iter().chain([&stopper]) {
-                        listener::stop_accepting(s);
-                    }
-                    return Err(Error::Thread { name, source });
-                }
-            }
-        }
+        let acceptors = Acceptors::start(listeners, &addrs, &shared, &pool)?;
         // From here on the acceptors hold the only references to the pool (and its Sender).
         drop(pool);
 
         signal.wait();
         let deadline = Instant::now() + config.drain_timeout;
+        // Stop accepting first: after this, no connection is admitted, and the ones that were
+        // waiting in the accept queues have been taken.
+        let taken = acceptors.stop();
         info!(
-            "shutting down: no new connections; draining {} open for at most {:.1}s",
+            "shutting down: stopped accepting ({taken} waiting connections taken); draining {} \
+             open for at most {:.1}s",
             registry.len(),
             config.drain_timeout.as_secs_f64()
         );
@@ -212,12 +194,6 @@ impl Server {
         if let Some(join) = idle_watch {
             let _ = join.join();
         }
-        for stopper in &stoppers {
-            listener::stop_accepting(stopper);
-        }
-        for join in acceptors {
-            let _ = join.join();
-        }
 
         let mut forced = registry.wait_until_empty(deadline);
         if forced > 0 {
@@ -225,6 +201,7 @@ impl Server {
             warn!("drain timeout: closing {forced} connections still open");
             registry.wait_until_empty(Instant::now() + FORCE_GRACE);
         }
+        let stats = &shared.stats;
         Ok(Summary {
             served: stats.served.load(Ordering::Relaxed),
             refused: stats.refused.load(Ordering::Relaxed),

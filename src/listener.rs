@@ -5,21 +5,25 @@
 //! blocks on a full pool: a connection over `--max-connections` is told `busy` and closed right
 //! there, without waiting for anything. Accept errors (EMFILE, ECONNABORTED, ...) are logged and
 //! retried after a short, growing pause, never a spin and never the end of the loop.
+//!
+//! Stopping wakes each blocked `accept` with a connection to the listener itself (portable:
+//! shutting a listening socket wakes `accept` only on Linux, and there it resets the
+//! connections still queued), takes what the accept queue holds, and closes the listener.
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::thread;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::connection::{canonical, Job, Stats};
+use crate::config::Config;
+use crate::connection::{canonical, Job, Shared};
 use crate::error::Error;
 use crate::pool::Pool;
-use crate::registry::Registry;
 
 /// First pause after a failed accept; it doubles up to [`ACCEPT_BACKOFF_MAX`].
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(1);
@@ -28,21 +32,24 @@ pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(100);
 /// While accept keeps failing, at most one log line per this interval.
 const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(1);
 
-/// Binds one listener per port on `addr`. With `fallback`, an unavailable IPv6 (`::`) falls back
-/// to `0.0.0.0`.
-pub fn bind_all(addr: IpAddr, ports: &[u16], fallback: bool) -> Result<Vec<TcpListener>, Error> {
-    ports
+/// Binds one listener per port of `config` on its address. With `bind_fallback`, an
+/// unavailable IPv6 (`::`) falls back to `0.0.0.0`. Sockets accepted from them get
+/// `--socket-buffer` send and receive buffers.
+pub fn bind_all(config: &Config) -> Result<Vec<TcpListener>, Error> {
+    config
+        .ports
         .iter()
-        .map(|&port| bind_one(SocketAddr::new(addr, port), fallback))
+        .map(|&port| bind_one(SocketAddr::new(config.bind, port), config))
         .collect()
 }
 
-fn bind_one(addr: SocketAddr, fallback: bool) -> Result<TcpListener, Error> {
-    match listen(addr) {
-        Err(e) if fallback && addr.is_ipv6() && ipv6_unavailable(&e) => {
+fn bind_one(addr: SocketAddr, config: &Config) -> Result<TcpListener, Error> {
+    let buffer = config.socket_buffer;
+    match listen(addr, buffer) {
+        Err(e) if config.bind_fallback && addr.is_ipv6() && ipv6_unavailable(&e) => {
             let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), addr.port());
             info!("IPv6 is unavailable ({e}); listening on {v4} instead of {addr}");
-            listen(v4).map_err(|source| Error::Bind { addr: v4, source })
+            listen(v4, buffer).map_err(|source| Error::Bind { addr: v4, source })
         }
         result => result.map_err(|source| Error::Bind { addr, source }),
     }
@@ -56,48 +63,211 @@ fn ipv6_unavailable(e: &io::Error) -> bool {
         || e.raw_os_error() == Some(libc::EPROTONOSUPPORT)
 }
 
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+fn listen(addr: SocketAddr, socket_buffer: Option<usize>) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() && addr.ip().is_unspecified() {
         socket.set_only_v6(false)?;
     }
     socket.set_reuse_address(true)?;
+    // Accepted sockets inherit these: fixed buffers instead of autotuning, which grows a
+    // non-reading client's send queue to megabytes.
+    if let Some(size) = socket_buffer {
+        socket.set_recv_buffer_size(size)?;
+        socket.set_send_buffer_size(size)?;
+    }
     socket.bind(&addr.into())?;
     // The kernel caps this at net.core.somaxconn: ask for the maximum, as Go does.
     socket.listen(libc::c_int::MAX)?;
     Ok(socket.into())
 }
 
-/// Makes a blocked `accept` on `listener` return, and refuses further connects (Linux: shutting
-/// the read side of a listening socket wakes its acceptors with `EINVAL`).
-pub fn stop_accepting(listener: &TcpListener) {
-    let _ = socket2::SockRef::from(listener).shutdown(Shutdown::Read);
+/// How long waking an acceptor with a connection to its own listener may take before the
+/// listener is shut instead.
+const WAKE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// After the stop, how long an acceptor keeps taking connections already in its accept queue.
+const QUEUE_DRAIN_MAX: Duration = Duration::from_millis(500);
+
+/// The acceptor threads, one per listener. Stopping them, or dropping them (a failed start),
+/// stops accepting on every listener and joins every thread: nothing is left behind.
+pub struct Acceptors {
+    stop: Arc<Stop>,
+    running: Vec<Running>,
 }
 
-/// What an acceptor shares with the rest of the server.
-pub struct Acceptor {
-    /// Open connections (admission and shutdown).
-    pub registry: Arc<Registry>,
+struct Running {
+    addr: SocketAddr,
+    /// A second handle on the listening socket, to shut it if the acceptor cannot be woken.
+    fallback: TcpListener,
+    join: JoinHandle<()>,
+}
+
+/// What stopping shares with the acceptors.
+#[derive(Default)]
+struct Stop {
+    requested: AtomicBool,
+    /// Local addresses of the connections that woke the acceptors (not clients).
+    wakers: Mutex<Vec<SocketAddr>>,
+    /// Connections taken from the accept queues after the stop.
+    taken: AtomicU64,
+}
+
+impl Stop {
+    fn requested(&self) -> bool {
+        self.requested.load(Ordering::Acquire)
+    }
+
+    fn is_waker(&self, peer: SocketAddr) -> bool {
+        self.wakers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains(&canonical(peer))
+    }
+}
+
+impl Acceptors {
+    /// Starts one acceptor thread (`tcp-echo-accept-PORT`) per listener; `addrs` are their
+    /// bound addresses, in the same order.
+    pub fn start(
+        listeners: Vec<TcpListener>,
+        addrs: &[SocketAddr],
+        shared: &Arc<Shared>,
+        pool: &Arc<Pool<Job>>,
+    ) -> Result<Acceptors, Error> {
+        let mut acceptors = Acceptors {
+            stop: Arc::default(),
+            running: Vec::with_capacity(listeners.len()),
+        };
+        for (listener, &addr) in listeners.into_iter().zip(addrs) {
+            let fallback = listener
+                .try_clone()
+                .map_err(|source| Error::Bind { addr, source })?;
+            let acceptor = Acceptor {
+                shared: Arc::clone(shared),
+                pool: Arc::clone(pool),
+                stop: Arc::clone(&acceptors.stop),
+            };
+            let name = format!("tcp-echo-accept-{}", addr.port());
+            let join = thread::Builder::new()
+                .name(name.clone())
+                .stack_size(crate::pool::WORKER_STACK)
+                .spawn(move || acceptor.run(listener))
+                .map_err(|source| Error::Thread { name, source })?;
+            acceptors.running.push(Running {
+                addr,
+                fallback,
+                join,
+            });
+        }
+        Ok(acceptors)
+    }
+
+    /// Stops accepting. Each acceptor is woken, takes the connections already waiting in its
+    /// accept queue (they are served like any other, or told `busy`), and closes its
+    /// listener, so that later connects are refused. Returns how many queued connections
+    /// were taken.
+    pub fn stop(mut self) -> u64 {
+        self.stop_all();
+        self.stop.taken.load(Ordering::Relaxed)
+    }
+
+    fn stop_all(&mut self) {
+        self.stop.requested.store(true, Ordering::Release);
+        for r in &self.running {
+            if let Err(e) = wake(r.addr, &self.stop) {
+                // The acceptor cannot be reached through the network: shut the listener,
+                // which wakes `accept` on Linux (connections still queued are reset).
+                warn!(
+                    "cannot wake the acceptor on {}: {e}; shutting its listener",
+                    r.addr
+                );
+                let _ = socket2::SockRef::from(&r.fallback).shutdown(Shutdown::Read);
+            }
+        }
+        for r in self.running.drain(..) {
+            let _ = r.join.join();
+            // Only now does the listening socket close: its last handle goes here.
+            drop(r.fallback);
+        }
+    }
+}
+
+impl Drop for Acceptors {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+/// Wakes the acceptor blocked on the listener bound to `listening` by connecting to it.
+fn wake(listening: SocketAddr, stop: &Stop) -> io::Result<()> {
+    let port = listening.port();
+    let targets: Vec<SocketAddr> = match listening.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => vec![(Ipv4Addr::LOCALHOST, port).into()],
+        IpAddr::V6(ip) if ip.is_unspecified() => vec![
+            (Ipv6Addr::LOCALHOST, port).into(),
+            (Ipv4Addr::LOCALHOST, port).into(),
+        ],
+        _ => vec![listening],
+    };
+    let mut last = io::Error::other("no address to connect to");
+    for target in targets {
+        match connect_known(target, stop) {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// Connects to `target` from an address recorded first, so that the acceptor can tell this
+/// connection from a client's.
+fn connect_known(target: SocketAddr, stop: &Stop) -> io::Result<()> {
+    let socket = Socket::new(
+        Domain::for_address(target),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.bind(&SocketAddr::new(target.ip(), 0).into())?;
+    let local = socket
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("not an IP socket"))?;
+    stop.wakers
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .push(canonical(local));
+    socket.connect_timeout(&target.into(), WAKE_TIMEOUT)
+}
+
+/// One acceptor: what it shares with the rest of the server.
+struct Acceptor {
+    /// Settings, open connections and counters.
+    shared: Arc<Shared>,
     /// The worker pool.
-    pub pool: Arc<Pool<Job>>,
-    /// Counters.
-    pub stats: Arc<Stats>,
+    pool: Arc<Pool<Job>>,
+    /// Set when the server stops accepting.
+    stop: Arc<Stop>,
 }
 
 impl Acceptor {
-    /// Accepts until shutdown. Returns when [`stop_accepting`] was called on the listener.
-    pub fn run(&self, listener: TcpListener) {
+    /// Accepts until the stop; then takes what the accept queue holds and returns, closing
+    /// the listener.
+    fn run(&self, listener: TcpListener) {
         let mut backoff = ACCEPT_BACKOFF_MIN;
         let mut last_log: Option<Instant> = None;
         let mut failures = 0u64;
         loop {
             match listener.accept() {
+                Ok((stream, peer)) if self.stop.requested() => {
+                    self.take(stream, peer);
+                    break;
+                }
                 Ok((stream, peer)) => {
                     backoff = ACCEPT_BACKOFF_MIN;
                     failures = 0;
                     self.admit(stream, peer);
                 }
-                Err(_) if self.registry.is_shutting_down() => return,
+                Err(_) if self.stop.requested() => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == ErrorKind::ConnectionAborted => {
                     debug!("accept: a client left before it was accepted: {e}");
@@ -116,11 +286,35 @@ impl Acceptor {
                 }
             }
         }
+        // Connections that completed their handshake before the stop are served too (closing
+        // the listener would reset them), within a bounded time.
+        let until = Instant::now() + QUEUE_DRAIN_MAX;
+        if listener.set_nonblocking(true).is_ok() {
+            while Instant::now() < until {
+                match listener.accept() {
+                    Ok((stream, peer)) => self.take(stream, peer),
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == ErrorKind::ConnectionAborted => {}
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    /// A connection accepted after the stop: the waker is dropped, a client is served.
+    fn take(&self, stream: TcpStream, peer: SocketAddr) {
+        if self.stop.is_waker(peer) {
+            return;
+        }
+        self.stop.taken.fetch_add(1, Ordering::Relaxed);
+        // Accepted from a non-blocking listener: make sure the socket itself blocks.
+        let _ = stream.set_nonblocking(false);
+        self.admit(stream, peer);
     }
 
     fn admit(&self, stream: TcpStream, peer: SocketAddr) {
         let accepted = Instant::now();
-        match self.registry.admit(stream) {
+        match self.shared.registry.admit(stream) {
             Ok(ticket) => {
                 if let Err(job) = self.pool.execute(Job {
                     ticket,
@@ -141,8 +335,8 @@ impl Acceptor {
 
     /// Tells the client the server is full and closes, without ever blocking the acceptor.
     fn refuse(&self, stream: TcpStream, peer: SocketAddr) {
-        let max = self.registry.max();
-        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        let max = self.shared.registry.max();
+        self.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
         warn!(
             "TCP connection refused: server busy ({max} connections). peer={}",
             canonical(peer)

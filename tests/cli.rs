@@ -17,8 +17,9 @@ fn help_lists_every_flag_with_its_variable_and_default() {
         ("--bind", "ECHO_BIND", "::"),
         ("--max-connections", "ECHO_MAX_CONNECTIONS", "1024"),
         ("--idle-timeout", "ECHO_IDLE_TIMEOUT", "300"),
-        ("--max-line", "ECHO_MAX_LINE", "65536"),
+        ("--max-line", "ECHO_MAX_LINE", ""),
         ("--drain-timeout", "ECHO_DRAIN_TIMEOUT", "5"),
+        ("--socket-buffer", "ECHO_SOCKET_BUFFER", "65536"),
         ("--banner", "ECHO_BANNER", "connect"),
     ] {
         let line = out
@@ -38,6 +39,54 @@ fn help_lists_every_flag_with_its_variable_and_default() {
     }
     assert!(out.contains("[PORTS] [PREFIX]"), "{out}");
     assert!(out.contains("RUST_LOG"), "{out}");
+    // The default in --help is the one the server uses.
+    assert!(out.contains(&format!(
+        "[default: {}]",
+        tcp_echo::config::DEFAULT_SOCKET_BUFFER
+    )));
+    let max_line = out
+        .lines()
+        .skip_while(|l| !l.contains("--max-line "))
+        .take(3)
+        .collect::<String>();
+    assert!(max_line.contains("No effect"), "{max_line}");
+}
+
+#[test]
+fn max_line_is_still_accepted_with_one_warning_and_no_effect() {
+    for (args, envs) in [
+        (
+            &["--port", "0", "--max-line", "4", "--prefix", "one"][..],
+            &[][..],
+        ),
+        (
+            &["--port", "0", "--prefix", "one"][..],
+            &[("ECHO_MAX_LINE", "4")][..],
+        ),
+    ] {
+        let s = Server::start(args, envs);
+        let warnings = s.log.matching("has no effect");
+        assert_eq!(warnings.len(), 1, "{:#?}", s.log.lines());
+        assert!(
+            warnings[0].contains(" WARN ") && warnings[0].contains("--max-line/ECHO_MAX_LINE"),
+            "{}",
+            warnings[0]
+        );
+        // Longer than 4 bytes and without a newline: echoed whole, at once.
+        let mut c = s.connect();
+        std::io::Write::write_all(&mut c, b"no newline here").unwrap();
+        assert_eq!(support::read_exactly(&mut c, 19), b"one no newline here");
+    }
+}
+
+#[test]
+fn a_prefix_up_to_256_bytes_is_accepted() {
+    let prefix = "p".repeat(256);
+    let s = Server::start(&["--port", "0", "--prefix", &prefix], &[]);
+    assert_eq!(
+        exchange(s.addrs[0], b"x\n"),
+        format!("{prefix} x\n").into_bytes()
+    );
 }
 
 #[test]
@@ -87,6 +136,24 @@ fn invalid_settings_exit_2_with_one_line_naming_flag_and_variable() {
             "ECHO_DRAIN_TIMEOUT",
         ),
         (&["--max-line", "0"], &[], "--max-line", "ECHO_MAX_LINE"),
+        (
+            &["--prefix", &"p".repeat(257)],
+            &[],
+            "--prefix",
+            "ECHO_PREFIX",
+        ),
+        (
+            &[],
+            &[("ECHO_PREFIX", &"p".repeat(300))],
+            "--prefix",
+            "ECHO_PREFIX",
+        ),
+        (
+            &["--socket-buffer", "100"],
+            &[],
+            "--socket-buffer",
+            "ECHO_SOCKET_BUFFER",
+        ),
         (&["--bind", "not-an-ip"], &[], "--bind", "ECHO_BIND"),
     ];
     for (args, envs, flag, var) in cases {

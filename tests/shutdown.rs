@@ -278,3 +278,38 @@ fn every_byte_read_before_the_signal_reaches_the_client_even_when_it_keeps_sendi
         s.log.lines().join("\n")
     );
 }
+
+#[test]
+fn connections_waiting_in_the_accept_queue_at_the_signal_are_served_not_reset() {
+    let mut s = Server::with(&["--prefix", "q", "--drain-timeout", "5"]);
+    // Frozen, the server accepts nothing: the kernel completes the handshakes and queues
+    // them, with each client's line in its receive queue.
+    s.signal(libc::SIGSTOP);
+    let mut clients: Vec<(TcpStream, String)> = (0..40)
+        .map(|i| {
+            let mut c = s.connect();
+            let line = format!("queued {i}\n");
+            c.write_all(line.as_bytes()).unwrap();
+            (c, line)
+        })
+        .collect();
+    s.signal(libc::SIGTERM);
+    s.signal(libc::SIGCONT);
+    for (c, line) in clients.iter_mut() {
+        let mut got = Vec::new();
+        let result = std::io::Read::read_to_end(c, &mut got);
+        assert!(
+            result.is_ok(),
+            "{line:?}: {result:?} after {:?}\nlog:\n{}",
+            String::from_utf8_lossy(&got),
+            s.log.lines().join("\n")
+        );
+        assert_eq!(String::from_utf8_lossy(&got), format!("q {line}"));
+    }
+    assert_eq!(s.wait_exit(DEADLINE).code(), Some(0));
+    let stopped = s
+        .log
+        .wait_for("shutting down", DEADLINE, |l| l.contains("shutting down"));
+    let served = s.log.matching("TCP connection open.").len();
+    assert_eq!(served, 40, "{stopped}");
+}

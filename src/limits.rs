@@ -1,0 +1,149 @@
+//! Process limits the server depends on.
+//!
+//! Every connection holds a descriptor. Container runtimes (containerd 2.x) start processes
+//! with a soft `RLIMIT_NOFILE` of 1024 and a much higher hard limit; Go's runtime raises the
+//! soft limit to the hard one at start, and so does tcp-echo. If even the hard limit is too low
+//! for `--max-connections`, the server says so once at start: the connections beyond it would
+//! wait in the listen queue while the acceptor reports `EMFILE`.
+
+use log::{info, warn};
+
+use crate::config::Config;
+
+/// Descriptors the server needs besides one per connection: stdin/stdout/stderr, the socket
+/// of a connection being refused as busy, and slack for the runtime.
+pub const SPARE_DESCRIPTORS: u64 = 16;
+
+/// Descriptors the server needs for `config` at its fullest.
+pub fn descriptors_needed(config: &Config) -> u64 {
+    config.max_connections as u64 + config.ports.len() as u64 + SPARE_DESCRIPTORS
+}
+
+/// What to do with the open-file limit: the soft limit to set (if it changes), and a warning
+/// when the hard limit is below what is needed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// The new soft limit, when it is raised.
+    pub raise_to: Option<u64>,
+    /// Said once at start when even the hard limit is too low.
+    pub warning: Option<String>,
+}
+
+/// Decides about the open-file limit given its `soft` and `hard` values and what is `needed`.
+pub fn plan(soft: u64, hard: u64, needed: u64, max_connections: usize) -> Plan {
+    let raise_to = (hard > soft).then_some(hard);
+    let limit = soft.max(hard);
+    let warning = (limit < needed).then(|| {
+        format!(
+            "the open-file limit ({limit}) is below what --max-connections {max_connections} \
+             needs ({needed}, with the listeners and {SPARE_DESCRIPTORS} spare): connections \
+             beyond about {} wait in the listen queue; raise the hard limit (ulimit -Hn, the \
+             container runtime's nofile) or lower --max-connections",
+            limit.saturating_sub(needed - max_connections as u64)
+        )
+    });
+    Plan { raise_to, warning }
+}
+
+/// Raises the soft open-file limit to the hard one and warns if that is still too low for
+/// `config`. Logs what it did.
+pub fn raise_open_files(config: &Config) {
+    let Some((soft, hard)) = imp::get() else {
+        return;
+    };
+    let needed = descriptors_needed(config);
+    let plan = plan(soft, hard, needed, config.max_connections);
+    if let Some(to) = plan.raise_to {
+        match imp::set_soft(to, hard) {
+            Ok(()) => info!("open-file limit raised from {soft} to {to}"),
+            Err(e) => warn!("cannot raise the open-file limit from {soft} to {to}: {e}"),
+        }
+    }
+    if let Some(w) = plan.warning {
+        warn!("{w}");
+    }
+}
+
+#[cfg(unix)]
+mod imp {
+    use std::io;
+
+    /// (soft, hard); `RLIM_INFINITY` counts as `u64::MAX`.
+    pub fn get() -> Option<(u64, u64)> {
+        let mut rl = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit with a valid pointer to an rlimit.
+        let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
+        // `rlim_t` is u64 on the platforms built here, but not by definition.
+        #[allow(clippy::unnecessary_cast)]
+        (rc == 0).then_some((rl.rlim_cur as u64, rl.rlim_max as u64))
+    }
+
+    pub fn set_soft(soft: u64, hard: u64) -> io::Result<()> {
+        let rl = libc::rlimit {
+            rlim_cur: soft as libc::rlim_t,
+            rlim_max: hard as libc::rlim_t,
+        };
+        // SAFETY: setrlimit with a valid pointer to an rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+}
+
+#[cfg(not(unix))]
+mod imp {
+    pub fn get() -> Option<(u64, u64)> {
+        None
+    }
+
+    pub fn set_soft(_: u64, _: u64) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_soft_limit_is_raised_to_the_hard_one() {
+        let p = plan(1024, 1_048_576, 1041, 1024);
+        assert_eq!(p.raise_to, Some(1_048_576));
+        assert_eq!(p.warning, None);
+    }
+
+    #[test]
+    fn nothing_changes_when_soft_equals_hard_and_suffices() {
+        assert_eq!(
+            plan(4096, 4096, 1041, 1024),
+            Plan {
+                raise_to: None,
+                warning: None
+            }
+        );
+    }
+
+    #[test]
+    fn a_hard_limit_too_low_is_named_with_what_is_needed() {
+        let p = plan(256, 512, 1041, 1024);
+        assert_eq!(p.raise_to, Some(512));
+        let w = p.warning.expect("a warning");
+        assert!(
+            w.contains("(512)") && w.contains("1041") && w.contains("1024"),
+            "{w}"
+        );
+        assert!(w.contains("about 495"), "{w}");
+    }
+
+    #[test]
+    fn descriptors_needed_count_connections_listeners_and_spares() {
+        let mut c = Config::new(vec![0, 0]);
+        c.max_connections = 100;
+        assert_eq!(descriptors_needed(&c), 100 + 2 + SPARE_DESCRIPTORS);
+    }
+}
