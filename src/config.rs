@@ -19,6 +19,9 @@ use crate::echo::MAX_PREFIX;
 /// `--idle-timeout` is 0 (never); otherwise the idle timeout is used for writes too.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Default `--max-connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
 /// The largest accepted `--max-connections` (each connection may hold a worker thread).
 pub const MAX_CONNECTIONS_LIMIT: usize = 100_000;
 
@@ -63,7 +66,7 @@ impl Config {
             prefix: None,
             bind: IpAddr::from([127, 0, 0, 1]),
             bind_fallback: false,
-            max_connections: 1024,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             idle_timeout: Some(Duration::from_secs(300)),
             drain_timeout: Duration::from_secs(5),
             socket_buffer: Some(DEFAULT_SOCKET_BUFFER),

@@ -10,6 +10,32 @@ use log::{info, warn};
 
 use crate::config::Config;
 
+/// What the process needs besides its connections, in bytes: the idle server (about 1 MiB of
+/// RSS), its listeners, and slack for the kernel's bookkeeping.
+pub const MEMORY_BASE: u64 = 8 * 1024 * 1024;
+
+/// Memory one connection may hold at worst, counted as a memory cgroup charges it, for a
+/// `--socket-buffer` of `socket_buffer` bytes; `None` when the buffers autotune (no bound).
+///
+/// User space: a read buffer of at most 64 KiB, an output buffer of at most 16 KiB and the
+/// worker's touched stack; the kernel: the thread's 16 KiB stack and task, the socket's
+/// structures, and its two queues, each at most twice `socket_buffer` (the kernel doubles the
+/// value for its bookkeeping, and charges whole pages). The container test measures it as the
+/// memory cgroup charges it, and `make stress` (case 9) its parts, for the worst a client can
+/// do: flood empty lines with a prefix set and never read.
+pub const fn memory_per_connection(socket_buffer: Option<usize>) -> Option<u64> {
+    match socket_buffer {
+        Some(b) => Some(176 * 1024 + 4 * b as u64),
+        None => None,
+    }
+}
+
+/// Memory the server may need at its fullest: [`MEMORY_BASE`] plus `max_connections` times
+/// [`memory_per_connection`].
+pub fn memory_needed(max_connections: usize, socket_buffer: Option<usize>) -> Option<u64> {
+    memory_per_connection(socket_buffer).map(|c| MEMORY_BASE + max_connections as u64 * c)
+}
+
 /// Descriptors the server needs besides one per connection: stdin/stdout/stderr, the socket
 /// of a connection being refused as busy, and slack for the runtime.
 pub const SPARE_DESCRIPTORS: u64 = 16;
@@ -138,6 +164,17 @@ mod tests {
             "{w}"
         );
         assert!(w.contains("about 495"), "{w}");
+    }
+
+    #[test]
+    fn the_default_socket_buffer_bounds_a_connection_at_432_kib() {
+        let default = Some(crate::config::DEFAULT_SOCKET_BUFFER);
+        assert_eq!(memory_per_connection(default), Some(432 * 1024));
+        assert_eq!(memory_per_connection(None), None);
+        assert_eq!(
+            memory_needed(256, default),
+            Some(MEMORY_BASE + 256 * 432 * 1024)
+        );
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! The log budget: however much a client sends, the `Received ...` records it causes are
 //! bounded.
 //!
-//! * Per connection, the first [`PIECES_PER_CONNECTION`] pieces (lines, or the open end of a
-//!   read) and at most [`BYTES_PER_CONNECTION`] bytes of client data are logged; past that
-//!   one record says the records stop, and the close record counts the pieces not logged
-//!   (`unlogged=`). An interactive `nc` session of hundreds of lines logs every line.
+//! * Per connection, only the first [`PIECES_PER_CONNECTION`] pieces (lines, or the open end
+//!   of a read), holding at most [`BYTES_PER_CONNECTION`] bytes of client data, may be logged;
+//!   past that one record says the records stop, and the close record counts the pieces not
+//!   logged (`unlogged=`). An interactive `nc` session of hundreds of lines logs every line.
 //! * Server-wide, a rate limit ([`SERVER_RATE`] pieces a second, bursts of [`SERVER_BURST`])
 //!   keeps a thousand clients from multiplying the per-connection budget. It is a GCRA (one
 //!   atomic "theoretical arrival time", one compare-and-swap per logged piece): no lock, and
@@ -146,30 +146,31 @@ impl<'a> ConnectionBudget<'a> {
         self.spent
     }
 
-    /// Decides about a piece of `len` bytes.
+    /// Decides about a piece of `len` bytes. The connection's budget counts every piece it
+    /// is asked about, logged or held back by the server-wide limit, so that a connection
+    /// stops asking (and costs nothing more) after its first pieces whatever the limit says.
     pub fn admit(&mut self, len: usize) -> Verdict {
-        if !self.spent {
-            let over = self.pieces >= PIECES_PER_CONNECTION
-                || self.bytes + (len as u64).min(1024) > BYTES_PER_CONNECTION;
-            if over {
-                self.spent = true;
-                self.skip(1);
-                return Verdict::ConnectionSpent;
-            }
-            if self.server.take_at(self.server.now()) {
-                self.pieces += 1;
-                self.bytes += (len as u64).min(1024);
-                return Verdict::Log;
-            }
-            self.unlogged += 1;
-            return if self.server.suppress(1, true) {
-                Verdict::ServerNotice
-            } else {
-                Verdict::Quiet
-            };
+        if self.spent {
+            self.skip(1);
+            return Verdict::Quiet;
         }
-        self.skip(1);
-        Verdict::Quiet
+        let counted = (len as u64).min(1024);
+        if self.pieces >= PIECES_PER_CONNECTION || self.bytes + counted > BYTES_PER_CONNECTION {
+            self.spent = true;
+            self.skip(1);
+            return Verdict::ConnectionSpent;
+        }
+        self.pieces += 1;
+        self.bytes += counted;
+        if self.server.take_at(self.server.now()) {
+            return Verdict::Log;
+        }
+        self.unlogged += 1;
+        if self.server.suppress(1, true) {
+            Verdict::ServerNotice
+        } else {
+            Verdict::Quiet
+        }
     }
 
     /// Counts `n` pieces not logged (once the budget is spent the caller only counts).

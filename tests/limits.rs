@@ -215,3 +215,59 @@ fn out_of_file_descriptors_the_acceptor_backs_off_and_recovers() {
         assert_eq!(read_exactly(&mut c, 5), b"ping\n");
     }
 }
+
+#[test]
+fn a_low_soft_descriptor_limit_is_raised_and_a_thousand_clients_are_served() {
+    let hard = support::raise_fd_limit();
+    assert!(
+        hard >= 4096 + 1100,
+        "the test needs a hard limit of 5,200 (have {hard})"
+    );
+    // As containerd 2.x starts containers: a low soft limit under a high hard one.
+    let s = Server::spawn(support::command_with_fd_limits(
+        &["--port", "0", "--banner", "off"],
+        &[("RUST_LOG", "info,tcp_echo::data=off")],
+        256,
+        4096,
+    ));
+    s.log.wait_for("raised", DEADLINE, |l| {
+        l.contains("open-file limit raised from 256 to 4096")
+    });
+    assert_eq!(support::soft_fd_limit(s.pid()), 4096);
+    assert!(
+        s.log.matching("below what").is_empty(),
+        "no warning expected"
+    );
+    let mut clients: Vec<TcpStream> = (0..1000).map(|_| s.connect()).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.write_all(format!("{i}\n").as_bytes()).unwrap();
+    }
+    // All 1,000 open at once, every one answered.
+    for (i, c) in clients.iter_mut().enumerate() {
+        let line = format!("{i}\n");
+        assert_eq!(read_exactly(c, line.len()), line.as_bytes());
+    }
+    assert!(s.log.matching("accept failed").is_empty());
+    assert_eq!(s.log.matching("TCP connection open.").len(), 1000);
+}
+
+#[test]
+fn a_hard_descriptor_limit_too_low_is_named_at_start() {
+    let s = Server::spawn(support::command_with_fd_limits(
+        &["--port", "0", "--max-connections", "1024"],
+        &[],
+        256,
+        512,
+    ));
+    let warning = s
+        .log
+        .wait_for("warning", DEADLINE, |l| l.contains("open-file limit (512)"));
+    assert!(
+        warning.contains(" WARN ") && warning.contains("--max-connections 1024"),
+        "{warning}"
+    );
+    // Said once, and the server still serves.
+    assert_eq!(s.log.matching("open-file limit (512)").len(), 1);
+    let mut c = s.connect();
+    served(&mut c, "still\n");
+}

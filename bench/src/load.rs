@@ -84,8 +84,22 @@ async fn round_trip(s: &mut TcpStream, line: &[u8], want: &[u8], got: &mut [u8])
     s.write_all(line).await.is_ok() && s.read_exact(got).await.is_ok() && got == want
 }
 
-/// One client of a latency scenario: its socket, its numbered 64-byte line and the echo it
-/// expects.
+/// What a latency client sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Message {
+    /// A numbered 64-byte line.
+    Line,
+    /// fortio's `tcp://` payload: `Fortio\n%04d\n%012d`, 24 bytes, no trailing newline (on a
+    /// kept-open connection its echo is exact only without a prefix).
+    Fortio,
+}
+
+/// fortio's 24-byte payload for client `i`.
+pub fn fortio_payload(i: usize) -> Vec<u8> {
+    format!("Fortio\n{:04}\n{:012}", i % 10_000, i).into_bytes()
+}
+
+/// One client of a latency scenario: its socket, its message and the echo it expects.
 struct Client {
     s: TcpStream,
     line: Vec<u8>,
@@ -94,9 +108,19 @@ struct Client {
 }
 
 impl Client {
-    fn new(i: usize, s: TcpStream, prefix: &str) -> Client {
-        let line = line(i, 64);
-        let want = reply(prefix, &line);
+    fn new(i: usize, s: TcpStream, prefix: &str, message: Message) -> Client {
+        let (line, want) = match message {
+            Message::Line => {
+                let line = line(i, 64);
+                let want = reply(prefix, &line);
+                (line, want)
+            }
+            Message::Fortio => {
+                assert!(prefix.is_empty(), "fortio's messages want an exact echo");
+                let payload = fortio_payload(i);
+                (payload.clone(), payload)
+            }
+        };
         let got = vec![0u8; want.len()];
         Client { s, line, want, got }
     }
@@ -155,14 +179,21 @@ pub struct Clients {
 }
 
 impl Clients {
-    /// Connects `conns` clients to `addr`, whose echo starts with `prefix` and a space.
-    pub fn connect(rt: &Runtime, addr: SocketAddr, conns: usize, prefix: &str) -> Clients {
+    /// Connects `conns` clients to `addr`, whose echo starts with `prefix` and a space, each
+    /// sending `message`.
+    pub fn connect(
+        rt: &Runtime,
+        addr: SocketAddr,
+        conns: usize,
+        prefix: &str,
+        message: Message,
+    ) -> Clients {
         let streams = rt.block_on(connect_all(addr, conns)).expect("connect");
         Clients {
             clients: streams
                 .into_iter()
                 .enumerate()
-                .map(|(i, s)| Client::new(i, s, prefix))
+                .map(|(i, s)| Client::new(i, s, prefix, message))
                 .collect(),
         }
     }
@@ -463,7 +494,7 @@ pub fn paced(
             .into_iter()
             .enumerate()
             .map(|(i, s)| {
-                let mut c = Client::new(i, s, &prefix);
+                let mut c = Client::new(i, s, &prefix, Message::Line);
                 let mut next = start + period * i as u32 / conns as u32;
                 tokio::spawn(async move {
                     let mut r = PingPong::empty();

@@ -74,16 +74,23 @@ fn command(spec: &Spec, port: u16, pin: bool) -> Command {
         Command::new(&spec.program)
     };
     cmd.args(&spec.args).args(["--port", &port.to_string()]);
-    for var in [
-        "RUST_LOG",
-        "ECHO_PREFIX",
-        "TCP_PORT",
-        "NODE_NAME",
-        "POD_NAME",
-        "POD_NAMESPACE",
-        "POD_IP",
-        "SERVICE_ACCOUNT",
-    ] {
+    // Nothing of the caller's environment reaches a server's settings: every ECHO_* variable,
+    // the port, the log filter and the banner's variables are cleared.
+    let settings = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k.starts_with("ECHO_"));
+    for var in settings.chain(
+        [
+            "RUST_LOG",
+            "TCP_PORT",
+            "NODE_NAME",
+            "POD_NAME",
+            "POD_NAMESPACE",
+            "POD_IP",
+            "SERVICE_ACCOUNT",
+        ]
+        .map(String::from),
+    ) {
         cmd.env_remove(var);
     }
     cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
@@ -215,13 +222,20 @@ const WINDOW: Duration = Duration::from_millis(250);
 /// connected first, then measured in short windows taken in turns (A B C, B C A, ...), so that
 /// the machine's changes of speed, which come within seconds here, fall on all of them alike.
 /// Each server is measured for about `secs` in all.
-fn ping_pong(specs: &[&Spec], conns: usize, secs: Duration) -> Vec<BTreeMap<String, f64>> {
+fn ping_pong(
+    specs: &[&Spec],
+    conns: usize,
+    secs: Duration,
+    message: load::Message,
+) -> Vec<BTreeMap<String, f64>> {
     let rt = load::runtime();
     let servers: Vec<Running> = specs.iter().map(|s| start(s)).collect();
     let mut clients: Vec<load::Clients> = servers
         .iter()
         .zip(specs)
-        .map(|(server, spec)| load::Clients::connect(&rt, server.addr, conns, &spec.prefix))
+        .map(|(server, spec)| {
+            load::Clients::connect(&rt, server.addr, conns, &spec.prefix, message)
+        })
         .collect();
     let n = specs.len();
     let windows = (secs.as_secs_f64() / WINDOW.as_secs_f64()).round().max(1.0) as usize;
@@ -330,6 +344,44 @@ fn memory(spec: &Spec) -> BTreeMap<String, f64> {
     ])
 }
 
+/// `n` clients that flood empty lines and never read (the worst a client can do to a server's
+/// memory): per connection, the server's RSS growth and its kernel socket memory once every
+/// client is stalled.
+fn flooders(spec: &Spec, n: usize) -> BTreeMap<String, f64> {
+    let s = start(spec);
+    std::thread::sleep(Duration::from_millis(200)); // settle after start-up
+    let rss0 = proc::status(s.pid(), "VmRSS:").unwrap_or(0) as f64;
+    let mut clients: Vec<TcpStream> = (0..n)
+        .map(|_| {
+            let c = TcpStream::connect(s.addr).expect("connect");
+            c.set_nonblocking(true).expect("non-blocking");
+            c
+        })
+        .collect();
+    let chunk = vec![b'\n'; 64 * 1024];
+    let (mut quiet, deadline) = (0, Instant::now() + Duration::from_secs(30));
+    while quiet < 2 && Instant::now() < deadline {
+        let mut moved = 0;
+        for c in clients.iter_mut() {
+            while let Ok(k) = std::io::Write::write(c, &chunk) {
+                moved += k;
+            }
+        }
+        quiet = if moved == 0 { quiet + 1 } else { 0 };
+        std::thread::sleep(Duration::from_millis(50)); // let the server catch up
+    }
+    let rss = proc::status(s.pid(), "VmRSS:").unwrap_or(0) as f64;
+    let (sockets, bytes) = proc::socket_memory(s.addr.port());
+    BTreeMap::from([
+        ("rss_per_conn_kb".to_string(), (rss - rss0) / n as f64),
+        (
+            "socket_per_conn_kb".to_string(),
+            bytes as f64 / 1024.0 / sockets.max(1) as f64,
+        ),
+        ("errors".to_string(), n.abs_diff(sockets) as f64),
+    ])
+}
+
 fn startup(spec: &Spec) -> BTreeMap<String, f64> {
     let mut times: Vec<f64> = (0..11)
         .map(|_| {
@@ -379,7 +431,7 @@ fn syscalls(spec: &Spec) -> BTreeMap<String, f64> {
     });
     let all = strace_count(spec, None, |addr, prefix| {
         let rt = load::runtime();
-        let mut clients = load::Clients::connect(&rt, addr, 16, prefix);
+        let mut clients = load::Clients::connect(&rt, addr, 16, prefix, load::Message::Line);
         let r = clients.ping_pong(&rt, Duration::from_millis(500));
         (r.round_trips as f64, r.errors as f64)
     });
@@ -457,9 +509,15 @@ fn main() {
             arg(&args, "--port").map_or(0, |p| p.parse().expect("port")),
             &arg(&args, "--prefix").unwrap_or_default(),
         ),
+        Some("naive-copy") => {
+            peers::naive_copy(arg(&args, "--port").map_or(0, |p| p.parse().expect("port")))
+        }
+        Some("tokio-copy") => {
+            peers::tokio_copy(arg(&args, "--port").map_or(0, |p| p.parse().expect("port")))
+        }
         Some("run") => run(&args),
         _ => {
-            eprintln!("usage: tcp-echo-bench run [--rounds N] [--secs S] [--tcp-echo PATH] | naive|tokio --port P [--prefix X]");
+            eprintln!("usage: tcp-echo-bench run [--rounds N] [--secs S] [--tcp-echo PATH] | naive|tokio --port P [--prefix X] | naive-copy|tokio-copy --port P");
             std::process::exit(2);
         }
     }
@@ -518,6 +576,26 @@ fn run(args: &[String]) {
         echo("tcp-echo info", "info", "one"),
         echo("tcp-echo no prefix", "warn", ""),
     ];
+    // fortio's tcp:// client wants its bytes back exactly: no prefix, no banner; its peers are
+    // the prompt-echo designs (a line server never answers a message without a newline).
+    let copy_peer = |name: &str, sub: &str| Spec {
+        name: name.into(),
+        program: me.clone(),
+        args: vec![sub.into()],
+        env: vec![],
+        prefix: String::new(),
+    };
+    let fortio_servers = [
+        echo("tcp-echo", "warn", ""),
+        copy_peer("naive copy", "naive-copy"),
+        copy_peer("tokio copy", "tokio-copy"),
+    ];
+    // The socket buffer cap against the kernel's autotuning (`--socket-buffer 0`).
+    let autotuned = {
+        let mut s = echo("tcp-echo autotuned", "warn", "one");
+        s.args.extend(["--socket-buffer".to_string(), "0".into()]);
+        s
+    };
     // The same code built for glibc (`cargo build --release`), to separate the build from the
     // design where they differ.
     let glibc = arg(args, "--tcp-echo-glibc")
@@ -563,7 +641,25 @@ fn run(args: &[String]) {
                 let mut specs = order.clone();
                 // The same code built for glibc, beside them at 256 connections.
                 specs.extend(glibc.iter().filter(|_| conns == 256));
-                for (s, m) in specs.iter().zip(ping_pong(&specs, conns, secs)) {
+                for (s, m) in specs
+                    .iter()
+                    .zip(ping_pong(&specs, conns, secs, load::Message::Line))
+                {
+                    add(&sc, s, m);
+                }
+            }
+        }
+        for conns in [1, 16, 256] {
+            let sc = format!("fortio {conns}");
+            if wanted(&sc) {
+                let specs: Vec<&Spec> = (0..fortio_servers.len())
+                    .map(|i| &fortio_servers[(i + round) % fortio_servers.len()])
+                    .collect();
+                for (s, m) in
+                    specs
+                        .iter()
+                        .zip(ping_pong(&specs, conns, secs, load::Message::Fortio))
+                {
                     add(&sc, s, m);
                 }
             }
@@ -598,9 +694,28 @@ fn run(args: &[String]) {
         // Logging and prefix costs: tcp-echo against itself.
         let selves: Vec<&Spec> = std::iter::once(&main_servers[0]).chain(&variants).collect();
         if wanted("log ping-pong 16") {
-            for (s, m) in selves.iter().zip(ping_pong(&selves, 16, secs)) {
+            for (s, m) in selves
+                .iter()
+                .zip(ping_pong(&selves, 16, secs, load::Message::Line))
+            {
                 add("log ping-pong 16", s, m);
             }
+        }
+        // The socket buffer cap: tcp-echo against itself with the kernel's autotuning, in
+        // alternating order.
+        let pair = if round % 2 == 0 {
+            [&main_servers[0], &autotuned]
+        } else {
+            [&autotuned, &main_servers[0]]
+        };
+        for (line_len, conns) in [(64, 1), (4096, 1), (4096, 16)] {
+            let sc = format!("cap stream {line_len}B x{conns}");
+            for s in pair.iter().filter(|_| wanted(&sc)) {
+                add(&sc, s, streaming(s, conns, line_len, secs));
+            }
+        }
+        for s in pair.iter().filter(|_| round == 0 && wanted("cap flooders")) {
+            add("cap flooders", s, flooders(s, 64));
         }
         for s in selves {
             if wanted("log stream 64B x1") {

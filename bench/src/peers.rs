@@ -1,5 +1,6 @@
-//! The peer servers tcp-echo is measured against. Both print `listening on ADDR` to stderr, as
-//! tcp-echo does, and echo each line with the prefix and a space.
+//! The peer servers tcp-echo is measured against. All print `listening on ADDR` to stderr, as
+//! tcp-echo does. The line servers echo each line with the prefix and a space; the copy servers
+//! echo every byte as it arrives (RFC 862, what fortio's `tcp://` client needs), without prefix.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -115,4 +116,63 @@ async fn tokio_connection(mut stream: tokio::net::TcpStream, prefix: &[u8]) {
             return;
         }
     }
+}
+
+/// The naive prompt echo: std's listener, a thread spawned per connection, `read` then
+/// `write_all` of whatever arrived (go-echo's design).
+pub fn naive_copy(port: u16) {
+    let listener = TcpListener::bind(("0.0.0.0", port)).expect("bind");
+    eprintln!("listening on {}", listener.local_addr().expect("addr"));
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let _ = stream.set_nodelay(true);
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if stream.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// The tokio prompt echo: a task per connection, `read` then `write_all`.
+pub fn tokio_copy(port: u16) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
+            .await
+            .expect("bind");
+        eprintln!("listening on {}", listener.local_addr().expect("addr"));
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let _ = stream.set_nodelay(true);
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if stream.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
 }

@@ -123,3 +123,32 @@ pub fn cores() -> usize {
     let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
     usize::try_from(n).map_or(1, |n| n.max(1))
 }
+
+/// Kernel memory of the established TCP sockets whose local port is `port` (a server's side of
+/// its connections), from `ss -tm`: receive queue, send queue and forward allocation (`r + w +
+/// f` of `skmem`), in bytes, and how many sockets.
+pub fn socket_memory(port: u16) -> (usize, u64) {
+    let out = std::process::Command::new("ss")
+        .args([
+            "-tmnH",
+            "state",
+            "established",
+            &format!("( sport = :{port} )"),
+        ])
+        .output()
+        .expect("ss (make bench installs iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut sockets = 0;
+    let mut bytes = 0;
+    for skmem in text.split("skmem:(").skip(1) {
+        let fields = skmem.split(')').next().unwrap_or_default();
+        for f in fields.split(',') {
+            let (key, value) = f.split_at(f.find(|c: char| c.is_ascii_digit()).unwrap_or(0));
+            if matches!(key, "r" | "w" | "f") {
+                bytes += value.parse::<u64>().unwrap_or(0);
+            }
+        }
+        sockets += 1;
+    }
+    (sockets, bytes)
+}

@@ -391,16 +391,26 @@ pub fn open_fds(pid: i32) -> usize {
         .unwrap_or(0)
 }
 
-/// A command for the binary whose open-file limit is `limit`.
+/// A command for the binary whose open-file limit (soft and hard) is `limit`.
 pub fn command_with_fd_limit(args: &[&str], envs: &[(&str, &str)], limit: u64) -> Command {
+    command_with_fd_limits(args, envs, limit, limit)
+}
+
+/// A command for the binary started with these soft and hard open-file limits.
+pub fn command_with_fd_limits(
+    args: &[&str],
+    envs: &[(&str, &str)],
+    soft: u64,
+    hard: u64,
+) -> Command {
     use std::os::unix::process::CommandExt;
     let mut cmd = command(args, envs);
     // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             let rl = libc::rlimit {
-                rlim_cur: limit,
-                rlim_max: limit,
+                rlim_cur: soft,
+                rlim_max: hard,
             };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
                 return Err(std::io::Error::last_os_error());
@@ -512,6 +522,16 @@ impl Monitor {
     }
 }
 
+/// The soft open-file limit of a running process, from /proc/PID/limits.
+pub fn soft_fd_limit(pid: i32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files");
+    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
 /// Raises this process's open-file soft limit to its hard limit (clients need many sockets).
 pub fn raise_fd_limit() -> u64 {
     let mut rl = libc::rlimit {
@@ -547,4 +567,47 @@ pub fn field<'a>(line: &'a str, name: &str) -> &'a str {
 pub fn connection_id(line: &str) -> String {
     let head = line.split(" - ").next().unwrap_or_default();
     head.rsplit(' ').next().unwrap_or_default().to_string()
+}
+
+/// Kernel memory of the established TCP sockets whose local port is `port` (the server's side
+/// of its connections), from `ss -tm`: (sockets, bytes). Counts what a memory cgroup is charged
+/// for them: receive queue, send queue and forward allocation (`r + w + f` of `skmem`).
+pub fn socket_memory(port: u16) -> (usize, u64) {
+    let out = Command::new("ss")
+        .args([
+            "-tmnH",
+            "state",
+            "established",
+            &format!("( sport = :{port} )"),
+        ])
+        .output()
+        .expect("ss (make stress installs iproute2)");
+    assert!(out.status.success(), "ss failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut sockets = 0;
+    let mut bytes = 0;
+    for skmem in text.split("skmem:(").skip(1) {
+        let fields = skmem.split(')').next().unwrap_or_default();
+        let value = |key: char| -> u64 {
+            fields
+                .split(',')
+                .find(|f| f.starts_with(key) && f[1..].chars().all(|c| c.is_ascii_digit()))
+                .and_then(|f| f[1..].parse().ok())
+                .unwrap_or(0)
+        };
+        sockets += 1;
+        bytes += value('r') + value('w') + value('f');
+    }
+    (sockets, bytes)
+}
+
+/// `KernelStack:` of /proc/meminfo, kB (machine-wide: thread stacks RSS does not show).
+pub fn kernel_stack_kb() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .expect("meminfo")
+        .lines()
+        .find(|l| l.starts_with("KernelStack:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .expect("KernelStack")
 }

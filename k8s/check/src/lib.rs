@@ -412,6 +412,7 @@ pub fn cross_check(set: &Set) -> Vec<String> {
                     None => p.push(format!("Deployment {name}: no tcpSocket {kind}")),
                 }
             }
+            p.extend(memory_problems(&name, c));
             let drain = env_value(c, "ECHO_DRAIN_TIMEOUT")
                 .and_then(|v| v.parse::<f64>().ok())
                 .unwrap_or(DEFAULT_DRAIN_SECONDS);
@@ -626,6 +627,122 @@ pub struct Route {
     pub backends: Vec<Backend>,
 }
 
+/// `ECHO_MAX_CONNECTIONS` of a container (the server's default when unset or not a number).
+pub fn max_connections(c: &Container) -> usize {
+    env_value(c, "ECHO_MAX_CONNECTIONS")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(tcp_echo::config::DEFAULT_MAX_CONNECTIONS)
+}
+
+/// `ECHO_SOCKET_BUFFER` of a container: `None` for 0 (autotuning), the server's default when
+/// unset.
+pub fn socket_buffer(c: &Container) -> Option<usize> {
+    match env_value(c, "ECHO_SOCKET_BUFFER").map(|v| v.trim().parse::<usize>()) {
+        None => Some(tcp_echo::config::DEFAULT_SOCKET_BUFFER),
+        Some(Ok(0)) => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => Some(tcp_echo::config::DEFAULT_SOCKET_BUFFER),
+    }
+}
+
+/// A container's memory limit in bytes, if it has one.
+pub fn memory_limit(c: &Container) -> Option<u64> {
+    let limits = c.resources.as_ref()?.limits.as_ref()?;
+    quantity_bytes(&limits.get("memory")?.0)
+}
+
+/// A Kubernetes memory quantity (`128Mi`, `1Gi`, `64M`, `134217728`) in bytes.
+pub fn quantity_bytes(q: &str) -> Option<u64> {
+    let q = q.trim();
+    let split = q.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(q.len());
+    let (number, suffix) = q.split_at(split);
+    let scale: u64 = match suffix {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        _ => return None,
+    };
+    let n: f64 = number.parse().ok()?;
+    (n.is_finite() && n >= 0.0).then_some((n * scale as f64) as u64)
+}
+
+/// The memory limit must hold the server at its fullest: every connection at its worst
+/// (tcp-echo's stated ceiling) plus the base.
+fn memory_problems(name: &str, c: &Container) -> Vec<String> {
+    let max = max_connections(c);
+    let Some(needed) = tcp_echo::limits::memory_needed(max, socket_buffer(c)) else {
+        return vec![format!(
+            "Deployment {name}: ECHO_SOCKET_BUFFER=0 (autotuning) leaves a connection's memory \
+             unbounded (megabytes per client that stops reading)"
+        )];
+    };
+    match memory_limit(c) {
+        None => vec![format!(
+            "Deployment {name}: container {} has no memory limit",
+            c.name
+        )],
+        Some(limit) if limit < needed => vec![format!(
+            "Deployment {name}: memory limit {limit} bytes is below what {max} connections can \
+             hold at worst ({needed} bytes: tcp-echo's ceiling per connection times \
+             ECHO_MAX_CONNECTIONS, plus the base)"
+        )],
+        Some(_) => Vec::new(),
+    }
+}
+
+/// What the container test runs: one Deployment's container as its pods run it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pod {
+    /// The Deployment's name.
+    pub deployment: String,
+    /// Literal environment values of its container.
+    pub env: BTreeMap<String, String>,
+    /// Its memory limit in bytes.
+    pub memory_limit: Option<u64>,
+    /// Its `ECHO_MAX_CONNECTIONS`.
+    pub max_connections: usize,
+    /// Its `ECHO_SOCKET_BUFFER` (`None`: autotuning).
+    pub socket_buffer: Option<usize>,
+}
+
+/// Every Deployment's first container, as [`Pod`]s.
+pub fn pods(set: &Set) -> Vec<Pod> {
+    set.deployments
+        .iter()
+        .filter_map(|d| {
+            let c = d
+                .spec
+                .as_ref()?
+                .template
+                .spec
+                .as_ref()?
+                .containers
+                .first()?;
+            Some(Pod {
+                deployment: name_of(&d.metadata),
+                env: literal_env(c),
+                memory_limit: memory_limit(c),
+                max_connections: max_connections(c),
+                socket_buffer: socket_buffer(c),
+            })
+        })
+        .collect()
+}
+
+fn literal_env(c: &Container) -> BTreeMap<String, String> {
+    c.env
+        .iter()
+        .flatten()
+        .filter_map(|e| e.value.clone().map(|v| (e.name.clone(), v)))
+        .collect()
+}
+
 /// Derives, from a checked set, every gateway port's weighted backends.
 pub fn routes(set: &Set) -> Vec<Route> {
     let mut out = Vec::new();
@@ -666,12 +783,7 @@ pub fn routes(set: &Set) -> Vec<Route> {
                         }
                         let pod = ds.template.spec.clone().unwrap_or_default();
                         let c = pod.containers.first().cloned().unwrap_or_default();
-                        let env = c
-                            .env
-                            .iter()
-                            .flatten()
-                            .filter_map(|e| e.value.clone().map(|v| (e.name.clone(), v)))
-                            .collect();
+                        let env = literal_env(&c);
                         backends.push(Backend {
                             deployment: name_of(&d.metadata),
                             version: pl.get("version").cloned().unwrap_or_default(),

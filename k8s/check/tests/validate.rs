@@ -356,3 +356,73 @@ fn a_grace_period_not_longer_than_the_drain_timeout_fails() {
         "terminationGracePeriodSeconds 5 does not exceed the drain timeout 5s",
     );
 }
+
+/// Sets (or adds) a literal environment variable of the first container.
+fn set_env(v: &mut Value, name: &str, value: &str) {
+    let env = at(v, "spec.template.spec.containers.0.env")
+        .as_sequence_mut()
+        .expect("env list");
+    match env.iter_mut().find(|e| e["name"].as_str() == Some(name)) {
+        Some(e) => e["value"] = value.into(),
+        None => {
+            let mut e = serde_yaml::Mapping::new();
+            e.insert("name".into(), name.into());
+            e.insert("value".into(), value.into());
+            env.push(Value::Mapping(e));
+        }
+    }
+}
+
+#[test]
+fn more_connections_than_the_memory_limit_holds_fail() {
+    // The default 1024 connections in the old 64 MiB: OOM-killed by 300 non-reading clients.
+    let e = broken("", "Deployment", "tcp-echo-v1", |v| {
+        at(v, "spec.template.spec.containers.0.resources.limits")["memory"] = "64Mi".into();
+        set_env(v, "ECHO_MAX_CONNECTIONS", "1024");
+    });
+    assert_fails(
+        &e,
+        "memory limit 67108864 bytes is below what 1024 connections",
+    );
+    let e = broken("", "Deployment", "tcp-echo-v2", |v| {
+        set_env(v, "ECHO_MAX_CONNECTIONS", "400");
+    });
+    assert_fails(
+        &e,
+        "Deployment tcp-echo-v2: memory limit 134217728 bytes is below",
+    );
+    // Larger socket buffers make each connection larger.
+    let e = broken("", "Deployment", "tcp-echo-v1", |v| {
+        set_env(v, "ECHO_SOCKET_BUFFER", "262144");
+    });
+    assert_fails(&e, "is below what 256 connections");
+}
+
+#[test]
+fn autotuned_socket_buffers_or_no_memory_limit_fail() {
+    let e = broken("", "Deployment", "tcp-echo-v1", |v| {
+        set_env(v, "ECHO_SOCKET_BUFFER", "0");
+    });
+    assert_fails(
+        &e,
+        "ECHO_SOCKET_BUFFER=0 (autotuning) leaves a connection's memory unbounded",
+    );
+    let e = broken("", "Deployment", "tcp-echo-v1", |v| {
+        at(v, "spec.template.spec.containers.0.resources.limits")
+            .as_mapping_mut()
+            .unwrap()
+            .remove("memory");
+    });
+    assert_fails(&e, "has no memory limit");
+}
+
+#[test]
+fn memory_quantities_are_read_in_bytes() {
+    use tcp_echo_k8s::quantity_bytes;
+    assert_eq!(quantity_bytes("128Mi"), Some(128 << 20));
+    assert_eq!(quantity_bytes("1Gi"), Some(1 << 30));
+    assert_eq!(quantity_bytes("64M"), Some(64_000_000));
+    assert_eq!(quantity_bytes("134217728"), Some(134_217_728));
+    assert_eq!(quantity_bytes("0.5Gi"), Some(1 << 29));
+    assert_eq!(quantity_bytes("12Qi"), None);
+}
