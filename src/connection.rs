@@ -17,19 +17,24 @@ use uuid::Uuid;
 
 use crate::banner::BannerMode;
 use crate::config::Config;
+use crate::drain::{self, Drained};
 use crate::echo::{self, Framer};
 use crate::log_budget::{self, ConnectionBudget, ServerBudget, Verdict};
 use crate::logging::{EscapedText, RawBytes};
-use crate::registry::{Registry, Ticket};
-use crate::{drain, socket};
+use crate::registry::{Ended, Registry, Ticket};
+use crate::socket;
 
 /// Initial size of a connection's read buffer: an idle or interactive connection stays small.
 pub const READ_BUFFER_MIN: usize = 2 * 1024;
-/// Largest read buffer: a streaming connection grows to it within three reads.
-pub const READ_BUFFER_MAX: usize = 64 * 1024;
-/// Largest output buffer (prefixed echo only): one read's echo leaves in writes of at most
-/// this much, whatever its prefixes add (a read of empty lines grows five-fold with `one `).
-pub const OUTPUT_BUFFER_MAX: usize = 16 * 1024;
+/// Largest read buffer: a streaming connection grows to it within two reads.
+pub const READ_BUFFER_MAX: usize = 32 * 1024;
+/// Largest output buffer (prefixed echo only): room for a full read of lines of 16 bytes or
+/// more with a 4-byte prefix, so that a read's echo leaves in one write; a read whose prefixes
+/// add more (empty lines grow five-fold with `one `) leaves in several writes of this size.
+pub const OUTPUT_BUFFER_MAX: usize = 40 * 1024;
+
+// A full read of 64-byte lines with the prefix `one ` leaves in one write.
+const _: () = assert!(READ_BUFFER_MAX + READ_BUFFER_MAX / 64 * 4 <= OUTPUT_BUFFER_MAX);
 
 /// The read buffer size after a read of `n` bytes into a buffer of `capacity`: a full read
 /// means more is waiting (grow), a small one means the peer is interactive (shrink back).
@@ -89,10 +94,14 @@ pub enum Reason {
     Eof,
     /// The client sent nothing for `--idle-timeout`.
     IdleTimeout,
+    /// The connection was open for `--max-duration`.
+    MaxDuration,
     /// The client did not take its replies for the write timeout.
     WriteTimeout,
     /// The server is shutting down.
     Shutdown,
+    /// The server closed it at the drain deadline.
+    DrainDeadline,
     /// The client reset the connection.
     Reset,
     /// Another I/O error.
@@ -104,8 +113,10 @@ impl fmt::Display for Reason {
         match self {
             Reason::Eof => f.write_str("EOF"),
             Reason::IdleTimeout => f.write_str("idle timeout"),
+            Reason::MaxDuration => f.write_str("max duration"),
             Reason::WriteTimeout => f.write_str("write timeout (client not reading)"),
             Reason::Shutdown => f.write_str("shutdown"),
+            Reason::DrainDeadline => f.write_str("shutdown (closed at the drain deadline)"),
             Reason::Reset => f.write_str("reset by peer"),
             Reason::Error(e) => write!(f, "error: {e}"),
         }
@@ -156,21 +167,33 @@ pub fn serve(job: Job, shared: &Shared) {
     // `job.ticket` drops here: the connection leaves the registry, the socket closes.
 }
 
+/// Why a read failed. Reads have no timeout (the watch ends idle connections), so a timeout
+/// here is the kernel giving up on a dead peer: an error, not an idle client.
 fn classify_read(e: io::Error) -> Reason {
     match e.kind() {
-        ErrorKind::WouldBlock | ErrorKind::TimedOut => Reason::IdleTimeout,
         ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted => Reason::Reset,
         _ => Reason::Error(e),
     }
 }
 
+/// Why a write failed: `EAGAIN` is the send timeout (the client stopped reading); `ETIMEDOUT`
+/// is the kernel giving up on a dead peer.
 fn classify_write(e: io::Error) -> Reason {
     match e.kind() {
-        ErrorKind::WouldBlock | ErrorKind::TimedOut => Reason::WriteTimeout,
+        ErrorKind::WouldBlock => Reason::WriteTimeout,
         ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe => {
             Reason::Reset
         }
         _ => Reason::Error(e),
+    }
+}
+
+/// A failure on a socket the server itself closed at the drain deadline is the shutdown, not
+/// the client's doing.
+fn failed(ticket: &Ticket, reason: Reason) -> Reason {
+    match ticket.ended() {
+        Some(Ended::Forced) => Reason::DrainDeadline,
+        _ => reason,
     }
 }
 
@@ -186,7 +209,7 @@ fn send(ticket: &Ticket, mut bytes: &[u8]) -> Result<(), Reason> {
                 ticket.made_progress();
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(classify_write(e)),
+            Err(e) => return Err(failed(ticket, classify_write(e))),
         }
     }
     Ok(())
@@ -271,23 +294,29 @@ pub fn echo_connection(ticket: &Ticket, shared: &Shared, id: &Uuid) -> Outcome {
     }
 
     let mut reader = BufReader::with_capacity(READ_BUFFER_MIN, stream);
-    // At shutdown, read only what had arrived by then: at most this many more bytes.
+    // Why the server is ending this connection, if it is: the read side is shut, and what the
+    // client sent until then is still echoed.
+    let ending = || match ticket.ended() {
+        Some(Ended::MaxDuration) => Some(Reason::MaxDuration),
+        Some(Ended::Idle) => Some(Reason::IdleTimeout),
+        Some(Ended::Forced) => Some(Reason::DrainDeadline),
+        None => registry.is_shutting_down().then_some(Reason::Shutdown),
+    };
+    // Once ending, read only what had arrived by then: at most this many more bytes.
     let mut drain_budget: Option<u64> = None;
     let reason = loop {
-        if drain_budget.is_none() && registry.is_shutting_down() {
+        if drain_budget.is_none() && ending().is_some() {
             drain_budget =
                 Some(socket::queued_input(stream).unwrap_or(0) + reader.buffer().len() as u64);
         }
         if drain_budget == Some(0) {
-            break Reason::Shutdown;
+            break ending().unwrap_or(Reason::Shutdown);
         }
         let data = match reader.fill_buf() {
-            Ok([]) if registry.is_shutting_down() => break Reason::Shutdown,
-            Ok([]) if ticket.timed_out() => break Reason::IdleTimeout,
-            Ok([]) => break Reason::Eof,
+            Ok([]) => break ending().unwrap_or(Reason::Eof),
             Ok(data) => data,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => break classify_read(e),
+            Err(e) => break failed(ticket, classify_read(e)),
         };
         ticket.made_progress();
         let n = match drain_budget {
@@ -328,9 +357,18 @@ pub fn echo_connection(ticket: &Ticket, shared: &Shared, id: &Uuid) -> Outcome {
         }
     };
 
-    if matches!(reason, Reason::Shutdown) {
-        let deadline = registry.drain_deadline().unwrap_or_else(Instant::now);
-        drain::wait_acknowledged(&mut reader, deadline);
+    // A client ended by the server may still be sending: its replies must be acknowledged
+    // before FIN (see drain.rs), within the drain deadline.
+    let deadline = match reason {
+        Reason::Shutdown => registry.drain_deadline(),
+        Reason::MaxDuration => Some(Instant::now() + config.drain_timeout),
+        _ => None,
+    };
+    let mut reason = reason;
+    if let Some(deadline) = deadline {
+        if let Drained::Failed(kind) = drain::wait_acknowledged(&mut reader, deadline) {
+            reason = failed(ticket, classify_read(kind.into()));
+        }
     }
     let _ = stream.shutdown(Shutdown::Write);
     finish(reason, bytes, &framer, &log)
@@ -358,6 +396,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_dead_peer_is_an_error_and_a_stalled_reader_a_write_timeout() {
+        let kind = |k: ErrorKind| io::Error::from(k);
+        assert!(matches!(
+            classify_read(kind(ErrorKind::TimedOut)),
+            Reason::Error(_)
+        ));
+        assert!(matches!(
+            classify_write(kind(ErrorKind::TimedOut)),
+            Reason::Error(_)
+        ));
+        assert!(matches!(
+            classify_write(kind(ErrorKind::WouldBlock)),
+            Reason::WriteTimeout
+        ));
+        assert!(matches!(
+            classify_read(kind(ErrorKind::ConnectionReset)),
+            Reason::Reset
+        ));
+        assert!(matches!(
+            classify_write(kind(ErrorKind::BrokenPipe)),
+            Reason::Reset
+        ));
+        assert_eq!(
+            classify_read(io::Error::from_raw_os_error(libc::ETIMEDOUT)).to_string(),
+            format!("error: {}", io::Error::from_raw_os_error(libc::ETIMEDOUT))
+        );
+    }
+
+    #[test]
     fn read_buffer_grows_on_full_reads_and_shrinks_on_small_ones() {
         let mut cap = READ_BUFFER_MIN;
         let mut steps = 0;
@@ -366,7 +433,7 @@ mod tests {
             steps += 1;
         }
         assert_eq!(cap, READ_BUFFER_MAX);
-        assert!(steps <= 3);
+        assert!(steps <= 2);
         assert_eq!(
             next_read_capacity(READ_BUFFER_MAX, READ_BUFFER_MAX),
             READ_BUFFER_MAX

@@ -8,7 +8,8 @@
 //!
 //! ```no_run
 //! use tcp_echo::{Config, Server};
-//! let server = Server::bind(Config::new(vec![0])).expect("bind");
+//! let config = Config::new(&[0]).and_then(|c| c.with_prefix("one")).expect("settings");
+//! let server = Server::bind(config).expect("bind");
 //! println!("listening on {:?}", server.local_addrs());
 //! let stop = server.shutdown_handle();
 //! # stop.shutdown();
@@ -16,27 +17,29 @@
 //! println!("{summary}");
 //! ```
 
+#[cfg(not(unix))]
+compile_error!("tcp-echo runs on Unix-like systems: Linux, macOS and the BSDs");
+
 pub mod banner;
 pub mod cli;
 pub mod config;
-pub mod connection;
-pub mod drain;
+mod connection;
+mod drain;
 pub mod echo;
-pub mod error;
+mod error;
 pub mod limits;
-pub mod listener;
+mod listener;
 pub mod log_budget;
-pub mod logging;
-pub mod pool;
-pub mod registry;
-pub mod shutdown;
-pub mod socket;
+mod logging;
+mod pool;
+mod registry;
+mod shutdown;
+mod socket;
 
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
@@ -47,9 +50,9 @@ pub use crate::error::Error;
 use crate::listener::Acceptors;
 use crate::log_budget::ServerBudget;
 use crate::pool::Pool;
-use crate::registry::Registry;
-pub use crate::shutdown::ShutdownHandle;
+use crate::registry::{Limits, Registry, Watch};
 use crate::shutdown::ShutdownSignal;
+pub use crate::shutdown::{ShutdownHandle, FORCED_EXIT_CODE};
 
 /// A worker with nothing to do for this long ends (the pool starts another when needed).
 pub const WORKER_IDLE_EXIT: Duration = Duration::from_secs(30);
@@ -127,15 +130,20 @@ impl Server {
     /// (every byte received is echoed) for at most the drain timeout, closes the rest, and
     /// returns what was done.
     pub fn run(self) -> Result<Summary, Error> {
+        // The server keeps a handle of its own until it stops: `run` serves until a shutdown
+        // is requested, whether or not the caller took a handle.
         let Server {
             config,
             listeners,
             addrs,
-            handle,
+            handle: _own_handle,
             signal,
         } = self;
-        drop(handle);
         let registry = Registry::new(config.max_connections);
+        let limits = Limits {
+            idle: config.idle_timeout,
+            max_duration: config.max_duration,
+        };
         let shared = Arc::new(Shared {
             config,
             registry: Arc::clone(&registry),
@@ -152,28 +160,23 @@ impl Server {
                 move |job: Job| connection::serve(job, &shared),
             ))
         };
-
-        // The idle watch; dropping `stop_idle` ends it.
-        let (stop_idle, idle_stopped) = crossbeam_channel::bounded::<()>(0);
-        let idle_watch = match config.idle_timeout {
-            Some(timeout) => {
-                let name = "tcp-echo-idle".to_string();
-                let registry = Arc::clone(&registry);
-                let spawned = thread::Builder::new()
-                    .name(name.clone())
-                    .stack_size(pool::WORKER_STACK)
-                    .spawn(move || registry::watch_idle(&registry, timeout, &idle_stopped));
-                Some(spawned.map_err(|source| Error::Thread { name, source })?)
-            }
-            None => None,
-        };
+        // Dropped on any early return: the thread is stopped and joined.
+        let watch = Watch::start(&registry, limits)?;
 
         for addr in &addrs {
             info!("listening on {addr}");
         }
         info!("settings: {config}");
 
-        let acceptors = Acceptors::start(listeners, &addrs, &shared, &pool)?;
+        let acceptors = match Acceptors::start(listeners, &addrs, &shared, &pool) {
+            Ok(acceptors) => acceptors,
+            Err(e) => {
+                // The acceptors already started are stopped and joined (dropped); close what
+                // they admitted, so that no worker outlives the failed start for long.
+                registry.force_close();
+                return Err(e);
+            }
+        };
         // From here on the acceptors hold the only references to the pool (and its Sender).
         drop(pool);
 
@@ -189,11 +192,8 @@ impl Server {
             config.drain_timeout.as_secs_f64()
         );
         registry.begin_shutdown(deadline);
-        // Every reader is awake now; the idle watch has nothing left to do.
-        drop(stop_idle);
-        if let Some(join) = idle_watch {
-            let _ = join.join();
-        }
+        // Every reader is awake now; the watch has nothing left to do.
+        drop(watch);
 
         let mut forced = registry.wait_until_empty(deadline);
         if forced > 0 {

@@ -17,7 +17,7 @@ pub const MEMORY_BASE: u64 = 8 * 1024 * 1024;
 /// Memory one connection may hold at worst, counted as a memory cgroup charges it, for a
 /// `--socket-buffer` of `socket_buffer` bytes; `None` when the buffers autotune (no bound).
 ///
-/// User space: a read buffer of at most 64 KiB, an output buffer of at most 16 KiB and the
+/// User space: a read buffer of at most 32 KiB, an output buffer of at most 40 KiB and the
 /// worker's touched stack; the kernel: the thread's 16 KiB stack and task, the socket's
 /// structures, and its two queues, each at most twice `socket_buffer` (the kernel doubles the
 /// value for its bookkeeping, and charges whole pages). The container test measures it as the
@@ -90,6 +90,38 @@ pub fn raise_open_files(config: &Config) {
     }
 }
 
+/// Threads the server needs at its fullest: a worker per connection, an acceptor per port,
+/// and the main thread, the signal handler and the watch.
+pub fn threads_needed(config: &Config) -> u64 {
+    config.max_connections as u64 + config.ports.len() as u64 + 3
+}
+
+/// The warning when a thread limit (`limit`, named `name`) is below what is `needed`.
+fn thread_warning(limit: u64, name: &str, needed: u64, max_connections: usize) -> Option<String> {
+    (limit < needed).then(|| {
+        format!(
+            "the thread limit ({name} {limit}) is below what --max-connections {max_connections} \
+             needs ({needed} threads, a worker per connection): connections beyond it are \
+             refused as no worker can be started; raise the limit or lower --max-connections"
+        )
+    })
+}
+
+/// Warns once if a limit on this process's threads (the pids cgroup's `pids.max`, or
+/// `RLIMIT_NPROC` for a user other than root) is below what `config` needs.
+pub fn check_threads(config: &Config) {
+    let needed = threads_needed(config);
+    let limits = [
+        imp::pids_max().map(|n| (n, "pids.max")),
+        imp::nproc().map(|n| (n, "RLIMIT_NPROC")),
+    ];
+    for (limit, name) in limits.into_iter().flatten() {
+        if let Some(w) = thread_warning(limit, name, needed, config.max_connections) {
+            warn!("{w}");
+        }
+    }
+}
+
 #[cfg(unix)]
 mod imp {
     use std::io;
@@ -119,11 +151,57 @@ mod imp {
             Err(io::Error::last_os_error())
         }
     }
+
+    /// `RLIMIT_NPROC`, which binds users other than root (threads count as processes).
+    pub fn nproc() -> Option<u64> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            return None;
+        }
+        let mut rl = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit with a valid pointer to an rlimit.
+        let rc = unsafe { libc::getrlimit(libc::RLIMIT_NPROC, &mut rl) };
+        #[allow(clippy::unnecessary_cast)]
+        (rc == 0 && rl.rlim_cur != libc::RLIM_INFINITY).then_some(rl.rlim_cur as u64)
+    }
+
+    /// The `pids.max` of this process's pids cgroup (v1 or v2), `None` when unlimited or
+    /// unknown. Inside a container the cgroup is usually mounted at the hierarchy's root.
+    pub fn pids_max() -> Option<u64> {
+        let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        let mut dirs = Vec::new();
+        for line in cgroups.lines() {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            if controllers.split(',').any(|c| c == "pids") {
+                dirs.push(format!("/sys/fs/cgroup/pids{path}"));
+                dirs.push("/sys/fs/cgroup/pids".to_string());
+            } else if controllers.is_empty() {
+                dirs.push(format!("/sys/fs/cgroup{path}"));
+                dirs.push("/sys/fs/cgroup".to_string());
+            }
+        }
+        let text = dirs
+            .iter()
+            .find_map(|d| std::fs::read_to_string(format!("{d}/pids.max")).ok())?;
+        text.trim().parse().ok()
+    }
 }
 
 #[cfg(not(unix))]
 mod imp {
     pub fn get() -> Option<(u64, u64)> {
+        None
+    }
+
+    pub fn nproc() -> Option<u64> {
+        None
+    }
+
+    pub fn pids_max() -> Option<u64> {
         None
     }
 
@@ -178,9 +256,21 @@ mod tests {
     }
 
     #[test]
+    fn a_thread_limit_below_the_need_is_named() {
+        let w = thread_warning(64, "pids.max", 1028, 1024).expect("a warning");
+        assert!(
+            w.contains("pids.max 64") && w.contains("1028") && w.contains("1024"),
+            "{w}"
+        );
+        assert_eq!(thread_warning(4096, "pids.max", 1028, 1024), None);
+    }
+
+    #[test]
     fn descriptors_needed_count_connections_listeners_and_spares() {
-        let mut c = Config::new(vec![0, 0]);
-        c.max_connections = 100;
+        let c = Config::new(&[0, 0])
+            .unwrap()
+            .with_max_connections(100)
+            .unwrap();
         assert_eq!(descriptors_needed(&c), 100 + 2 + SPARE_DESCRIPTORS);
     }
 }

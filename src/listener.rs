@@ -23,7 +23,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::config::Config;
 use crate::connection::{canonical, Job, Shared};
 use crate::error::Error;
-use crate::pool::Pool;
+use crate::pool::{Pool, Refused};
 
 /// First pause after a failed accept; it doubles up to [`ACCEPT_BACKOFF_MAX`].
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(1);
@@ -316,36 +316,49 @@ impl Acceptor {
         let accepted = Instant::now();
         match self.shared.registry.admit(stream) {
             Ok(ticket) => {
-                if let Err(job) = self.pool.execute(Job {
+                let job = Job {
                     ticket,
                     peer,
                     accepted,
-                }) {
-                    // No worker could take it (no thread could be started): refuse politely.
+                };
+                if let Err((job, why)) = self.pool.execute(job) {
                     let stream = job.ticket.stream().try_clone();
+                    // Unregistered here, so that the count below is of the others.
                     drop(job);
                     if let Ok(stream) = stream {
-                        self.refuse(stream, peer);
+                        self.refuse(stream, peer, Refusal::NoWorker(why));
                     }
                 }
             }
-            Err(stream) => self.refuse(stream, peer),
+            Err(stream) => self.refuse(stream, peer, Refusal::Busy),
         }
     }
 
-    /// Tells the client the server is full and closes, without ever blocking the acceptor.
-    fn refuse(&self, stream: TcpStream, peer: SocketAddr) {
+    /// Tells the client why it is not served and closes, without ever blocking the acceptor.
+    fn refuse(&self, stream: TcpStream, peer: SocketAddr, why: Refusal) {
         let max = self.shared.registry.max();
+        let open = self.shared.registry.len();
         self.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
-        warn!(
-            "TCP connection refused: server busy ({max} connections). peer={}",
-            canonical(peer)
-        );
+        let peer = canonical(peer);
+        let message = match &why {
+            Refusal::Busy => {
+                warn!("TCP connection refused: server busy ({max} connections). peer={peer}");
+                busy_message(max)
+            }
+            Refusal::NoWorker(e) => {
+                warn!(
+                    "TCP connection refused: no worker thread could be started ({e}) with \
+                     {open} connections open, below --max-connections {max}: a thread or pid \
+                     limit is lower than --max-connections. peer={peer}"
+                );
+                NO_WORKER_MESSAGE.to_string()
+            }
+        };
         let _ = stream.set_nonblocking(true);
-        let _ = (&stream).write_all(busy_message(max).as_bytes());
+        let _ = (&stream).write_all(message.as_bytes());
         let _ = stream.shutdown(Shutdown::Write);
         // Read what the client already sent, so that closing sends FIN, not a reset that could
-        // discard the busy line before the client reads it.
+        // discard the message before the client reads it.
         let mut sink = [0u8; 4096];
         for _ in 0..16 {
             match (&stream).read(&mut sink) {
@@ -355,6 +368,18 @@ impl Acceptor {
         }
     }
 }
+
+/// Why a connection is refused.
+enum Refusal {
+    /// `--max-connections` are open.
+    Busy,
+    /// Fewer are open, but no worker thread could be started for this one.
+    NoWorker(Refused),
+}
+
+/// The line a client gets when no worker thread could be started for it.
+pub const NO_WORKER_MESSAGE: &str =
+    "ERROR: server cannot start a worker for this connection (thread limit), try again later\n";
 
 /// The line a client over capacity gets.
 pub fn busy_message(max: usize) -> String {

@@ -1,15 +1,16 @@
 //! Logging: `env_logger` set-up and the safe renderings of client bytes used in log lines.
 //!
 //! Client data reaches the log in two forms, as go-echo printed them: the raw bytes as decimal
-//! numbers (`[104 101 108 108 111 10]`) and the text. Both are capped at [`LOG_CAP`] bytes, and
-//! the text form escapes control characters and invalid UTF-8, so a client can neither flood the
-//! log nor forge a log line. Both are `Display` wrappers: nothing is formatted unless a record is
-//! actually written.
+//! numbers (`[104 101 108 108 111 10]`) and the text. Each record shows at most [`LOG_CAP`]
+//! bytes of rendered client data, and the text form escapes control characters, invalid UTF-8
+//! and invisible formatting characters, so a client can neither flood the log nor forge a log
+//! line, nor make one read differently from what it holds. Both are `Display` wrappers: nothing
+//! is formatted unless a record is actually written.
 
 use std::fmt::{self, Display, Write as _};
 use std::io::Write as _;
 
-/// At most this many bytes of client data are rendered in one log line.
+/// At most this many bytes of rendered client data appear in one log record.
 pub const LOG_CAP: usize = 1024;
 
 /// Installs the global logger: `RUST_LOG` filter (default `info`), stderr, one line per record
@@ -30,20 +31,29 @@ pub fn init() {
         .init();
 }
 
-/// go-echo's `Received Raw Data` form: `[104 101 108 108 111 10]`, capped.
+/// go-echo's `Received Raw Data` form: `[104 101 108 108 111 10]`, at most [`LOG_CAP`] bytes of
+/// rendered numbers, then how many bytes were left out.
 pub struct RawBytes<'a>(pub &'a [u8]);
 
 impl Display for RawBytes<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let shown = &self.0[..self.0.len().min(LOG_CAP)];
         f.write_char('[')?;
         // Decimal digits written by hand into a small buffer, 64 bytes at a time: the `fmt`
         // machinery per byte made this record the most expensive part of logging a line.
+        let mut room = LOG_CAP;
+        let mut shown = 0;
         let mut buf = [0u8; 64 * 4];
-        for (c, chunk) in shown.chunks(64).enumerate() {
+        'chunks: for chunk in self.0.chunks(64) {
             let mut n = 0;
-            for (i, &b) in chunk.iter().enumerate() {
-                if c + i > 0 {
+            for &b in chunk {
+                let width =
+                    1 + usize::from(b >= 10) + usize::from(b >= 100) + usize::from(shown > 0);
+                if width > room {
+                    f.write_str(std::str::from_utf8(&buf[..n]).map_err(|_| fmt::Error)?)?;
+                    break 'chunks;
+                }
+                room -= width;
+                if shown > 0 {
                     buf[n] = b' ';
                     n += 1;
                 }
@@ -57,17 +67,52 @@ impl Display for RawBytes<'_> {
                 }
                 buf[n] = b'0' + b % 10;
                 n += 1;
+                shown += 1;
             }
             f.write_str(std::str::from_utf8(&buf[..n]).map_err(|_| fmt::Error)?)?;
         }
         f.write_char(']')?;
-        more(f, self.0.len() - shown.len())
+        more(f, self.0.len() - shown)
     }
 }
 
 /// go-echo's `Received Data (converted to string)` form: the text without its final line ending,
-/// with control characters, `\` and invalid UTF-8 escaped, capped.
+/// with control characters, `\`, invalid UTF-8, and the characters that change how text reads
+/// without showing (bidirectional controls, zero-width ones) escaped; at most [`LOG_CAP`] bytes
+/// of rendered text, then how many bytes were left out.
 pub struct EscapedText<'a>(pub &'a [u8]);
+
+/// How `c` is written in the log: `None` as itself, or its escape.
+fn escape(c: char, buf: &mut [u8; 12]) -> Option<&str> {
+    let fixed = match c {
+        '\\' => "\\\\",
+        '\n' => "\\n",
+        '\r' => "\\r",
+        '\t' => "\\t",
+        '\0' => "\\0",
+        // C0, DEL, C1, the Unicode line and paragraph separators, the bidirectional
+        // embeddings, overrides and isolates, the zero-width characters and marks, and the
+        // byte-order mark: each could make a line read differently from what it holds.
+        c if c.is_control()
+            || matches!(
+                c,
+                '\u{2028}'
+                    | '\u{2029}'
+                    | '\u{200B}'..='\u{200F}'
+                    | '\u{202A}'..='\u{202E}'
+                    | '\u{2066}'..='\u{2069}'
+                    | '\u{FEFF}'
+            ) =>
+        {
+            let mut w = &mut buf[..];
+            write!(w, "\\u{{{:x}}}", c as u32).ok()?;
+            let len = 12 - w.len();
+            return std::str::from_utf8(&buf[..len]).ok();
+        }
+        _ => return None,
+    };
+    Some(fixed)
+}
 
 impl Display for EscapedText<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -76,36 +121,44 @@ impl Display for EscapedText<'_> {
         if let Some(rest) = text.strip_suffix(b"\n") {
             text = rest.strip_suffix(b"\r").unwrap_or(rest);
         }
-        let shown = &text[..text.len().min(LOG_CAP)];
-        for chunk in shown.utf8_chunks() {
+        let mut room = LOG_CAP;
+        let mut shown = 0;
+        let mut buf = [0u8; 12];
+        'chunks: for chunk in text.utf8_chunks() {
             // Runs of plain characters are written in one call; only escapes are written apart.
             let valid = chunk.valid();
             let mut plain = 0;
             for (i, c) in valid.char_indices() {
-                let escape = match c {
-                    '\\' => "\\\\",
-                    '\n' => "\\n",
-                    '\r' => "\\r",
-                    '\t' => "\\t",
-                    '\0' => "\\0",
-                    // C0, DEL, C1 and the Unicode line/paragraph separators.
-                    c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => "",
-                    _ => continue,
-                };
-                f.write_str(&valid[plain..i])?;
-                if escape.is_empty() {
-                    write!(f, "\\u{{{:x}}}", c as u32)?;
-                } else {
-                    f.write_str(escape)?;
+                let escaped = escape(c, &mut buf);
+                let width = escaped.map_or(c.len_utf8(), str::len);
+                let run = i - plain;
+                if run + width > room {
+                    f.write_str(&valid[plain..i])?;
+                    shown += run;
+                    break 'chunks;
                 }
-                plain = i + c.len_utf8();
+                if let Some(e) = escaped {
+                    f.write_str(&valid[plain..i])?;
+                    f.write_str(e)?;
+                    room -= run + width;
+                    shown += run + c.len_utf8();
+                    plain = i + c.len_utf8();
+                }
             }
+            let run = valid.len() - plain;
             f.write_str(&valid[plain..])?;
+            room -= run;
+            shown += run;
             for b in chunk.invalid() {
+                if room < 4 {
+                    break 'chunks;
+                }
                 write!(f, "\\x{b:02x}")?;
+                room -= 4;
+                shown += 1;
             }
         }
-        more(f, text.len() - shown.len())
+        more(f, text.len() - shown)
     }
 }
 
@@ -127,11 +180,17 @@ mod tests {
     }
 
     #[test]
-    fn raw_bytes_are_capped() {
+    fn raw_bytes_are_capped_at_1_kib_of_numbers() {
         let s = RawBytes(&[7u8; 1500]).to_string();
-        assert!(s.ends_with("] ... (476 more bytes)"), "{s}");
+        assert!(s.ends_with("] ... (988 more bytes)"), "{s}");
         let inside = &s[1..s.find(']').unwrap()];
-        assert_eq!(inside.split(' ').count(), LOG_CAP);
+        assert_eq!(inside.split(' ').count(), 512);
+        let s = RawBytes(&[255u8; 1500]).to_string();
+        let inside = &s[1..s.find(']').unwrap()];
+        assert!(inside.len() <= LOG_CAP, "{}", inside.len());
+        assert_eq!(inside.split(' ').count(), 256);
+        assert!(s.ends_with("] ... (1244 more bytes)"), "{s}");
+        assert_eq!(RawBytes(&[1, 22, 255]).to_string(), "[1 22 255]");
     }
 
     #[test]
@@ -160,5 +219,34 @@ mod tests {
     fn text_is_capped() {
         let s = EscapedText(&[b'a'; 5000]).to_string();
         assert_eq!(s, format!("{} ... (3976 more bytes)", "a".repeat(LOG_CAP)));
+    }
+
+    #[test]
+    fn the_cap_holds_for_the_escaped_text() {
+        // Each ESC renders as 6 characters, each invalid byte as 4, each bidi override as 8.
+        for (input, shown) in [
+            (vec![0x1bu8; 2000], 170),
+            (vec![0xffu8; 2000], 256),
+            ("\u{202E}".repeat(500).into_bytes(), 128),
+        ] {
+            let s = EscapedText(&input).to_string();
+            let (body, tail) = s.split_once(" ... (").expect("capped");
+            assert!(body.len() <= LOG_CAP, "{} bytes rendered", body.len());
+            let unit = input.len() / if input[0] == 0xe2 { 500 } else { 2000 };
+            assert_eq!(tail, format!("{} more bytes)", input.len() - shown * unit));
+        }
+    }
+
+    #[test]
+    fn invisible_formatting_characters_are_escaped() {
+        // Right-to-left override, isolates, zero-width space and joiner, BOM.
+        let s = EscapedText("a\u{202E}b\u{2066}c\u{2069}d\u{200B}e\u{200D}f\u{FEFF}g".as_bytes())
+            .to_string();
+        assert_eq!(
+            s,
+            "a\\u{202e}b\\u{2066}c\\u{2069}d\\u{200b}e\\u{200d}f\\u{feff}g"
+        );
+        // Letters of right-to-left scripts are text, not controls.
+        assert_eq!(EscapedText("שלום".as_bytes()).to_string(), "שלום");
     }
 }

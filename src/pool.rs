@@ -15,10 +15,28 @@ use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use log::{error, warn};
+use log::warn;
 
 /// Stack size of worker threads: the echo path needs little, and each connection may hold one.
 pub const WORKER_STACK: usize = 256 * 1024;
+
+/// Why [`Pool::execute`] gave a job back.
+#[derive(Debug)]
+pub enum Refused {
+    /// No worker thread could be started (a thread or pid limit, say), and none is idle.
+    NoThread(io::Error),
+    /// The queue is full (callers that bound their jobs never see this).
+    Full,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::NoThread(e) => write!(f, "cannot start a thread: {e}"),
+            Refused::Full => f.write_str("the queue is full"),
+        }
+    }
+}
 
 /// A pool running `handler` on each job.
 pub struct Pool<J: Send + 'static> {
@@ -70,21 +88,17 @@ impl<J: Send + 'static> Pool<J> {
         }
     }
 
-    /// Runs `job` on a worker without blocking. Gives the job back when no worker can take it:
-    /// the queue is full, or no thread could be started and none is idle. Callers keep at most
-    /// `max_threads` jobs outstanding (the server's registry does), so the queue is never full.
-    pub fn execute(&self, job: J) -> Result<(), J> {
+    /// Runs `job` on a worker without blocking. Gives the job back, with the reason, when no
+    /// worker can take it: no thread could be started and none is idle, or the queue is full.
+    /// Callers keep at most `max_threads` jobs outstanding (the server's registry does), so the
+    /// queue is never full.
+    pub fn execute(&self, job: J) -> Result<(), (J, Refused)> {
         let mut state = self.shared.lock();
         if state.available <= 0 && state.threads < self.shared.max_threads {
             match self.spawn(&mut state) {
                 // The new worker takes this job: it is not counted as available.
                 Ok(()) => state.available += 1,
-                Err(e) => {
-                    error!("cannot start a worker thread: {e}");
-                    if state.available <= 0 {
-                        return Err(job);
-                    }
-                }
+                Err(e) => return Err((job, Refused::NoThread(e))),
             }
         }
         match self.tx.try_send(job) {
@@ -92,12 +106,13 @@ impl<J: Send + 'static> Pool<J> {
                 state.available -= 1;
                 Ok(())
             }
-            Err(e) => Err(e.into_inner()),
+            Err(e) => Err((e.into_inner(), Refused::Full)),
         }
     }
 
     /// Worker threads alive now.
-    pub fn threads(&self) -> usize {
+    #[cfg(test)]
+    fn threads(&self) -> usize {
         self.shared.lock().threads
     }
 

@@ -1,22 +1,26 @@
-//! The set of open connections: admission against `--max-connections`, the idle timeout, and
-//! the hooks shutdown needs (wake every reader, wait until all are closed, force-close the
-//! stragglers).
+//! The set of open connections: admission against `--max-connections`, the time limits
+//! (`--idle-timeout`, `--max-duration`), and the hooks shutdown needs (wake every reader, wait
+//! until all are closed, force-close the stragglers).
 //!
-//! The lock is taken once when a connection is admitted, once when it ends, and by the idle
-//! watch once per tick; never per line. A worker marks progress with one relaxed store per
-//! read or write, and the idle watch ends a connection that made none for the idle timeout by
-//! shutting its read side, which wakes the worker's blocked `read`. (A receive timeout on the
-//! socket would do the same, but arms and cancels a kernel timer on every blocking read.)
+//! The lock is taken once when a connection is admitted, once when it ends, and by the watch
+//! once per tick; never per line. A worker marks progress with one relaxed store per read or
+//! write. The watch (one thread) ends a connection that made no progress for the idle timeout,
+//! or that has been open for the maximum duration, by shutting its read side, which wakes the
+//! worker's blocked `read`. (A receive timeout on the socket would do the idle part, but arms
+//! and cancels a kernel timer on every blocking read.)
 
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::debug;
+
+use crate::error::Error;
 
 /// Open connections, shared by the acceptors, the workers and the shutdown sequence.
 #[derive(Debug)]
@@ -38,10 +42,34 @@ struct Inner {
 #[derive(Debug)]
 struct Entry {
     conn: Arc<Conn>,
-    /// `conn.progress` when the idle watch last saw it change...
+    /// When it was admitted.
+    admitted: Instant,
+    /// `conn.progress` when the watch last saw it change...
     seen: u64,
     /// ...and when that was (or when the connection was admitted).
     quiet_since: Instant,
+}
+
+/// Why the server ended a connection (its read side, or at the drain deadline both sides).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// It moved no data for `--idle-timeout`.
+    Idle,
+    /// It was open for `--max-duration`.
+    MaxDuration,
+    /// It was still open at the drain deadline and closed by force.
+    Forced,
+}
+
+impl Ended {
+    fn from_u8(v: u8) -> Option<Ended> {
+        match v {
+            1 => Some(Ended::Idle),
+            2 => Some(Ended::MaxDuration),
+            3 => Some(Ended::Forced),
+            _ => None,
+        }
+    }
 }
 
 /// What the worker and the registry share of one connection.
@@ -50,8 +78,17 @@ struct Conn {
     stream: TcpStream,
     /// Bumped by the worker after each read and write that moved data.
     progress: AtomicU64,
-    /// Set by the idle watch before it shuts the read side.
-    timed_out: AtomicBool,
+    /// Why the server ended it (0: it did not), set before the socket is shut.
+    ended: AtomicU8,
+}
+
+impl Conn {
+    /// Records why the connection is ended, unless it already was; true if this call did.
+    fn end(&self, why: Ended) -> bool {
+        self.ended
+            .compare_exchange(0, why as u8 + 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
 }
 
 /// Proof that a connection was admitted; dropping it removes the connection from the registry.
@@ -78,9 +115,9 @@ impl Ticket {
         self.conn.progress.store(n, Ordering::Relaxed);
     }
 
-    /// Whether the idle watch ended this connection (its read side is shut).
-    pub fn timed_out(&self) -> bool {
-        self.conn.timed_out.load(Ordering::Acquire)
+    /// Why the server ended this connection, if it did.
+    pub fn ended(&self) -> Option<Ended> {
+        Ended::from_u8(self.conn.ended.load(Ordering::Acquire))
     }
 }
 
@@ -91,6 +128,28 @@ impl Drop for Ticket {
         if inner.open.is_empty() {
             self.registry.emptied.notify_all();
         }
+    }
+}
+
+/// The time limits the watch enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `--idle-timeout` (`None`: never).
+    pub idle: Option<Duration>,
+    /// `--max-duration` (`None`: never).
+    pub max_duration: Option<Duration>,
+}
+
+impl Limits {
+    /// How often the watch looks: a tenth of the shorter limit, between 10 ms and 1 s (`None`
+    /// when there is no limit to watch). A connection is ended between its limit and its
+    /// limit plus one tick.
+    pub fn tick(&self) -> Option<Duration> {
+        let shortest = match (self.idle, self.max_duration) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        Some((shortest / 10).clamp(Duration::from_millis(10), Duration::from_secs(1)))
     }
 }
 
@@ -128,12 +187,14 @@ impl Registry {
         let conn = Arc::new(Conn {
             stream,
             progress: AtomicU64::new(0),
-            timed_out: AtomicBool::new(false),
+            ended: AtomicU8::new(0),
         });
+        let now = Instant::now();
         let entry = Entry {
             conn: Arc::clone(&conn),
+            admitted: now,
             seen: 0,
-            quiet_since: Instant::now(),
+            quiet_since: now,
         };
         inner.open.insert(key, entry);
         Ok(Ticket {
@@ -144,10 +205,11 @@ impl Registry {
         })
     }
 
-    /// One tick of the idle watch: ends (shuts the read side of) every connection that has
-    /// made no progress for `timeout` as of `now`; returns how many it ended. A connection is
-    /// never ended early: its quiet time is counted from the tick that last saw it move.
-    pub fn end_idle(&self, timeout: Duration, now: Instant) -> usize {
+    /// One tick of the watch: ends (shuts the read side of) every connection that has made no
+    /// progress for the idle timeout, or has been open for the maximum duration, as of `now`;
+    /// returns how many it ended. A connection is never ended early: its quiet time is counted
+    /// from the tick that last saw it move.
+    pub fn end_overdue(&self, limits: Limits, now: Instant) -> usize {
         let mut inner = self.lock();
         let mut ended = 0;
         for entry in inner.open.values_mut() {
@@ -155,9 +217,18 @@ impl Registry {
             if progress != entry.seen {
                 entry.seen = progress;
                 entry.quiet_since = now;
-            } else if now.saturating_duration_since(entry.quiet_since) >= timeout
-                && !entry.conn.timed_out.swap(true, Ordering::AcqRel)
-            {
+            }
+            let over = |limit: Option<Duration>, since: Instant| {
+                limit.is_some_and(|l| now.saturating_duration_since(since) >= l)
+            };
+            let why = if over(limits.max_duration, entry.admitted) {
+                Ended::MaxDuration
+            } else if over(limits.idle, entry.quiet_since) {
+                Ended::Idle
+            } else {
+                continue;
+            };
+            if entry.conn.end(why) {
                 let _ = entry.conn.stream.shutdown(Shutdown::Read);
                 ended += 1;
             }
@@ -168,11 +239,6 @@ impl Registry {
     /// Connections open now.
     pub fn len(&self) -> usize {
         self.lock().open.len()
-    }
-
-    /// Whether no connection is open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// The configured maximum.
@@ -217,30 +283,63 @@ impl Registry {
         }
     }
 
-    /// Shuts both directions of every open connection, ending any blocked read or write.
+    /// Shuts both directions of every open connection, ending any blocked read or write; each
+    /// is marked [`Ended::Forced`] first, so that its worker reports the shutdown, not a reset.
     pub fn force_close(&self) -> usize {
         let inner = self.lock();
         for entry in inner.open.values() {
+            entry.conn.end(Ended::Forced);
             let _ = entry.conn.stream.shutdown(Shutdown::Both);
         }
         inner.open.len()
     }
 }
 
-/// How often the idle watch looks: a tenth of the timeout, between 10 ms and 1 s. A connection
-/// is ended between `timeout` and `timeout` plus one tick after its last progress.
-pub fn idle_tick(timeout: Duration) -> Duration {
-    (timeout / 10).clamp(Duration::from_millis(10), Duration::from_secs(1))
+/// The watch thread (`tcp-echo-watch`): ends connections over their time limits once per
+/// tick. Dropping it stops and joins the thread.
+pub struct Watch {
+    stop: Option<Sender<()>>,
+    join: Option<JoinHandle<()>>,
 }
 
-/// The idle watch (its own thread): ends connections idle for `timeout`, once per tick, until
-/// `stop` receives or is dropped.
-pub fn watch_idle(registry: &Registry, timeout: Duration, stop: &Receiver<()>) {
-    let tick = idle_tick(timeout);
+impl Watch {
+    /// Starts the watch over `registry` if `limits` has anything to watch.
+    pub fn start(registry: &Arc<Registry>, limits: Limits) -> Result<Watch, Error> {
+        let Some(tick) = limits.tick() else {
+            return Ok(Watch {
+                stop: None,
+                join: None,
+            });
+        };
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+        let name = "tcp-echo-watch".to_string();
+        let registry = Arc::clone(registry);
+        let join = thread::Builder::new()
+            .name(name.clone())
+            .stack_size(crate::pool::WORKER_STACK)
+            .spawn(move || watch(&registry, limits, tick, &stopped))
+            .map_err(|source| Error::Thread { name, source })?;
+        Ok(Watch {
+            stop: Some(stop),
+            join: Some(join),
+        })
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(join) = self.join.take() {
+            let _ = join.join();
+        }
+    }
+}
+
+fn watch(registry: &Registry, limits: Limits, tick: Duration, stop: &Receiver<()>) {
     while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(tick) {
-        let ended = registry.end_idle(timeout, Instant::now());
+        let ended = registry.end_overdue(limits, Instant::now());
         if ended > 0 {
-            debug!("idle timeout: ended {ended} connections");
+            debug!("time limits: ended {ended} connections");
         }
     }
 }
@@ -260,22 +359,27 @@ mod tests {
         (ticket, client)
     }
 
+    const IDLE: Limits = Limits {
+        idle: Some(Duration::from_secs(10)),
+        max_duration: None,
+    };
+
     #[test]
     fn a_quiet_connection_is_ended_after_the_timeout_and_not_before() {
         let registry = Registry::new(4);
         let (ticket, _client) = admitted(&registry);
         let t = Duration::from_secs(10);
         let now = Instant::now();
-        assert_eq!(registry.end_idle(t, now + t / 2), 0);
-        assert!(!ticket.timed_out());
-        assert_eq!(registry.end_idle(t, now + t * 2), 1);
-        assert!(ticket.timed_out());
+        assert_eq!(registry.end_overdue(IDLE, now + t / 2), 0);
+        assert_eq!(ticket.ended(), None);
+        assert_eq!(registry.end_overdue(IDLE, now + t * 2), 1);
+        assert_eq!(ticket.ended(), Some(Ended::Idle));
         // Its read side is shut: the worker's blocked read returns end-of-file.
         let mut buf = [0u8; 8];
         let mut stream = ticket.stream();
         assert_eq!(stream.read(&mut buf).expect("read"), 0);
         // Ended once only.
-        assert_eq!(registry.end_idle(t, now + t * 3), 0);
+        assert_eq!(registry.end_overdue(IDLE, now + t * 3), 0);
     }
 
     #[test]
@@ -287,23 +391,67 @@ mod tests {
         let now = Instant::now();
         ticket.made_progress();
         // The other connection was quiet all along; this one moved.
-        assert_eq!(registry.end_idle(t, now + t * 2), 1);
-        assert!(!ticket.timed_out());
-        assert_eq!(registry.end_idle(t, now + t * 2 + t / 2), 0);
-        assert_eq!(registry.end_idle(t, now + t * 3), 1);
-        assert!(ticket.timed_out());
+        assert_eq!(registry.end_overdue(IDLE, now + t * 2), 1);
+        assert_eq!(ticket.ended(), None);
+        assert_eq!(registry.end_overdue(IDLE, now + t * 2 + t / 2), 0);
+        assert_eq!(registry.end_overdue(IDLE, now + t * 3), 1);
+        assert_eq!(ticket.ended(), Some(Ended::Idle));
     }
 
     #[test]
-    fn the_tick_is_a_tenth_of_the_timeout_within_bounds() {
-        assert_eq!(idle_tick(Duration::from_secs(300)), Duration::from_secs(1));
+    fn a_busy_connection_is_ended_at_the_maximum_duration() {
+        let registry = Registry::new(4);
+        let (ticket, _client) = admitted(&registry);
+        let limits = Limits {
+            idle: Some(Duration::from_secs(10)),
+            max_duration: Some(Duration::from_secs(15)),
+        };
+        let now = Instant::now();
+        for s in [5, 10, 14] {
+            ticket.made_progress();
+            assert_eq!(
+                registry.end_overdue(limits, now + Duration::from_secs(s)),
+                0
+            );
+        }
+        ticket.made_progress();
         assert_eq!(
-            idle_tick(Duration::from_secs(2)),
-            Duration::from_millis(200)
+            registry.end_overdue(limits, now + Duration::from_secs(16)),
+            1
         );
+        assert_eq!(ticket.ended(), Some(Ended::MaxDuration));
+    }
+
+    #[test]
+    fn a_forced_close_is_told_apart_and_not_overwritten() {
+        let registry = Registry::new(4);
+        let (ticket, _client) = admitted(&registry);
+        assert_eq!(registry.force_close(), 1);
+        assert_eq!(ticket.ended(), Some(Ended::Forced));
         assert_eq!(
-            idle_tick(Duration::from_millis(50)),
-            Duration::from_millis(10)
+            registry.end_overdue(IDLE, Instant::now() + IDLE.idle.unwrap() * 2),
+            0
         );
+        assert_eq!(ticket.ended(), Some(Ended::Forced));
+    }
+
+    #[test]
+    fn the_tick_is_a_tenth_of_the_shorter_limit_within_bounds() {
+        let tick = |idle: Option<u64>, max: Option<u64>| {
+            Limits {
+                idle: idle.map(Duration::from_millis),
+                max_duration: max.map(Duration::from_millis),
+            }
+            .tick()
+        };
+        assert_eq!(tick(Some(300_000), None), Some(Duration::from_secs(1)));
+        assert_eq!(tick(Some(2_000), None), Some(Duration::from_millis(200)));
+        assert_eq!(tick(Some(50), None), Some(Duration::from_millis(10)));
+        assert_eq!(
+            tick(Some(300_000), Some(2_000)),
+            Some(Duration::from_millis(200))
+        );
+        assert_eq!(tick(None, Some(15_000)), Some(Duration::from_secs(1)));
+        assert_eq!(tick(None, None), None);
     }
 }

@@ -5,7 +5,6 @@
 //! unhandled SIGTERM is ignored and the pod waits its whole grace period for SIGKILL.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -43,11 +42,6 @@ impl ShutdownSignal {
     /// Blocks until shutdown is requested (or every handle is gone).
     pub fn wait(&self) {
         let _ = self.rx.recv();
-    }
-
-    /// Waits at most `timeout`; true if shutdown was requested.
-    pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.rx.recv_timeout(timeout).is_ok()
     }
 }
 

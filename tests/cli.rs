@@ -20,6 +20,7 @@ fn help_lists_every_flag_with_its_variable_and_default() {
         ("--max-line", "ECHO_MAX_LINE", ""),
         ("--drain-timeout", "ECHO_DRAIN_TIMEOUT", "5"),
         ("--socket-buffer", "ECHO_SOCKET_BUFFER", "65536"),
+        ("--max-duration", "ECHO_MAX_DURATION", "0"),
         ("--banner", "ECHO_BANNER", "connect"),
     ] {
         let line = out
@@ -107,6 +108,7 @@ type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str, &'a str);
 /// Each invalid value: exit 2, one line on stderr naming the flag and its variable, no panic.
 #[test]
 fn invalid_settings_exit_2_with_one_line_naming_flag_and_variable() {
+    let ports_65 = vec!["0"; 65].join(",");
     let cases: &[Case] = &[
         (&["--port", "70000"], &[], "--port", "TCP_PORT"),
         (&["70000"], &[], "--port", "TCP_PORT"),
@@ -157,6 +159,20 @@ fn invalid_settings_exit_2_with_one_line_naming_flag_and_variable() {
             "ECHO_SOCKET_BUFFER",
         ),
         (&["--bind", "not-an-ip"], &[], "--bind", "ECHO_BIND"),
+        // Rounds to zero, which would mean "never".
+        (
+            &["--idle-timeout", "1e-10"],
+            &[],
+            "--idle-timeout",
+            "ECHO_IDLE_TIMEOUT",
+        ),
+        (
+            &["--max-duration", "-3"],
+            &[],
+            "--max-duration",
+            "ECHO_MAX_DURATION",
+        ),
+        (&[], &[("TCP_PORT", &ports_65)], "--port", "TCP_PORT"),
     ];
     for (args, envs, flag, var) in cases {
         let (code, out, err) = run_to_exit(args, envs);
@@ -208,7 +224,13 @@ fn nothing_binds_when_a_setting_is_invalid() {
     let ports = format!("{port},70000");
     let (code, _, err) = run_to_exit(&["--bind", "127.0.0.1", "--port", &ports], &[]);
     assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("70000 is not a port") && err.contains("--port"),
+        "{err}"
+    );
     assert!(!err.contains("listening"), "{err}");
+    // Nothing was bound: the first port is still free.
+    TcpListener::bind(("127.0.0.1", port)).expect("the first port was left free");
 }
 
 #[test]
@@ -228,9 +250,11 @@ fn flag_beats_variable_beats_default() {
     // Neither: no prefix.
     let s = Server::start(&["--port", "0", "--banner", "off"], &[]);
     assert_eq!(exchange(s.addrs[0], b"x\n"), b"x\n");
-    // TCP_PORT is read; the positional form beats it.
-    let s = Server::start(&[], &[("TCP_PORT", "0"), ("ECHO_BANNER", "off")]);
-    assert_eq!(s.addrs.len(), 1);
+    // TCP_PORT is read (two listeners: ignored, it would be one on 3333); the positional form
+    // beats it.
+    let s = Server::start(&[], &[("TCP_PORT", "0,0"), ("ECHO_BANNER", "off")]);
+    assert_eq!(s.addrs.len(), 2);
+    assert!(s.addrs.iter().all(|a| a.port() != 3333));
     let s = Server::start(
         &["0,0", "pos"],
         &[("TCP_PORT", "1"), ("ECHO_BANNER", "off")],

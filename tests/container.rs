@@ -403,3 +403,69 @@ fn the_arm64_binary_echoes_under_qemu() {
         b"Welcome, you are connected to node qemu.\narm64 hello\narm64 last"
     );
 }
+
+#[test]
+fn under_a_pid_limit_the_server_says_why_it_refuses() {
+    // 24 tasks for the container: the main thread, the signal handler, the acceptor and the
+    // watch leave about 20 workers, far below the default --max-connections 1024.
+    let c = Container::run(
+        &[
+            "--pids-limit",
+            "24",
+            "-e",
+            "ECHO_BANNER=off",
+            "-p",
+            "127.0.0.1::3333",
+        ],
+        &env("TCP_ECHO_IMAGE"),
+        &[],
+    );
+    c.wait_listening(1);
+    let warning = c.logs();
+    assert!(
+        warning.contains("the thread limit (pids.max 24) is below what --max-connections 1024"),
+        "{warning}"
+    );
+    let addr = c.published(3333);
+    let mut held = Vec::new();
+    let mut refused = None;
+    for i in 0..60 {
+        let mut s = connect(addr);
+        s.write_all(format!("{i}\n").as_bytes()).unwrap();
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        while !got.ends_with(b"\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+            got.push(byte[0]);
+        }
+        if got == format!("{i}\n").as_bytes() {
+            held.push(s);
+        } else {
+            refused = Some((i, String::from_utf8_lossy(&got).into_owned()));
+            break;
+        }
+    }
+    let (at, reply) = refused.expect("the pid limit was never reached");
+    assert!(at < 30, "{at} connections served under a limit of 24 tasks");
+    // The refusal names the real cause, not "busy (1024 connections)".
+    assert!(
+        reply.contains("cannot start a worker") && !reply.contains("busy"),
+        "{reply:?}"
+    );
+    let log = c.logs();
+    let line = log
+        .lines()
+        .find(|l| l.contains("no worker thread could be started"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains(&format!("with {at} connections open")),
+        "{line}"
+    );
+    // Room again once a client leaves.
+    drop(held.pop());
+    wait_until("a slot to free", DEADLINE, || {
+        c.logs().matches("TCP connection closed.").count() >= 1
+    });
+    let mut s = connect(addr);
+    s.write_all(b"again\n").unwrap();
+    assert_eq!(read_exactly(&mut s, 6), b"again\n");
+}

@@ -44,20 +44,26 @@ fn one_connection_over_capacity_is_told_busy_and_the_others_are_unaffected() {
 }
 
 #[test]
-fn the_acceptor_never_blocks_on_a_full_pool() {
+fn a_full_server_answers_each_newcomer_busy_at_once() {
     let s = Server::with(&["--max-connections", "3"]);
     let mut held: Vec<TcpStream> = (0..3).map(|_| s.connect()).collect();
     for (i, c) in held.iter_mut().enumerate() {
         served(c, &format!("{i}\n"));
     }
-    // The holders never send again; 100 more clients are all answered busy promptly.
-    let start = Instant::now();
+    // The holders never send again: every slot is taken. Each newcomer is told busy without
+    // waiting for a slot (the acceptor never waits for a worker).
+    let mut slowest = Duration::ZERO;
     for _ in 0..100 {
+        let start = Instant::now();
         let mut c = s.connect();
         let reply = read_to_eof(&mut c);
+        slowest = slowest.max(start.elapsed());
         assert!(String::from_utf8_lossy(&reply).contains("busy"));
     }
-    assert!(start.elapsed() < DEADLINE);
+    assert!(
+        slowest < Duration::from_millis(500),
+        "a busy answer took {slowest:?}"
+    );
     for (i, c) in held.iter_mut().enumerate() {
         served(c, &format!("again {i}\n"));
     }
@@ -116,15 +122,36 @@ fn activity_keeps_a_connection_open_past_the_idle_timeout() {
 
 #[test]
 fn idle_timeout_zero_means_never() {
-    let s = Server::with(&["--idle-timeout", "0"]);
-    let mut c = s.connect();
-    served(&mut c, "x\n");
-    let settings = s
+    // Side by side: a short timeout ends its silent client; 0 runs no watch at all.
+    let short = Server::with(&["--idle-timeout", "0.3"]);
+    let never = Server::with(&["--idle-timeout", "0"]);
+    let settings = never
         .log
         .wait_for("settings", DEADLINE, |l| l.contains("settings:"));
     assert!(settings.contains("idle_timeout=never"), "{settings}");
-    support::assert_silent(&mut c, Duration::from_millis(500));
-    served(&mut c, "y\n");
+    let mut a = short.connect();
+    let mut b = never.connect();
+    served(&mut a, "x\n");
+    served(&mut b, "x\n");
+    short.log.wait_for("the short timeout", DEADLINE, |l| {
+        l.contains("reason=idle timeout")
+    });
+    // Ten times the short timeout later, the silent client of the other is still served.
+    support::assert_silent(&mut b, Duration::from_secs(3));
+    served(&mut b, "y\n");
+    assert!(never.log.matching("TCP connection closed.").is_empty());
+    // No thread watches the time limits: nothing could end the connection later either.
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", never.pid()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.trim() == "tcp-echo-watch"),
+        "{names:?}"
+    );
+    assert!(names
+        .iter()
+        .any(|n| n.trim().starts_with("tcp-echo-accept")));
 }
 
 #[test]
@@ -143,10 +170,11 @@ fn a_client_that_never_reads_is_disconnected_and_others_are_served() {
         match stuck.write(&chunk_line) {
             Ok(_) => {}
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
-            Err(_) => break, // already disconnected
+            Err(e) => panic!("the server dropped the client before its buffers filled: {e}"),
         }
         assert!(Instant::now() < deadline, "the server kept reading forever");
     }
+    let stalled = Instant::now();
     // Meanwhile another client is served at once.
     let mut other = s.connect();
     served(&mut other, "hello\n");
@@ -154,6 +182,13 @@ fn a_client_that_never_reads_is_disconnected_and_others_are_served() {
         l.contains("reason=write timeout")
     });
     assert!(line.contains("TCP connection closed."), "{line}");
+    // Not at once (the server's write blocked at most 200 ms before the client noticed, and
+    // times out after 1 s), and soon after the timeout.
+    let took = stalled.elapsed();
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(4),
+        "closed {took:?} after the client stalled"
+    );
     let mut later = s.connect();
     served(&mut later, "still served\n");
 }
@@ -270,4 +305,73 @@ fn a_hard_descriptor_limit_too_low_is_named_at_start() {
     assert_eq!(s.log.matching("open-file limit (512)").len(), 1);
     let mut c = s.connect();
     served(&mut c, "still\n");
+}
+
+#[test]
+fn max_duration_ends_a_slow_client_after_echoing_all_it_sent() {
+    let s = Server::with(&[
+        "--max-duration",
+        "1",
+        "--idle-timeout",
+        "0.5",
+        "--prefix",
+        "one",
+    ]);
+    let mut c = s.connect();
+    let mut w = c.try_clone().unwrap();
+    let start = Instant::now();
+    // A byte every 100 ms: well inside the idle timeout, so only the maximum duration can end
+    // it. The client's pace, not a synchronisation.
+    let writer = std::thread::spawn(move || {
+        let mut sent = Vec::new();
+        while start.elapsed() < Duration::from_secs(5) && w.write_all(b"s").is_ok() {
+            sent.push(b's');
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        sent
+    });
+    let got = read_to_eof(&mut c);
+    let ended = start.elapsed();
+    drop(c);
+    writer.join().unwrap();
+    let closed = s
+        .log
+        .wait_for("close", DEADLINE, |l| l.contains("TCP connection closed."));
+    assert!(closed.contains("reason=max duration"), "{closed}");
+    // Ended at the limit, at most a tick (100 ms) and scheduling later.
+    assert!(
+        ended >= Duration::from_secs(1) && ended < Duration::from_millis(1600),
+        "ended after {ended:?}"
+    );
+    // Every byte the server read came back.
+    let read: usize = support::field(&closed, "bytes=").parse().unwrap();
+    assert!(read >= 8, "{closed}");
+    let mut want = b"one ".to_vec();
+    want.extend(std::iter::repeat_n(b's', read));
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(&want)
+    );
+}
+
+#[test]
+fn max_duration_ends_a_streaming_client_without_losing_replies() {
+    let s = Server::with(&["--max-duration", "0.5"]);
+    let mut c = s.connect();
+    let mut w = c.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let block = "stream line of some length\n".repeat(1000);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && w.write_all(block.as_bytes()).is_ok() {}
+    });
+    let mut got = Vec::new();
+    let result = c.read_to_end(&mut got);
+    assert!(result.is_ok(), "{result:?} after {} bytes", got.len());
+    writer.join().unwrap();
+    let closed = s
+        .log
+        .wait_for("close", DEADLINE, |l| l.contains("TCP connection closed."));
+    assert!(closed.contains("reason=max duration"), "{closed}");
+    let read: usize = support::field(&closed, "bytes=").parse().unwrap();
+    assert_eq!(got.len(), read, "the client got every byte the server read");
 }

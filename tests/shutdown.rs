@@ -118,6 +118,14 @@ fn a_client_that_stopped_reading_cannot_hold_the_exit_past_the_drain_timeout() {
     s.log.wait_for("force close", DEADLINE, |l| {
         l.contains("drain timeout: closing 1")
     });
+    // The worker's write failed because the server closed the socket, not the client.
+    let closed = s
+        .log
+        .wait_for("close", DEADLINE, |l| l.contains("TCP connection closed."));
+    assert!(
+        closed.contains("reason=shutdown (closed at the drain deadline)"),
+        "{closed}"
+    );
 }
 
 #[test]
@@ -155,7 +163,7 @@ fn a_second_signal_exits_at_once() {
     s.signal(libc::SIGTERM);
     let status = s.wait_exit(DEADLINE);
     assert!(start.elapsed() < Duration::from_secs(2));
-    assert_eq!(status.code(), Some(tcp_echo::shutdown::FORCED_EXIT_CODE));
+    assert_eq!(status.code(), Some(tcp_echo::FORCED_EXIT_CODE));
 }
 
 #[test]
@@ -312,4 +320,66 @@ fn connections_waiting_in_the_accept_queue_at_the_signal_are_served_not_reset() 
         .wait_for("shutting down", DEADLINE, |l| l.contains("shutting down"));
     let served = s.log.matching("TCP connection open.").len();
     assert_eq!(served, 40, "{stopped}");
+}
+
+#[test]
+fn sighup_drains_and_exits_like_sigterm() {
+    // ctrlc (built with `termination`) routes SIGHUP to the same handler: closing the terminal
+    // of `make run` stops the server gracefully.
+    let mut s = Server::with(&["--prefix", "one"]);
+    let mut c = s.connect();
+    c.write_all(b"before\npartial").unwrap();
+    assert_eq!(read_exactly(&mut c, 11 + 11), b"one before\none partial");
+    s.signal(libc::SIGHUP);
+    assert_eq!(read_to_eof(&mut c), b"");
+    assert_eq!(s.wait_exit(DEADLINE).code(), Some(0));
+    let closed = s
+        .log
+        .wait_for("close", DEADLINE, |l| l.contains("TCP connection closed."));
+    assert!(closed.contains("reason=shutdown"), "{closed}");
+    assert!(!s.log.matching("tcp-echo stopped").is_empty());
+}
+
+#[test]
+fn a_client_that_resets_during_the_drain_ends_its_wait_at_once() {
+    let mut s = Server::with(&["--drain-timeout", "10", "--idle-timeout", "600"]);
+    // A tiny receive window and no reading: most replies stay unacknowledged in the server's
+    // send queue, while the worker, done writing, waits for more input.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(2048).unwrap();
+    sock.connect_timeout(&s.addrs[0].into(), DEADLINE).unwrap();
+    let mut c: TcpStream = sock.into();
+    let mut lines: Vec<u8> = "x".repeat(63).into_bytes();
+    lines.push(b'\n');
+    c.write_all(&lines.repeat(500)).unwrap();
+    c.write_all(b"END\n").unwrap();
+    s.log.wait_for("the last line read", DEADLINE, |l| {
+        l.ends_with("converted to string): END")
+    });
+    s.signal(libc::SIGTERM);
+    s.log
+        .wait_for("shutting down", DEADLINE, |l| l.contains("shutting down"));
+    // Killed with its replies unread: a reset.
+    socket2::SockRef::from(&c)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    let reset = Instant::now();
+    drop(c);
+    assert_eq!(s.wait_exit(DEADLINE).code(), Some(0));
+    let took = reset.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "exit {took:?} after the reset"
+    );
+    let closed = s
+        .log
+        .wait_for("close", DEADLINE, |l| l.contains("TCP connection closed."));
+    assert!(closed.contains("reason=reset by peer"), "{closed}");
+    let summary = s
+        .log
+        .wait_for("summary", DEADLINE, |l| l.contains("tcp-echo stopped"));
+    assert!(
+        summary.contains("closed by force at the drain deadline=0"),
+        "{summary}"
+    );
 }

@@ -167,10 +167,22 @@ fn s1_flood_beyond_capacity() {
 }
 
 #[test]
-fn s2_slow_and_silent_clients() {
+fn s2_slow_silent_and_non_reading_clients() {
     support::raise_fd_limit();
+    let idle = Duration::from_secs(2);
+    let max_duration = Duration::from_secs(6);
+    let tick = Duration::from_millis(200); // a tenth of the idle timeout
     let s = Server::start(
-        &["--port", "0", "--idle-timeout", "2", "--banner", "off"],
+        &[
+            "--port",
+            "0",
+            "--idle-timeout",
+            "2",
+            "--max-duration",
+            "6",
+            "--banner",
+            "off",
+        ],
         &[QUIET],
     );
     let addr = s.addrs[0];
@@ -178,7 +190,8 @@ fn s2_slow_and_silent_clients() {
     let monitor = Monitor::start(s.pid(), SAMPLE_EVERY);
     let stop = Arc::new(AtomicBool::new(false));
 
-    // The well-behaved: one ping-pong every 20 ms, and a fresh one-shot connection every 100 ms.
+    // The well-behaved: one ping-pong every 20 ms on connections renewed within the maximum
+    // duration, and a fresh one-shot connection every 100 ms.
     let worst = Arc::new(AtomicU64::new(0));
     let worst_fresh = Arc::new(AtomicU64::new(0));
     let probes = {
@@ -189,8 +202,13 @@ fn s2_slow_and_silent_clients() {
         );
         thread::spawn(move || {
             let mut c = connect(addr);
+            let mut since = Instant::now();
             let mut n = 0u64;
             while !stop.load(Ordering::SeqCst) {
+                if since.elapsed() > Duration::from_secs(4) {
+                    c = connect(addr);
+                    since = Instant::now();
+                }
                 let t = Instant::now();
                 let line = format!("probe {n}\n");
                 c.write_all(line.as_bytes()).unwrap();
@@ -202,86 +220,151 @@ fn s2_slow_and_silent_clients() {
                     worst_fresh.fetch_max(t.elapsed().as_micros() as u64, Ordering::SeqCst);
                 }
                 n += 1;
-                thread::sleep(Duration::from_millis(20));
+                thread::sleep(Duration::from_millis(20)); // the probe's pace
             }
             n
         })
     };
 
-    // 500 slow clients: one byte every 3 s (more than the idle timeout between bytes).
-    let slow: Vec<TcpStream> = (0..500).map(|_| connect(addr)).collect();
-    for c in &slow {
-        let _ = (&*c).write(b"s");
-    }
-    // 100 clients that send and never read: the server blocks writing their replies.
-    let mut silent: Vec<TcpStream> = (0..100).map(|_| connect_small_window(addr, 4096)).collect();
-    let chunk = vec![b'w'; 16 * 1024];
-    for c in silent.iter_mut() {
+    // 300 slow clients: a byte every 0.5 s, well inside the idle timeout, for as long as they
+    // are served; 200 silent ones; 100 that send and never read (a 4 KiB receive window).
+    // Each slow client: its socket, bytes sent, bytes echoed, and whether it has ended.
+    let mut slow: Vec<(TcpStream, usize, usize, bool)> = (0..300)
+        .map(|_| {
+            let c = connect(addr);
+            c.set_nonblocking(true).unwrap();
+            (c, 0, 0, false)
+        })
+        .collect();
+    let mut silent: Vec<(TcpStream, Instant, Option<Duration>)> = (0..200)
+        .map(|_| {
+            let c = connect(addr);
+            c.set_nonblocking(true).unwrap();
+            (c, Instant::now(), None)
+        })
+        .collect();
+    let mut stuck: Vec<TcpStream> = (0..100).map(|_| connect_small_window(addr, 4096)).collect();
+    for c in stuck.iter_mut() {
         c.set_nonblocking(true).unwrap();
     }
-    // Keeps sending until the server, blocked writing replies nobody reads, stops reading.
-    let pump = |silent: &mut [TcpStream]| {
-        for c in silent.iter_mut() {
-            for _ in 0..64 {
+    let chunk = vec![b'w'; 16 * 1024];
+    let start = Instant::now();
+    let mut next_byte = start;
+    let deadline = start + Duration::from_secs(30);
+    loop {
+        let now = Instant::now();
+        // The slow clients' echo, then their next byte (never after their end).
+        for (c, _, echoed, ended) in slow.iter_mut().filter(|x| !x.3) {
+            let mut buf = [0u8; 64];
+            match c.read(&mut buf) {
+                Ok(0) => *ended = true,
+                Ok(n) => {
+                    assert!(buf[..n].iter().all(|&b| b == b's'));
+                    *echoed += n;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => panic!("a slow client: {e}"),
+            }
+        }
+        if now >= next_byte {
+            for (c, sent, _, _) in slow.iter_mut().filter(|x| !x.3) {
+                c.write_all(b"s").unwrap();
+                *sent += 1;
+            }
+            next_byte += Duration::from_millis(500);
+        }
+        // The silent ones: when did each see its end?
+        for (c, since, ended) in silent.iter_mut().filter(|x| x.2.is_none()) {
+            let mut b = [0u8; 1];
+            if let Ok(0) = c.read(&mut b) {
+                *ended = Some(since.elapsed());
+            }
+        }
+        // The non-reading ones keep sending until the server stops reading them.
+        for c in stuck.iter_mut() {
+            for _ in 0..8 {
                 if c.write(&chunk).is_err() {
                     break;
                 }
             }
         }
-    };
-    pump(&mut silent);
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs(30);
-    loop {
-        let idle = s.log.matching("reason=idle timeout").len();
+        let reaped = silent.iter().filter(|x| x.2.is_some()).count();
         let stalled = s.log.matching("reason=write timeout").len();
-        if idle >= 500 && stalled >= 100 {
+        let expired = slow.iter().filter(|x| x.3).count();
+        if reaped == 200 && stalled >= 100 && expired == 300 {
             break;
         }
         assert!(
-            Instant::now() < deadline,
-            "reclaimed only {idle} idle and {stalled} non-reading clients"
+            now < deadline,
+            "{reaped} silent, {stalled} non-reading and {expired} slow clients ended"
         );
-        pump(&mut silent);
-        // The slow clients' next byte, every 3 s.
-        if start.elapsed().as_millis() % 3000 < 60 {
-            for c in &slow {
-                let _ = (&*c).write(b"s");
-            }
-        }
-        thread::sleep(Duration::from_millis(50));
+        thread::sleep(Duration::from_millis(10)); // the clients' pace
     }
-    let reclaimed_in = start.elapsed();
+    let all_done = start.elapsed();
     stop.store(true, Ordering::SeqCst);
     let pings = probes.join().expect("probe client failed");
     let usage = monitor.stop();
     let worst = Duration::from_micros(worst.load(Ordering::SeqCst));
     let worst_fresh = Duration::from_micros(worst_fresh.load(Ordering::SeqCst));
+    // Slow clients: never taken for idle, every byte echoed, ended at the maximum duration.
+    let idle_ends = s.log.matching("reason=idle timeout").len();
+    let slow_sent: usize = slow.iter().map(|x| x.1).sum();
+    let slow_echoed: usize = slow.iter().map(|x| x.2).sum();
+    let silent_ends: Vec<Duration> = silent.iter().filter_map(|x| x.2).collect();
+    let (earliest, latest) = (
+        silent_ends.iter().min().copied().unwrap(),
+        silent_ends.iter().max().copied().unwrap(),
+    );
+    drop((slow, silent, stuck));
+    support::wait_until("descriptors released", DEADLINE, || {
+        support::open_fds(s.pid()) <= baseline.fds + 2
+    });
     let after = support::sample(s.pid(), Duration::ZERO);
-    drop((slow, silent));
     record(
         2,
-        "Slow and silent clients",
-        "500 clients sending a byte every 3 s and 100 sending without reading (4 KiB receive window), `--idle-timeout 2`, while a probe ping-pongs every 20 ms and opens a fresh connection every 100 ms",
+        "Slow, silent and non-reading clients",
+        "300 clients sending a byte every 0.5 s, 200 silent ones, 100 sending without reading (4 KiB receive window); `--idle-timeout 2 --max-duration 6`; meanwhile a probe ping-pongs every 20 ms and opens a fresh connection every 100 ms",
         &usage,
         &format!(
-            "all 600 reclaimed in {:.1}s (500 idle timeouts, 100 write timeouts); {pings} probe round trips, worst {:.1} ms; worst fresh connection {:.1} ms; fds {} -> {} after",
-            reclaimed_in.as_secs_f64(),
+            "slow clients: none taken for idle, {slow_echoed} of {slow_sent} bytes sent echoed, all ended at the maximum duration; silent clients closed {:.2}-{:.2} s after connecting (timeout 2 s, tick 0.2 s); 100 write timeouts; all done in {:.1} s; {pings} probe round trips, worst {:.1} ms; worst fresh connection {:.1} ms; fds {} -> {} after",
+            earliest.as_secs_f64(),
+            latest.as_secs_f64(),
+            all_done.as_secs_f64(),
             worst.as_secs_f64() * 1000.0,
             worst_fresh.as_secs_f64() * 1000.0,
             baseline.fds,
             after.fds
         ),
     );
+    assert_eq!(idle_ends, 200, "only the silent clients end idle");
+    assert_eq!(
+        slow_echoed, slow_sent,
+        "every byte of the slow clients echoed"
+    );
+    assert!(
+        earliest >= idle,
+        "a silent client closed after {earliest:?}"
+    );
+    assert!(
+        latest <= idle + tick + Duration::from_millis(300),
+        "a silent client closed only after {latest:?}"
+    );
+    // The slow clients' ends, by the server's own clock (accept to close).
+    for l in s.log.matching("reason=max duration") {
+        let open: f64 = field(&l, "duration=")
+            .trim_end_matches('s')
+            .parse()
+            .unwrap();
+        let open = Duration::from_secs_f64(open);
+        assert!(
+            open >= max_duration && open <= max_duration + tick + Duration::from_millis(500),
+            "{l}"
+        );
+    }
+    assert_eq!(s.log.matching("reason=max duration").len(), 300);
     assert!(
         worst < Duration::from_millis(500),
         "a well-behaved client stalled for {worst:?}"
-    );
-    assert!(
-        after.fds <= baseline.fds + 2,
-        "descriptors not released: {} -> {}",
-        baseline.fds,
-        after.fds
     );
 }
 

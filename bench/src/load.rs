@@ -454,12 +454,14 @@ pub fn hold_idle<T>(
 }
 
 /// Time from `spawn` to the first echoed line on `addr`.
-pub fn time_to_first_echo(addr: SocketAddr, spawn: impl FnOnce()) -> Duration {
+pub fn time_to_first_echo(spawn: impl FnOnce() -> u32) -> Duration {
     let l = line(0, 64);
     let start = Instant::now();
-    spawn();
+    let pid = spawn();
     loop {
-        if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+        // The server binds port 0; its port is known once it listens.
+        let addr = crate::proc::listening_port(pid).map(|p| SocketAddr::from(([127, 0, 0, 1], p)));
+        if let Some(Ok(mut s)) = addr.map(std::net::TcpStream::connect) {
             use std::io::{Read, Write};
             let mut b = [0u8; 1];
             if s.write_all(&l).is_ok() && s.read_exact(&mut b).is_ok() {

@@ -16,7 +16,7 @@ mod proc;
 mod report;
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -58,14 +58,9 @@ impl Drop for Running {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn command(spec: &Spec, port: u16, pin: bool) -> Command {
+/// The command that starts `spec` on a port the OS chooses (the benchmark reads it back from
+/// /proc), pinned to core 1 when `pin`.
+fn command(spec: &Spec, pin: bool) -> Command {
     let mut cmd = if pin && proc::cores() >= 2 {
         let mut c = Command::new("taskset");
         c.args(["-c", "1"]).arg(&spec.program);
@@ -73,7 +68,7 @@ fn command(spec: &Spec, port: u16, pin: bool) -> Command {
     } else {
         Command::new(&spec.program)
     };
-    cmd.args(&spec.args).args(["--port", &port.to_string()]);
+    cmd.args(&spec.args).args(["--port", "0"]);
     // Nothing of the caller's environment reaches a server's settings: every ECHO_* variable,
     // the port, the log filter and the banner's variables are cleared.
     let settings = std::env::vars_os()
@@ -102,16 +97,23 @@ fn command(spec: &Spec, port: u16, pin: bool) -> Command {
 }
 
 fn start(spec: &Spec) -> Running {
-    let port = free_port();
-    let child = command(spec, port, true)
+    let mut child = command(spec, true)
         .spawn()
         .unwrap_or_else(|e| panic!("start {}: {e}", spec.name));
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "{} did not start", spec.name);
+    let addr: SocketAddr = loop {
+        if let Some(port) = proc::listening_port(child.id()) {
+            let addr = ([127, 0, 0, 1], port).into();
+            if TcpStream::connect(addr).is_ok() {
+                break addr;
+            }
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("{} did not start", spec.name);
+        }
         std::thread::sleep(Duration::from_millis(2));
-    }
+    };
     // Guard the method itself: once the load generator is pinned to core 0, a server that
     // shares it measures the scheduler, not the server.
     let own = proc::allowed_cores(std::process::id());
@@ -385,12 +387,13 @@ fn flooders(spec: &Spec, n: usize) -> BTreeMap<String, f64> {
 fn startup(spec: &Spec) -> BTreeMap<String, f64> {
     let mut times: Vec<f64> = (0..11)
         .map(|_| {
-            let port = free_port();
-            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
             let mut child = None;
             // No taskset here: its own exec would be counted.
-            let t = load::time_to_first_echo(addr, || {
-                child = Some(command(spec, port, false).spawn().expect("spawn"));
+            let t = load::time_to_first_echo(|| {
+                let c = command(spec, false).spawn().expect("spawn");
+                let pid = c.id();
+                child = Some(c);
+                pid
             });
             if let Some(mut c) = child {
                 let _ = c.kill();

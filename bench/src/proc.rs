@@ -152,3 +152,35 @@ pub fn socket_memory(port: u16) -> (usize, u64) {
     }
     (sockets, bytes)
 }
+
+/// The port `pid` listens on (its first listening TCP socket), from /proc: the socket inodes
+/// among its descriptors, looked up in /proc/PID/net/tcp and tcp6.
+pub fn listening_port(pid: u32) -> Option<u16> {
+    let inodes: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(|e| {
+            let link = std::fs::read_link(e.ok()?.path()).ok()?;
+            let link = link.to_str()?;
+            link.strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect();
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl, local_address, rem_address, st, ..., inode (field 9); 0A is LISTEN.
+            let (Some(local), Some(&"0A"), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
+                continue;
+            };
+            if inode.parse().is_ok_and(|i: u64| inodes.contains(&i)) {
+                return u16::from_str_radix(local.rsplit(':').next()?, 16).ok();
+            }
+        }
+    }
+    None
+}

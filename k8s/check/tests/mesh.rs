@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -68,28 +68,19 @@ fn start_backend(b: &Backend) -> (Proc, SocketAddr) {
     (Proc(child), addr)
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Envoy's bootstrap: per gateway port a loopback listener with a TCP proxy to one cluster or,
-/// with several backends, `weighted_clusters` (how Istio programs TCP weights); one STATIC
-/// cluster per backend.
-fn envoy_config(
-    routes: &[Route],
-    listen: &BTreeMap<u16, u16>,
-    backends: &BTreeMap<String, SocketAddr>,
-) -> String {
-    let mut y = String::from("static_resources:\n  listeners:\n");
+/// Envoy's bootstrap: an admin endpoint, and per gateway port a loopback listener (on a port
+/// the OS chooses, read back from the admin endpoint) with a TCP proxy to one cluster or, with
+/// several backends, `weighted_clusters` (how Istio programs TCP weights); one STATIC cluster
+/// per backend.
+fn envoy_config(routes: &[Route], backends: &BTreeMap<String, SocketAddr>) -> String {
+    let mut y = String::from(
+        "admin:\n  address: { socket_address: { address: 127.0.0.1, port_value: 0 } }\n\
+         static_resources:\n  listeners:\n",
+    );
     for r in routes {
         let name = format!("gateway_{}", r.gateway_port);
         y += &format!(
-            "  - name: {name}\n    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }}\n    filter_chains:\n    - filters:\n      - name: envoy.filters.network.tcp_proxy\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n          stat_prefix: {name}\n",
-            listen[&r.gateway_port]
+            "  - name: {name}\n    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}\n    filter_chains:\n    - filters:\n      - name: envoy.filters.network.tcp_proxy\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n          stat_prefix: {name}\n"
         );
         if r.backends.len() == 1 {
             y += &format!("          cluster: {}\n", r.backends[0].deployment);
@@ -111,6 +102,45 @@ fn envoy_config(
         );
     }
     y
+}
+
+/// Where Envoy's gateway listeners are: from its admin endpoint (whose address Envoy writes to
+/// `admin_file`), `GET /listeners?format=json`, once every gateway port is listed.
+fn listener_addresses(admin_file: &Path, routes: &[Route]) -> BTreeMap<u16, SocketAddr> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = std::fs::read_to_string(admin_file)
+            .ok()
+            .and_then(|a| a.trim().parse::<SocketAddr>().ok())
+            .and_then(|admin| {
+                let mut c = TcpStream::connect(admin).ok()?;
+                c.set_read_timeout(Some(DEADLINE)).ok()?;
+                let request = "GET /listeners?format=json HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n";
+                c.write_all(request.as_bytes()).ok()?;
+                let mut text = String::new();
+                c.read_to_string(&mut text).ok()?;
+                let body = text.split_once("\r\n\r\n")?.1;
+                let json: serde_json::Value = serde_json::from_str(body).ok()?;
+                let mut out = BTreeMap::new();
+                for l in json["listener_statuses"].as_array()? {
+                    let gateway: u16 = l["name"].as_str()?.strip_prefix("gateway_")?.parse().ok()?;
+                    let port = l["local_address"]["socket_address"]["port_value"].as_u64()?;
+                    out.insert(gateway, SocketAddr::from(([127, 0, 0, 1], port as u16)));
+                }
+                routes
+                    .iter()
+                    .all(|r| out.contains_key(&r.gateway_port))
+                    .then_some(out)
+            });
+        if let Some(found) = found {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "envoy did not report its listeners"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The rehearsal of one walkthrough: backends and Envoy running.
@@ -139,21 +169,21 @@ impl Rehearsal {
                 backends.insert(b.deployment.clone(), start_backend(b));
             }
         }
-        let listen: BTreeMap<u16, u16> = routes
-            .iter()
-            .map(|r| (r.gateway_port, free_port()))
-            .collect();
         let addrs = backends.iter().map(|(k, (_, a))| (k.clone(), *a)).collect();
         let config = std::env::temp_dir().join(format!(
             "tcp-echo-envoy-{}-{}.yaml",
             std::process::id(),
-            listen.values().next().unwrap()
+            dir.replace('/', "_")
         ));
-        std::fs::write(&config, envoy_config(&routes, &listen, &addrs)).unwrap();
+        let admin_file = config.with_extension("admin");
+        let _ = std::fs::remove_file(&admin_file);
+        std::fs::write(&config, envoy_config(&routes, &addrs)).unwrap();
         let envoy = Command::new(env("ENVOY_BIN"))
             .args([
                 "-c",
                 config.to_str().unwrap(),
+                "--admin-address-path",
+                admin_file.to_str().unwrap(),
                 "--use-dynamic-base-id",
                 "--concurrency",
                 "1",
@@ -165,25 +195,16 @@ impl Rehearsal {
             .stderr(Stdio::null())
             .spawn()
             .expect("start envoy");
-        let gateway: BTreeMap<u16, SocketAddr> = listen
-            .iter()
-            .map(|(g, p)| (*g, SocketAddr::from(([127, 0, 0, 1], *p))))
-            .collect();
-        let start = Instant::now();
+        let envoy = Proc(envoy);
+        let gateway = listener_addresses(&admin_file, &routes);
         for addr in gateway.values() {
-            while TcpStream::connect(addr).is_err() {
-                assert!(
-                    start.elapsed() < Duration::from_secs(30),
-                    "envoy did not listen on {addr}"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            TcpStream::connect(addr).unwrap_or_else(|e| panic!("envoy on {addr}: {e}"));
         }
         Rehearsal {
             routes,
             backends,
             gateway,
-            _envoy: Proc(envoy),
+            _envoy: envoy,
             _config: config,
         }
     }
