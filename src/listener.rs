@@ -385,3 +385,37 @@ pub const NO_WORKER_MESSAGE: &str =
 pub fn busy_message(max: usize) -> String {
     format!("ERROR: server busy ({max} connections), try again later\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log_budget::ServerBudget;
+    use crate::registry::Registry;
+
+    #[test]
+    fn dropping_the_acceptors_stops_and_joins_them_and_closes_the_listeners() {
+        let config = Config::new(&[0, 0]).unwrap();
+        let listeners = bind_all(&config).unwrap();
+        let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+        let registry = Registry::new(4);
+        let shared = Arc::new(Shared {
+            config,
+            registry,
+            stats: Default::default(),
+            log_budget: ServerBudget::default(),
+        });
+        let pool = Arc::new(Pool::new("t", 4, Duration::from_secs(1), |_job: Job| {}));
+        let acceptors = Acceptors::start(listeners, &addrs, &shared, &pool).unwrap();
+        for addr in &addrs {
+            TcpStream::connect(addr).expect("accepting");
+        }
+        // What a failed start does with the acceptors it had started.
+        drop(acceptors);
+        for addr in &addrs {
+            let refused = TcpStream::connect_timeout(addr, Duration::from_secs(2));
+            assert!(refused.is_err(), "{addr} still accepts");
+        }
+        // Nothing else holds the pool: every acceptor thread has ended.
+        assert_eq!(Arc::strong_count(&pool), 1);
+    }
+}

@@ -37,7 +37,7 @@ fn record(order: u32, case: &str, load: &str, usage: &Usage, outcome: &str) {
 }
 
 /// Threads the server may have: workers up to `max_connections`, plus main, one acceptor per
-/// port, the idle watch and the signal handler.
+/// port, the watch and the signal handler.
 fn thread_bound(max_connections: usize, ports: usize) -> usize {
     max_connections + ports + 3
 }

@@ -527,7 +527,7 @@ pub fn write(records: &[Record], rounds: usize, secs: Duration, command: &str, t
     target(
         "threads created as load needs them",
         format!(
-            "{} threads idle (main, signal, acceptor, idle watch, and the worker that served the \
+            "{} threads idle (main, signal, acceptor, watch, and the worker that served the \
              benchmark's readiness probe, which retires after 30 s idle); {} with 1,000 connections",
             cell(threads),
             cell(busy_threads)

@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tcp_echo_k8s::{check, routes, Backend, Route};
@@ -113,17 +114,17 @@ fn listener_addresses(admin_file: &Path, routes: &[Route]) -> BTreeMap<u16, Sock
             .ok()
             .and_then(|a| a.trim().parse::<SocketAddr>().ok())
             .and_then(|admin| {
-                let mut c = TcpStream::connect(admin).ok()?;
-                c.set_read_timeout(Some(DEADLINE)).ok()?;
-                let request = "GET /listeners?format=json HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n";
-                c.write_all(request.as_bytes()).ok()?;
-                let mut text = String::new();
-                c.read_to_string(&mut text).ok()?;
-                let body = text.split_once("\r\n\r\n")?.1;
-                let json: serde_json::Value = serde_json::from_str(body).ok()?;
+                // curl speaks the HTTP/1.1 (chunked) that Envoy's admin answers with.
+                let out = Command::new("curl")
+                    .args(["-sf", "--max-time", "5"])
+                    .arg(format!("http://{admin}/listeners?format=json"))
+                    .output()
+                    .expect("curl (make mesh-test installs it)");
+                let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
                 let mut out = BTreeMap::new();
                 for l in json["listener_statuses"].as_array()? {
-                    let gateway: u16 = l["name"].as_str()?.strip_prefix("gateway_")?.parse().ok()?;
+                    let gateway: u16 =
+                        l["name"].as_str()?.strip_prefix("gateway_")?.parse().ok()?;
                     let port = l["local_address"]["socket_address"]["port_value"].as_u64()?;
                     out.insert(gateway, SocketAddr::from(([127, 0, 0, 1], port as u16)));
                 }
@@ -170,10 +171,12 @@ impl Rehearsal {
             }
         }
         let addrs = backends.iter().map(|(k, (_, a))| (k.clone(), *a)).collect();
+        // Rehearsals run in parallel, each with its own Envoy and files.
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
         let config = std::env::temp_dir().join(format!(
             "tcp-echo-envoy-{}-{}.yaml",
             std::process::id(),
-            dir.replace('/', "_")
+            NEXT.fetch_add(1, Ordering::SeqCst)
         ));
         let admin_file = config.with_extension("admin");
         let _ = std::fs::remove_file(&admin_file);
