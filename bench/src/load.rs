@@ -454,26 +454,31 @@ pub fn hold_idle<T>(
 }
 
 /// Time from `spawn` to the first echoed line on `addr`.
-pub fn time_to_first_echo(spawn: impl FnOnce() -> u32) -> Duration {
+pub fn time_to_first_echo(spawn: impl FnOnce() -> std::process::ChildStderr) -> Duration {
+    use std::io::{BufRead, BufReader, Read, Write};
     let l = line(0, 64);
     let start = Instant::now();
-    let pid = spawn();
-    loop {
-        // The server binds port 0; its port is known once it listens.
-        let addr = crate::proc::listening_port(pid).map(|p| SocketAddr::from(([127, 0, 0, 1], p)));
-        if let Some(Ok(mut s)) = addr.map(std::net::TcpStream::connect) {
-            use std::io::{Read, Write};
-            let mut b = [0u8; 1];
-            if s.write_all(&l).is_ok() && s.read_exact(&mut b).is_ok() {
-                return start.elapsed();
-            }
+    // The server binds port 0 and says where it listens: every server here prints
+    // `listening on ADDR` (tcp-echo at `info`).
+    let mut lines = BufReader::new(spawn()).lines();
+    let addr: SocketAddr = loop {
+        let line = lines
+            .next()
+            .expect("the server exited before it listened")
+            .expect("read the server's log");
+        if let Some(a) = line.split("listening on ").nth(1) {
+            let a: SocketAddr = a.trim().parse().expect("address");
+            break SocketAddr::from(([127, 0, 0, 1], a.port()));
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "server did not start"
-        );
-        std::thread::sleep(Duration::from_micros(100));
-    }
+    };
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    let mut b = [0u8; 1];
+    s.write_all(&l).expect("send");
+    s.read_exact(&mut b).expect("echo");
+    let took = start.elapsed();
+    // Keep draining its log so that the server never blocks on it.
+    std::thread::spawn(move || for _ in lines {});
+    took
 }
 
 /// Open loop, below saturation: `conns` clients each send one line every `period` (phases

@@ -388,12 +388,17 @@ fn startup(spec: &Spec) -> BTreeMap<String, f64> {
     let mut times: Vec<f64> = (0..11)
         .map(|_| {
             let mut child = None;
-            // No taskset here: its own exec would be counted.
+            // No taskset here: its own exec would be counted. The server's log says where it
+            // listens (tcp-echo says it at `info`).
             let t = load::time_to_first_echo(|| {
-                let c = command(spec, false).spawn().expect("spawn");
-                let pid = c.id();
+                let mut c = command(spec, false)
+                    .env("RUST_LOG", "info")
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("spawn");
+                let stderr = c.stderr.take().expect("stderr");
                 child = Some(c);
-                pid
+                stderr
             });
             if let Some(mut c) = child {
                 let _ = c.kill();
