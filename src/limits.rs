@@ -17,7 +17,7 @@ pub const MEMORY_BASE: u64 = 8 * 1024 * 1024;
 /// Memory one connection may hold at worst, counted as a memory cgroup charges it, for a
 /// `--socket-buffer` of `socket_buffer` bytes; `None` when the buffers autotune (no bound).
 ///
-/// User space: a read buffer of at most 32 KiB, an output buffer of at most 40 KiB and the
+/// User space: a read buffer of at most 64 KiB, an output buffer of at most 72 KiB and the
 /// worker's touched stack; the kernel: the thread's 16 KiB stack and task, the socket's
 /// structures, and its two queues, each at most twice `socket_buffer` (the kernel doubles the
 /// value for its bookkeeping, and charges whole pages). The container test measures it as the
@@ -25,7 +25,7 @@ pub const MEMORY_BASE: u64 = 8 * 1024 * 1024;
 /// do: flood empty lines with a prefix set and never read.
 pub const fn memory_per_connection(socket_buffer: Option<usize>) -> Option<u64> {
     match socket_buffer {
-        Some(b) => Some(176 * 1024 + 4 * b as u64),
+        Some(b) => Some(240 * 1024 + 4 * b as u64),
         None => None,
     }
 }
@@ -245,13 +245,13 @@ mod tests {
     }
 
     #[test]
-    fn the_default_socket_buffer_bounds_a_connection_at_432_kib() {
+    fn the_default_socket_buffer_bounds_a_connection_at_496_kib() {
         let default = Some(crate::config::DEFAULT_SOCKET_BUFFER);
-        assert_eq!(memory_per_connection(default), Some(432 * 1024));
+        assert_eq!(memory_per_connection(default), Some(496 * 1024));
         assert_eq!(memory_per_connection(None), None);
         assert_eq!(
             memory_needed(256, default),
-            Some(MEMORY_BASE + 256 * 432 * 1024)
+            Some(MEMORY_BASE + 256 * 496 * 1024)
         );
     }
 

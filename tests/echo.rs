@@ -270,18 +270,27 @@ fn received_lines_are_not_logged_when_the_filter_drops_them() {
 
 #[test]
 fn dual_stack_by_default() {
+    // With the default bind, one listener serves both families: 127.0.0.1 and ::1 reach the
+    // same port (the Services are PreferDualStack). This machine must have IPv6 loopback.
     let s = Server::with(&[]);
     let port = s.addrs[0].port();
     let line = s
         .log
         .wait_for("listening", DEADLINE, |l| l.contains("listening on "));
-    if line.contains("[::]") {
-        // IPv6 is available here: both families reach the one listener.
-        let v6 = std::net::SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], port));
-        assert_eq!(exchange(v6, b"six\n"), b"six\n");
-    } else {
-        assert!(line.contains("0.0.0.0"), "{line}");
-        assert!(s.log.matching("IPv6 is unavailable").len() == 1);
-    }
-    assert_eq!(exchange(s.addrs[0], b"four\n"), b"four\n");
+    assert!(
+        line.ends_with(&format!("listening on [::]:{port}")),
+        "{line}"
+    );
+    let v4 = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let v6 = std::net::SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], port));
+    assert_eq!(exchange(v4, b"four\n"), b"four\n");
+    assert_eq!(exchange(v6, b"six\n"), b"six\n");
+    let peers: Vec<String> = s
+        .log
+        .wait_count("TCP connection open.", 2, DEADLINE)
+        .iter()
+        .map(|l| support::field(l, "peer=").to_string())
+        .collect();
+    assert!(peers[0].starts_with("127.0.0.1:"), "{peers:?}");
+    assert!(peers[1].starts_with("[::1]:"), "{peers:?}");
 }

@@ -133,8 +133,9 @@ fn no_new_connection_is_accepted_after_the_signal() {
     let mut s = Server::with(&["--drain-timeout", "5", "--idle-timeout", "600"]);
     let _stuck = stuck_client(&s);
     s.signal(libc::SIGTERM);
-    s.log
-        .wait_for("shutting down", DEADLINE, |l| l.contains("shutting down"));
+    s.log.wait_for("stopped accepting", DEADLINE, |l| {
+        l.contains("stopped accepting")
+    });
     // The listener is closed while the drain goes on: connecting fails or is closed at once.
     match TcpStream::connect(s.addrs[0]) {
         Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}"),
@@ -157,8 +158,9 @@ fn a_second_signal_exits_at_once() {
     let mut s = Server::with(&["--drain-timeout", "60", "--idle-timeout", "600"]);
     let _stuck = stuck_client(&s);
     s.signal(libc::SIGTERM);
-    s.log
-        .wait_for("shutting down", DEADLINE, |l| l.contains("shutting down"));
+    s.log.wait_for("stopped accepting", DEADLINE, |l| {
+        l.contains("stopped accepting")
+    });
     let start = Instant::now();
     s.signal(libc::SIGTERM);
     let status = s.wait_exit(DEADLINE);
@@ -262,8 +264,9 @@ fn every_byte_read_before_the_signal_reaches_the_client_even_when_it_keeps_sendi
         last.1.elapsed() > Duration::from_millis(300)
     });
     s.signal(libc::SIGTERM);
-    s.log
-        .wait_for("shutting down", DEADLINE, |l| l.contains("shutting down"));
+    s.log.wait_for("stopped accepting", DEADLINE, |l| {
+        l.contains("stopped accepting")
+    });
     reading.store(true, Ordering::SeqCst);
     let got = reader.join().unwrap();
     writer.join().unwrap();
@@ -315,9 +318,9 @@ fn connections_waiting_in_the_accept_queue_at_the_signal_are_served_not_reset() 
         assert_eq!(String::from_utf8_lossy(&got), format!("q {line}"));
     }
     assert_eq!(s.wait_exit(DEADLINE).code(), Some(0));
-    let stopped = s
-        .log
-        .wait_for("shutting down", DEADLINE, |l| l.contains("shutting down"));
+    let stopped = s.log.wait_for("stopped accepting", DEADLINE, |l| {
+        l.contains("stopped accepting")
+    });
     let served = s.log.matching("TCP connection open.").len();
     assert_eq!(served, 40, "{stopped}");
 }
@@ -357,8 +360,9 @@ fn a_client_that_resets_during_the_drain_ends_its_wait_at_once() {
         l.ends_with("converted to string): END")
     });
     s.signal(libc::SIGTERM);
-    s.log
-        .wait_for("shutting down", DEADLINE, |l| l.contains("shutting down"));
+    s.log.wait_for("stopped accepting", DEADLINE, |l| {
+        l.contains("stopped accepting")
+    });
     // Killed with its replies unread: a reset.
     socket2::SockRef::from(&c)
         .set_linger(Some(Duration::ZERO))

@@ -22,6 +22,17 @@ use kcr_networking_istio_io::v1::destinationrules::DestinationRule;
 use kcr_networking_istio_io::v1::gateways::Gateway;
 use kcr_networking_istio_io::v1::virtualservices::VirtualService;
 
+/// Gateway API's TCPRoute (`gateway.networking.k8s.io/v1alpha2`, experimental channel).
+pub use gateway_api::apis::experimental::tcproutes::TCPRoute;
+/// Gateway API's Gateway (`gateway.networking.k8s.io/v1`).
+pub use gateway_api::apis::standard::gateways::Gateway as ApiGateway;
+
+/// The API group of Gateway API kinds.
+const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
+/// The `gatewayClassName` the manifests are written for.
+pub const GATEWAY_CLASS: &str = "istio";
+
 /// tcp-echo's default `--drain-timeout`, in seconds, when a Deployment does not set it.
 pub const DEFAULT_DRAIN_SECONDS: f64 = 5.0;
 
@@ -118,6 +129,10 @@ pub enum Object {
     VirtualService(Box<VirtualService>),
     /// `networking.istio.io/v1/DestinationRule`
     DestinationRule(Box<DestinationRule>),
+    /// `gateway.networking.k8s.io/v1/Gateway`
+    ApiGateway(Box<ApiGateway>),
+    /// `gateway.networking.k8s.io/v1alpha2/TCPRoute`
+    TcpRoute(Box<TCPRoute>),
 }
 
 /// Deserializes `value` into `T`, failing on any field `T` does not know.
@@ -232,8 +247,9 @@ fn missing_required(
     }
 }
 
-/// Top-level fields of Istio documents that the typed models leave to [`parse`].
-const ISTIO_TOP: &[&str] = &["apiVersion", "kind"];
+/// Top-level fields of custom resources (Istio's, Gateway API's) that kube's derived models
+/// leave to [`parse`].
+const KUBE_TOP: &[&str] = &["apiVersion", "kind"];
 
 /// Parses one document into its typed model (see [`Object`]); unknown kinds are errors.
 pub fn parse(doc: &Doc) -> Result<Object, Vec<String>> {
@@ -253,15 +269,24 @@ pub fn parse(doc: &Doc) -> Result<Object, Vec<String>> {
         ("v1", "Service") => core::<Service>(v)
             .map(|o| Object::Service(Box::new(o)))
             .map_err(errors),
-        ("networking.istio.io/v1", "Gateway") => strict_except(v, ISTIO_TOP)
+        ("networking.istio.io/v1", "Gateway") => strict_except(v, KUBE_TOP)
             .map(|o| Object::Gateway(Box::new(o)))
             .map_err(errors),
-        ("networking.istio.io/v1", "VirtualService") => strict_except(v, ISTIO_TOP)
+        ("networking.istio.io/v1", "VirtualService") => strict_except(v, KUBE_TOP)
             .map(|o| Object::VirtualService(Box::new(o)))
             .map_err(errors),
-        ("networking.istio.io/v1", "DestinationRule") => strict_except(v, ISTIO_TOP)
+        ("networking.istio.io/v1", "DestinationRule") => strict_except(v, KUBE_TOP)
             .map(|o| Object::DestinationRule(Box::new(o)))
             .map_err(errors),
+        ("gateway.networking.k8s.io/v1", "Gateway") => strict_except(v, KUBE_TOP)
+            .map(|o| Object::ApiGateway(Box::new(o)))
+            .map_err(errors),
+        // v1 (Gateway API 1.6) has the same schema as v1alpha2.
+        ("gateway.networking.k8s.io/v1alpha2" | "gateway.networking.k8s.io/v1", "TCPRoute") => {
+            strict_except(v, KUBE_TOP)
+                .map(|o| Object::TcpRoute(Box::new(o)))
+                .map_err(errors)
+        }
         (api, kind) => Err(vec![format!(
             "{}: unsupported apiVersion/kind {api}/{kind}",
             doc.label()
@@ -284,6 +309,10 @@ pub struct Set {
     pub virtual_services: Vec<VirtualService>,
     /// DestinationRules.
     pub destination_rules: Vec<DestinationRule>,
+    /// Gateway API Gateways.
+    pub api_gateways: Vec<ApiGateway>,
+    /// TCPRoutes.
+    pub tcp_routes: Vec<TCPRoute>,
 }
 
 /// Parses documents into a [`Set`], collecting every error.
@@ -298,6 +327,8 @@ pub fn parse_all(docs: &[Doc]) -> Result<Set, Vec<String>> {
             Ok(Object::Gateway(o)) => set.gateways.push(*o),
             Ok(Object::VirtualService(o)) => set.virtual_services.push(*o),
             Ok(Object::DestinationRule(o)) => set.destination_rules.push(*o),
+            Ok(Object::ApiGateway(o)) => set.api_gateways.push(*o),
+            Ok(Object::TcpRoute(o)) => set.tcp_routes.push(*o),
             Err(e) => errors.extend(e),
         }
     }
@@ -443,6 +474,13 @@ pub fn cross_check(set: &Set) -> Vec<String> {
                 "Service {name}: selector {sel:?} selects no Deployment's pods"
             ));
         }
+        // Istio's sample ships IPv4, IPv6 and dual-stack variants; PreferDualStack serves all.
+        if spec.ip_family_policy.as_deref() != Some("PreferDualStack") {
+            p.push(format!(
+                "Service {name}: ipFamilyPolicy is {:?}, not PreferDualStack",
+                spec.ip_family_policy
+            ));
+        }
         for port in spec.ports.iter().flatten() {
             let pname = port.name.clone().unwrap_or_default();
             let declared_tcp = pname == "tcp"
@@ -583,6 +621,201 @@ pub fn cross_check(set: &Set) -> Vec<String> {
                         p.push(format!("VirtualService {name}: subset {subset} of {} is defined by no DestinationRule", dest.host));
                     }
                 }
+            }
+        }
+    }
+    p.extend(gateway_api_problems(set));
+    p
+}
+
+/// The listener of Gateway `gateway` named `section`, if both exist.
+fn listener<'a>(
+    set: &'a Set,
+    gateway: &str,
+    section: &str,
+) -> Option<&'a gateway_api::apis::standard::gateways::GatewayListeners> {
+    set.api_gateways
+        .iter()
+        .find(|g| name_of(&g.metadata) == gateway)?
+        .spec
+        .listeners
+        .iter()
+        .find(|l| l.name == section)
+}
+
+/// The Deployments whose pods `svc` selects.
+fn selected<'a>(set: &'a Set, svc: &Service) -> Vec<&'a Deployment> {
+    let sel = service_selector(svc);
+    set.deployments
+        .iter()
+        .filter(|d| {
+            d.spec
+                .as_ref()
+                .is_some_and(|ds| selects(&sel, &pod_labels(&ds.template)))
+        })
+        .collect()
+}
+
+/// Gateway API: the class is Istio's; each TCPRoute's parents are TCP listeners of Gateways
+/// here that admit TCPRoutes; each backend is a port of a Service here that selects pods; the
+/// weights of a rule sum to something positive.
+fn gateway_api_problems(set: &Set) -> Vec<String> {
+    let mut p = Vec::new();
+    for g in &set.api_gateways {
+        let name = name_of(&g.metadata);
+        if g.spec.gateway_class_name != GATEWAY_CLASS {
+            p.push(format!(
+                "Gateway {name}: gatewayClassName {} is not {GATEWAY_CLASS}",
+                g.spec.gateway_class_name
+            ));
+        }
+        let mut seen = Vec::new();
+        for l in &g.spec.listeners {
+            if seen.contains(&&l.name) {
+                p.push(format!(
+                    "Gateway {name}: listener {} is defined twice",
+                    l.name
+                ));
+            }
+            seen.push(&l.name);
+        }
+    }
+    for r in &set.tcp_routes {
+        let name = name_of(&r.metadata);
+        let parents = r.spec.parent_refs.clone().unwrap_or_default();
+        if parents.is_empty() {
+            p.push(format!("TCPRoute {name}: no parentRefs"));
+        }
+        for parent in &parents {
+            let group = parent.group.as_deref().unwrap_or(GATEWAY_GROUP);
+            let kind = parent.kind.as_deref().unwrap_or("Gateway");
+            if group != GATEWAY_GROUP || kind != "Gateway" || parent.namespace.is_some() {
+                p.push(format!(
+                    "TCPRoute {name}: parentRef {}/{} {} is not a Gateway of this namespace",
+                    group, kind, parent.name
+                ));
+                continue;
+            }
+            if !set
+                .api_gateways
+                .iter()
+                .any(|g| name_of(&g.metadata) == parent.name)
+            {
+                p.push(format!(
+                    "TCPRoute {name}: Gateway {} does not exist",
+                    parent.name
+                ));
+                continue;
+            }
+            let Some(section) = &parent.section_name else {
+                p.push(format!(
+                    "TCPRoute {name}: parentRef {} names no listener (sectionName)",
+                    parent.name
+                ));
+                continue;
+            };
+            let Some(l) = listener(set, &parent.name, section) else {
+                p.push(format!(
+                    "TCPRoute {name}: Gateway {} has no listener {section}",
+                    parent.name
+                ));
+                continue;
+            };
+            if l.protocol != "TCP" {
+                p.push(format!(
+                    "TCPRoute {name}: listener {section} of Gateway {} speaks {}, not TCP",
+                    parent.name, l.protocol
+                ));
+            }
+            if parent.port.is_some_and(|port| port != l.port) {
+                p.push(format!(
+                    "TCPRoute {name}: parentRef port {:?} is not listener {section}'s port {}",
+                    parent.port, l.port
+                ));
+            }
+            let kinds = l
+                .allowed_routes
+                .as_ref()
+                .and_then(|a| a.kinds.clone())
+                .unwrap_or_default();
+            // Unset, the kinds follow the protocol: TCP admits TCPRoute.
+            let admits = kinds.is_empty()
+                || kinds.iter().any(|k| {
+                    k.kind == "TCPRoute"
+                        && k.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
+                });
+            if !admits {
+                p.push(format!(
+                    "TCPRoute {name}: listener {section} of Gateway {} does not admit TCPRoutes",
+                    parent.name
+                ));
+            }
+        }
+        if r.spec.rules.is_empty() {
+            p.push(format!("TCPRoute {name}: no rules"));
+        }
+        for (i, rule) in r.spec.rules.iter().enumerate() {
+            if rule.backend_refs.is_empty() {
+                p.push(format!("TCPRoute {name}: rules[{i}] has no backendRefs"));
+            }
+            let mut sum = 0i64;
+            for b in &rule.backend_refs {
+                let weight = b.weight.unwrap_or(1);
+                if !(0..=1_000_000).contains(&weight) {
+                    p.push(format!(
+                        "TCPRoute {name}: backend {} has weight {weight}, outside 0 to 1000000",
+                        b.name
+                    ));
+                }
+                sum += i64::from(weight);
+                let core = b.group.as_deref().unwrap_or("").is_empty();
+                if !core
+                    || b.kind.as_deref().unwrap_or("Service") != "Service"
+                    || b.namespace.is_some()
+                {
+                    p.push(format!(
+                        "TCPRoute {name}: backend {} is not a Service of this namespace",
+                        b.name
+                    ));
+                    continue;
+                }
+                let Some(svc) = set.services.iter().find(|s| name_of(&s.metadata) == b.name) else {
+                    p.push(format!(
+                        "TCPRoute {name}: backend Service {} does not exist",
+                        b.name
+                    ));
+                    continue;
+                };
+                let ports: Vec<i32> = svc
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.ports.clone())
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|p| p.port)
+                    .collect();
+                match b.port {
+                    Some(port) if ports.contains(&port) => {}
+                    Some(port) => p.push(format!(
+                        "TCPRoute {name}: backend Service {} has no port {port} ({ports:?})",
+                        b.name
+                    )),
+                    None => p.push(format!(
+                        "TCPRoute {name}: backend Service {} needs a port",
+                        b.name
+                    )),
+                }
+                if selected(set, svc).is_empty() {
+                    p.push(format!(
+                        "TCPRoute {name}: backend Service {} selects no Deployment's pods",
+                        b.name
+                    ));
+                }
+            }
+            if sum <= 0 {
+                p.push(format!(
+                    "TCPRoute {name}: rules[{i}] weights sum to {sum}, not more than 0"
+                ));
             }
         }
     }
@@ -761,7 +994,6 @@ pub fn routes(set: &Set) -> Vec<Route> {
                     let Some(svc) = set.services.iter().find(|s| host_is(&dest.host, s)) else {
                         continue;
                     };
-                    let svc_sel = service_selector(svc);
                     let subset_labels = dest
                         .subset
                         .as_ref()
@@ -773,27 +1005,15 @@ pub fn routes(set: &Set) -> Vec<Route> {
                                 .and_then(|s| s.labels.clone())
                         })
                         .unwrap_or_default();
-                    for d in &set.deployments {
-                        let Some(ds) = &d.spec else { continue };
-                        let pl = pod_labels(&ds.template);
-                        if !selects(&svc_sel, &pl)
-                            || (!subset_labels.is_empty() && !selects(&subset_labels, &pl))
-                        {
-                            continue;
+                    let weight = r.weight.unwrap_or(100) as u32;
+                    for d in selected(set, svc) {
+                        let in_subset = subset_labels.is_empty()
+                            || d.spec.as_ref().is_some_and(|ds| {
+                                selects(&subset_labels, &pod_labels(&ds.template))
+                            });
+                        if in_subset {
+                            backends.push(backend(d, weight));
                         }
-                        let pod = ds.template.spec.clone().unwrap_or_default();
-                        let c = pod.containers.first().cloned().unwrap_or_default();
-                        let env = literal_env(&c);
-                        backends.push(Backend {
-                            deployment: name_of(&d.metadata),
-                            version: pl.get("version").cloned().unwrap_or_default(),
-                            env,
-                            service_account: pod
-                                .service_account_name
-                                .clone()
-                                .unwrap_or_else(|| "default".into()),
-                            weight: r.weight.unwrap_or(100) as u32,
-                        });
                     }
                 }
                 out.push(Route {
@@ -803,5 +1023,54 @@ pub fn routes(set: &Set) -> Vec<Route> {
             }
         }
     }
+    // Gateway API: a TCPRoute attached to a listener sends its connections to the pods of its
+    // backend Services, by weight (1 when unset).
+    for r in &set.tcp_routes {
+        for parent in r.spec.parent_refs.iter().flatten() {
+            let Some(l) = parent
+                .section_name
+                .as_deref()
+                .and_then(|section| listener(set, &parent.name, section))
+            else {
+                continue;
+            };
+            let mut backends = Vec::new();
+            for b in r.spec.rules.iter().flat_map(|rule| &rule.backend_refs) {
+                let Some(svc) = set.services.iter().find(|s| name_of(&s.metadata) == b.name) else {
+                    continue;
+                };
+                let weight = b.weight.unwrap_or(1).max(0) as u32;
+                backends.extend(selected(set, svc).into_iter().map(|d| backend(d, weight)));
+            }
+            out.push(Route {
+                gateway_port: l.port as u16,
+                backends,
+            });
+        }
+    }
     out
+}
+
+/// Deployment `d`'s pods as a backend of `weight`.
+fn backend(d: &Deployment, weight: u32) -> Backend {
+    let template = d
+        .spec
+        .as_ref()
+        .map(|ds| ds.template.clone())
+        .unwrap_or_default();
+    let pod = template.spec.clone().unwrap_or_default();
+    let c = pod.containers.first().cloned().unwrap_or_default();
+    Backend {
+        deployment: name_of(&d.metadata),
+        version: pod_labels(&template)
+            .get("version")
+            .cloned()
+            .unwrap_or_default(),
+        env: literal_env(&c),
+        service_account: pod
+            .service_account_name
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        weight,
+    }
 }

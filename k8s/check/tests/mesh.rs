@@ -238,9 +238,10 @@ fn exchange(addr: SocketAddr, data: &[u8]) -> String {
     String::from_utf8(out).unwrap()
 }
 
-#[test]
-fn port_routing_sends_each_gateway_port_to_its_version() {
-    let r = Rehearsal::start("");
+/// Walkthrough (a): each gateway port reaches its version and echoes every byte, the last
+/// line without a newline included.
+fn port_routing(dir: &str) {
+    let r = Rehearsal::start(dir);
     for (port, version, prefix) in [(31400, "v1", "one"), (31401, "v2", "two")] {
         let b = r.backend(port, version);
         let got = exchange(r.gateway[&port], b"hello\nlast line without newline");
@@ -256,8 +257,18 @@ fn port_routing_sends_each_gateway_port_to_its_version() {
 }
 
 #[test]
-fn weighted_routing_splits_connections_80_20() {
-    let r = Rehearsal::start("weighted");
+fn port_routing_sends_each_gateway_port_to_its_version() {
+    port_routing("");
+}
+
+#[test]
+fn gateway_api_port_routing_sends_each_gateway_port_to_its_version() {
+    port_routing("gateway-api");
+}
+
+/// Walkthrough (b): one-shot connections split 80/20 between the versions.
+fn weighted_routing(dir: &str) {
+    let r = Rehearsal::start(dir);
     let (v1, v2) = (r.backend(31400, "v1"), r.backend(31400, "v2"));
     let (mut one, mut two) = (0, 0);
     for i in 0..200 {
@@ -270,7 +281,7 @@ fn weighted_routing_splits_connections_80_20() {
             panic!("connection {i}: unexpected answer {got:?}");
         }
     }
-    println!("200 connections: {one} to v1, {two} to v2");
+    println!("{dir}: 200 connections: {one} to v1, {two} to v2");
     // Binomial(200, 0.8): mean 160, standard deviation 5.7. The tolerance, ±24 (over 4 standard
     // deviations), fails a correct 80/20 split about once in 50,000 runs; an even split (100)
     // or a wrong way round (40) is far outside it.
@@ -282,8 +293,19 @@ fn weighted_routing_splits_connections_80_20() {
 }
 
 #[test]
-fn a_stopped_backend_is_a_closed_connection_not_a_hang() {
-    let mut r = Rehearsal::start("");
+fn weighted_routing_splits_connections_80_20() {
+    weighted_routing("weighted");
+}
+
+#[test]
+fn gateway_api_weighted_routing_splits_connections_80_20() {
+    weighted_routing("gateway-api/weighted");
+}
+
+/// A backend that stops shows as a closed connection, for a client connected at the time and
+/// for a new one, not as a hang; the other version is unaffected.
+fn stopped_backend(dir: &str) {
+    let mut r = Rehearsal::start(dir);
     let v2 = r.backend(31401, "v2");
     // A client connected through the gateway, banner read, when v2 stops.
     let mut open = connect(r.gateway[&31401]);
@@ -326,6 +348,16 @@ fn a_stopped_backend_is_a_closed_connection_not_a_hang() {
         exchange(r.gateway[&31400], b"still\n"),
         format!("{}one still\n", banner(&v1))
     );
+}
+
+#[test]
+fn a_stopped_backend_is_a_closed_connection_not_a_hang() {
+    stopped_backend("");
+}
+
+#[test]
+fn gateway_api_a_stopped_backend_is_a_closed_connection_not_a_hang() {
+    stopped_backend("gateway-api");
 }
 
 /// SIGTERM, as Kubernetes stops a pod.

@@ -389,7 +389,7 @@ fn more_connections_than_the_memory_limit_holds_fail() {
     });
     assert_fails(
         &e,
-        "Deployment tcp-echo-v2: memory limit 134217728 bytes is below",
+        "Deployment tcp-echo-v2: memory limit 167772160 bytes is below",
     );
     // Larger socket buffers make each connection larger.
     let e = broken("", "Deployment", "tcp-echo-v1", |v| {
@@ -425,4 +425,205 @@ fn memory_quantities_are_read_in_bytes() {
     assert_eq!(quantity_bytes("134217728"), Some(134_217_728));
     assert_eq!(quantity_bytes("0.5Gi"), Some(1 << 29));
     assert_eq!(quantity_bytes("12Qi"), None);
+}
+
+/// Each gateway port with its backends' Deployments and weights.
+fn summary(dir: &str) -> Vec<(u16, Vec<(String, u32)>)> {
+    let set = check(&k8s(dir)).unwrap_or_else(|e| panic!("{e:#?}"));
+    routes(&set)
+        .iter()
+        .map(|r| {
+            (
+                r.gateway_port,
+                r.backends
+                    .iter()
+                    .map(|b| (b.deployment.clone(), b.weight))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_gateway_api_port_walkthrough_is_valid() {
+    let set = check(&k8s("gateway-api")).unwrap_or_else(|e| panic!("{e:#?}"));
+    assert_eq!(set.deployments.len(), 2);
+    assert_eq!(set.services.len(), 3);
+    assert_eq!(set.api_gateways.len(), 1);
+    assert_eq!(set.tcp_routes.len(), 2);
+    assert!(set.gateways.is_empty() && set.virtual_services.is_empty());
+    assert!(set.destination_rules.is_empty());
+    assert_eq!(
+        summary("gateway-api"),
+        vec![
+            (31400, vec![("tcp-echo-v1".into(), 1)]),
+            (31401, vec![("tcp-echo-v2".into(), 1)])
+        ]
+    );
+}
+
+#[test]
+fn the_gateway_api_weighted_walkthrough_is_valid() {
+    assert_eq!(
+        summary("gateway-api/weighted"),
+        vec![(
+            31400,
+            vec![("tcp-echo-v1".into(), 80), ("tcp-echo-v2".into(), 20)]
+        )]
+    );
+}
+
+#[test]
+fn gateway_api_documents_are_parsed_strictly() {
+    let e = broken("gateway-api", "TCPRoute", "tcp-echo-v1", |v| {
+        at(v, "spec")["rulez"] = Value::Sequence(vec![]);
+    });
+    assert_fails(&e, "unknown field `spec.rulez`");
+    let e = broken("gateway-api", "TCPRoute", "tcp-echo-v1", |v| {
+        let b = at(v, "spec.rules.0.backendRefs.0");
+        b["prot"] = 3333.into();
+    });
+    assert_fails(&e, "unknown field `spec.rules.0.backendRefs.0.prot`");
+    let e = broken("gateway-api", "TCPRoute", "tcp-echo-v1", |v| {
+        at(v, "spec.rules.0.backendRefs.0")["port"] = "tcp".into();
+    });
+    assert_fails(&e, "invalid type");
+    let e = broken("gateway-api", "Gateway", "tcp-echo-gateway", |v| {
+        at(v, "spec.listeners.0")
+            .as_mapping_mut()
+            .unwrap()
+            .remove("port");
+    });
+    assert_fails(&e, "missing field `port`");
+    let e = broken("gateway-api", "TCPRoute", "tcp-echo-v2", |v| {
+        at(v, "spec.rules.0.backendRefs.0")
+            .as_mapping_mut()
+            .unwrap()
+            .remove("name");
+    });
+    assert_fails(&e, "missing field `name`");
+    let e = broken("gateway-api", "Gateway", "tcp-echo-gateway", |v| {
+        at(v, "spec")
+            .as_mapping_mut()
+            .unwrap()
+            .remove("gatewayClassName");
+    });
+    assert_fails(&e, "missing field `gatewayClassName`");
+}
+
+#[test]
+fn a_parent_ref_to_a_missing_gateway_or_listener_fails() {
+    let e = broken("gateway-api", "TCPRoute", "tcp-echo-v1", |v| {
+        at(v, "spec.parentRefs.0")["name"] = "no-such-gateway".into();
+    });
+    assert_fails(
+        &e,
+        "TCPRoute tcp-echo-v1: Gateway no-such-gateway does not exist",
+    );
+    let e = broken("gateway-api", "TCPRoute", "tcp-echo-v2", |v| {
+        at(v, "spec.parentRefs.0")["sectionName"] = "tcp-9999".into();
+    });
+    assert_fails(&e, "Gateway tcp-echo-gateway has no listener tcp-9999");
+    let e = broken("gateway-api", "TCPRoute", "tcp-echo-v2", |v| {
+        at(v, "spec.parentRefs.0")
+            .as_mapping_mut()
+            .unwrap()
+            .remove("sectionName");
+    });
+    assert_fails(&e, "names no listener (sectionName)");
+}
+
+#[test]
+fn a_listener_not_tcp_or_not_admitting_tcproutes_fails() {
+    let e = broken("gateway-api", "Gateway", "tcp-echo-gateway", |v| {
+        at(v, "spec.listeners.0")["protocol"] = "HTTP".into();
+    });
+    assert_fails(
+        &e,
+        "listener tcp-31400 of Gateway tcp-echo-gateway speaks HTTP, not TCP",
+    );
+    let e = broken("gateway-api/weighted", "Gateway", "tcp-echo-gateway", |v| {
+        at(v, "spec.listeners.0.allowedRoutes.kinds.0")["kind"] = "TLSRoute".into();
+    });
+    assert_fails(&e, "does not admit TCPRoutes");
+}
+
+#[test]
+fn a_backend_ref_to_a_missing_service_or_port_fails() {
+    let e = broken("gateway-api", "TCPRoute", "tcp-echo-v1", |v| {
+        at(v, "spec.rules.0.backendRefs.0")["name"] = "tcp-echo-v9".into();
+    });
+    assert_fails(&e, "backend Service tcp-echo-v9 does not exist");
+    let e = broken("gateway-api/weighted", "TCPRoute", "tcp-echo", |v| {
+        at(v, "spec.rules.0.backendRefs.1")["port"] = 80.into();
+    });
+    assert_fails(&e, "backend Service tcp-echo-v2 has no port 80");
+}
+
+#[test]
+fn a_backend_service_selecting_no_pods_or_another_port_fails() {
+    let e = broken("gateway-api", "Service", "tcp-echo-v2", |v| {
+        at(v, "spec.selector")["version"] = "v3".into();
+    });
+    assert_fails(
+        &e,
+        "backend Service tcp-echo-v2 selects no Deployment's pods",
+    );
+    let e = broken("gateway-api", "Service", "tcp-echo-v1", |v| {
+        at(v, "spec.ports.0")["targetPort"] = 8080.into();
+    });
+    assert_fails(
+        &e,
+        "Service tcp-echo-v1: targetPort Int(8080) is not a containerPort",
+    );
+}
+
+#[test]
+fn weights_of_a_rule_summing_to_zero_fail() {
+    let e = broken("gateway-api/weighted", "TCPRoute", "tcp-echo", |v| {
+        at(v, "spec.rules.0.backendRefs.0")["weight"] = 0.into();
+        at(v, "spec.rules.0.backendRefs.1")["weight"] = 0.into();
+    });
+    assert_fails(&e, "TCPRoute tcp-echo: rules[0] weights sum to 0");
+}
+
+#[test]
+fn a_gateway_class_other_than_istio_fails() {
+    let e = broken("gateway-api", "Gateway", "tcp-echo-gateway", |v| {
+        at(v, "spec")["gatewayClassName"] = "cilium".into();
+    });
+    assert_fails(&e, "gatewayClassName cilium is not istio");
+}
+
+#[test]
+fn services_not_dual_stack_fail() {
+    for (dir, name) in [("", "tcp-echo"), ("gateway-api", "tcp-echo-v1")] {
+        let e = broken(dir, "Service", name, |v| {
+            at(v, "spec")["ipFamilyPolicy"] = "SingleStack".into();
+        });
+        assert_fails(
+            &e,
+            &format!("Service {name}: ipFamilyPolicy is Some(\"SingleStack\")"),
+        );
+    }
+}
+
+#[test]
+fn tcproutes_switched_to_v1_as_the_readme_says_pass() {
+    for (dir, route) in [
+        ("gateway-api", "tcp-echo-v1"),
+        ("gateway-api/weighted", "tcp-echo"),
+    ] {
+        let e = broken(dir, "TCPRoute", route, |v| {
+            v["apiVersion"] = "gateway.networking.k8s.io/v1".into();
+        });
+        assert!(e.is_empty(), "{e:#?}");
+    }
+    let e = broken("gateway-api", "TCPRoute", "tcp-echo-v1", |v| {
+        v["apiVersion"] = "gateway.networking.k8s.io/v1beta1".into();
+    });
+    assert_fails(
+        &e,
+        "unsupported apiVersion/kind gateway.networking.k8s.io/v1beta1/TCPRoute",
+    );
 }
