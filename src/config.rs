@@ -299,7 +299,8 @@ impl std::error::Error for ConfigError {}
     about = "A small, fast and hardened TCP echo server for testing TCP routing in Kubernetes and Istio.",
     after_help = "Banner variables (downward API): NODE_NAME, POD_NAME, POD_NAMESPACE, POD_IP, \
                   SERVICE_ACCOUNT.\nLog filter: RUST_LOG (default info).\n\
-                  Example (Istio's sample): tcp-echo 9000,9001 one"
+                  Example (Istio's sample): tcp-echo 9000,9001 one\n\
+                  Client: tcp-echo probe ADDR checks which versions answer (tcp-echo probe --help)"
 )]
 struct Cli {
     /// Ports, as in Istio's sample (same as --port)

@@ -266,30 +266,55 @@ fn gateway_api_port_routing_sends_each_gateway_port_to_its_version() {
     port_routing("gateway-api");
 }
 
-/// Walkthrough (b): one-shot connections split 80/20 between the versions.
+/// `tcp-echo probe ARGS` (the server's own client mode): its exit code and its JSON.
+fn probe(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env("TCP_ECHO_BIN"))
+        .arg("probe")
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("run tcp-echo probe");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Walkthrough (b): 200 one-shot connections split 80/20 between the versions, as
+/// `tcp-echo probe --expect one=80,two=20` judges it (Pearson's chi-square; it fails a
+/// correct split about once in a million runs, and an even split of 200 with p < 1e-20);
+/// a wrong expectation fails.
 fn weighted_routing(dir: &str) {
     let r = Rehearsal::start(dir);
     let (v1, v2) = (r.backend(31400, "v1"), r.backend(31400, "v2"));
-    let (mut one, mut two) = (0, 0);
-    for i in 0..200 {
-        let got = exchange(r.gateway[&31400], format!("{i}\n").as_bytes());
-        if got == format!("{}one {i}\n", banner(&v1)) {
-            one += 1;
-        } else if got == format!("{}two {i}\n", banner(&v2)) {
-            two += 1;
-        } else {
-            panic!("connection {i}: unexpected answer {got:?}");
-        }
+    let gateway = r.gateway[&31400].to_string();
+    let (code, json) = probe(&[
+        &gateway,
+        "--connections",
+        "200",
+        "--expect",
+        "one=80,two=20",
+    ]);
+    println!("{dir}: {json}");
+    assert_eq!(code, Some(0), "{json}");
+    assert!(json.contains("\"ok\":200,\"failed\":0"), "{json}");
+    assert!(json.contains("\"expect_ok\":true"), "{json}");
+    // Each answer came from the pod of its version (the banner's pod line).
+    for b in [&v1, &v2] {
+        assert!(
+            json.contains(&format!("\"{}-rehearsal\":", b.deployment)),
+            "{json}"
+        );
     }
-    println!("{dir}: 200 connections: {one} to v1, {two} to v2");
-    // Binomial(200, 0.8): mean 160, standard deviation 5.7. The tolerance, ±24 (over 4 standard
-    // deviations), fails a correct 80/20 split about once in 50,000 runs; an even split (100)
-    // or a wrong way round (40) is far outside it.
-    assert_eq!(one + two, 200);
-    assert!(
-        (136..=184).contains(&one),
-        "{one} of 200 to v1, expected 160 ± 24"
-    );
+    let (code, json) = probe(&[
+        &gateway,
+        "--connections",
+        "200",
+        "--expect",
+        "one=50,two=50",
+    ]);
+    assert_eq!(code, Some(1), "a wrong expectation must fail: {json}");
+    assert!(json.contains("\"expect_ok\":false"), "{json}");
 }
 
 #[test]
