@@ -12,6 +12,25 @@ pub const BANNER_VARS: [(&str, &str, &str); 5] = [
     ("SERVICE_ACCOUNT", "Service ", "."),
 ];
 
+/// The line `--banner-client` adds at the end of the banner: (before the address, after it).
+pub const CLIENT_LINE: (&str, &str) = ("Your address is ", ".");
+
+/// Every banner line a client may see, as (name, text before the value, text after): the
+/// variables' lines and the client line. `tcp-echo probe` recognises them.
+pub const BANNER_LINES: [(&str, &str, &str); 6] = [
+    BANNER_VARS[0],
+    BANNER_VARS[1],
+    BANNER_VARS[2],
+    BANNER_VARS[3],
+    BANNER_VARS[4],
+    ("CLIENT", CLIENT_LINE.0, CLIENT_LINE.1),
+];
+
+/// The client line: `Your address is 192.0.2.7:56324.`
+pub fn client_line(client: std::net::SocketAddr) -> String {
+    format!("{}{client}{}\n", CLIENT_LINE.0, CLIENT_LINE.1)
+}
+
 /// When the banner is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BannerMode {

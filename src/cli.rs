@@ -21,7 +21,7 @@ where
 {
     let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
     if args.get(1).is_some_and(|a| a == "probe") {
-        return tcp_echo_probe::main(&args[1..], &crate::banner::BANNER_VARS);
+        return tcp_echo_probe::main(&args[1..], &crate::banner::BANNER_LINES);
     }
     let (config, warnings) = match config::from_args(args) {
         Ok(Command::Serve(config, warnings)) => (config, warnings),

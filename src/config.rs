@@ -16,6 +16,7 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 
 use crate::banner::BannerMode;
 use crate::echo::MAX_PREFIX;
+use crate::proxy;
 
 /// A client whose replies cannot be written for this long is disconnected when
 /// `--idle-timeout` is 0 (never); otherwise the idle timeout is used for writes too.
@@ -70,6 +71,10 @@ pub struct Config {
     pub(crate) banner_mode: BannerMode,
     /// The banner's bytes (possibly empty), see [`crate::banner`].
     pub(crate) banner: Vec<u8>,
+    /// Whether connections start with a PROXY protocol header.
+    pub(crate) proxy_protocol: proxy::Mode,
+    /// Whether the banner ends with the client's address (`Your address is IP:PORT.`).
+    pub(crate) banner_client: bool,
 }
 
 /// A setting: its flag and its environment variable, for error messages.
@@ -86,6 +91,8 @@ const DRAIN_TIMEOUT: Setting = Setting("--drain-timeout", "ECHO_DRAIN_TIMEOUT");
 const SOCKET_BUFFER: Setting = Setting("--socket-buffer", "ECHO_SOCKET_BUFFER");
 const BANNER: Setting = Setting("--banner", "ECHO_BANNER");
 const MAX_LINE: Setting = Setting("--max-line", "ECHO_MAX_LINE");
+const PROXY_PROTOCOL: Setting = Setting("--proxy-protocol", "ECHO_PROXY_PROTOCOL");
+const BANNER_CLIENT: Setting = Setting("--banner-client", "ECHO_BANNER_CLIENT");
 
 impl Setting {
     fn error(self, value: impl fmt::Display, reason: impl Into<String>) -> ConfigError {
@@ -115,6 +122,8 @@ impl Config {
             socket_buffer: Some(DEFAULT_SOCKET_BUFFER),
             banner_mode: BannerMode::Connect,
             banner: Vec::new(),
+            proxy_protocol: proxy::Mode::Off,
+            banner_client: false,
         })
     }
 
@@ -168,6 +177,18 @@ impl Config {
     pub fn with_banner(mut self, mode: BannerMode, banner: Vec<u8>) -> Config {
         self.banner_mode = mode;
         self.banner = banner;
+        self
+    }
+
+    /// Reads a PROXY protocol header at the start of each connection (see [`proxy::Mode`]).
+    pub fn with_proxy_protocol(mut self, mode: proxy::Mode) -> Config {
+        self.proxy_protocol = mode;
+        self
+    }
+
+    /// Ends the banner with `Your address is IP:PORT.`, the client as the server sees it.
+    pub fn with_banner_client(mut self, on: bool) -> Config {
+        self.banner_client = on;
         self
     }
 
@@ -247,7 +268,7 @@ impl fmt::Display for Config {
         write!(
             f,
             "prefix={:?} max_connections={} idle_timeout={} max_duration={} drain_timeout={}s \
-             socket_buffer={} banner={} ({} lines)",
+             socket_buffer={} banner={} ({} lines{}) proxy_protocol={}",
             self.prefix.as_deref().unwrap_or(""),
             self.max_connections,
             seconds_or_never(self.idle_timeout),
@@ -259,6 +280,12 @@ impl fmt::Display for Config {
             },
             self.banner_mode,
             self.banner.iter().filter(|&&b| b == b'\n').count(),
+            if self.banner_client {
+                " and the client's address"
+            } else {
+                ""
+            },
+            self.proxy_protocol,
         )
     }
 }
@@ -394,6 +421,29 @@ struct Cli {
     )]
     socket_buffer: String,
 
+    /// Read a PROXY protocol header (v1 or v2) at the start of each connection: off, optional
+    /// or required. Enable it only where every client comes through a proxy that sends one:
+    /// otherwise any client can claim any address
+    #[arg(
+        long,
+        env = "ECHO_PROXY_PROTOCOL",
+        default_value = "off",
+        value_name = "MODE"
+    )]
+    proxy_protocol: String,
+
+    /// End the banner with "Your address is IP:PORT.", the client as the server sees it (the
+    /// PROXY header's, else the peer's): true or false
+    #[arg(
+        long,
+        env = "ECHO_BANNER_CLIENT",
+        default_value = "false",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    banner_client: String,
+
     /// When to send the welcome banner: connect, first-read or off
     #[arg(
         long,
@@ -526,6 +576,16 @@ impl Cli {
             .trim()
             .parse::<BannerMode>()
             .map_err(|r| BANNER.error(&self.banner, r))?;
+        let proxy_protocol = self
+            .proxy_protocol
+            .trim()
+            .parse::<proxy::Mode>()
+            .map_err(|r| PROXY_PROTOCOL.error(&self.proxy_protocol, r))?;
+        let banner_client = match self.banner_client.trim() {
+            "true" | "1" | "yes" | "on" => true,
+            "false" | "0" | "no" | "off" => false,
+            _ => return Err(BANNER_CLIENT.error(&self.banner_client, "expected true or false")),
+        };
 
         let config = Config {
             ports,
@@ -539,6 +599,8 @@ impl Cli {
             socket_buffer,
             banner_mode,
             banner: crate::banner::from_env(),
+            proxy_protocol,
+            banner_client,
         }
         .with_bind(bind);
         Ok((config, warnings))

@@ -6,6 +6,7 @@
 //! a client that stops reading stops being read, and the memory a connection holds never
 //! exceeds its two buffers.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io::{self, BufRead, BufReader, ErrorKind, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -22,7 +23,7 @@ use crate::echo::{self, Framer};
 use crate::log_budget::{self, ConnectionBudget, ServerBudget, Verdict};
 use crate::logging::{EscapedText, RawBytes};
 use crate::registry::{Ended, Registry, Ticket};
-use crate::socket;
+use crate::{proxy, socket};
 
 /// Initial size of a connection's read buffer: an idle or interactive connection stays small.
 pub const READ_BUFFER_MIN: usize = 2 * 1024;
@@ -145,13 +146,43 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
 /// Serves one connection to its end and logs it (the worker pool's job handler).
 pub fn serve(job: Job, shared: &Shared) {
     let id = Uuid::new_v4();
-    let local = job.ticket.stream().local_addr().map(canonical);
-    info!(
-        "{id} - TCP connection open. peer={} local={}",
-        canonical(job.peer),
-        local.map_or_else(|_| "?".to_string(), |a| a.to_string())
-    );
-    let outcome = echo_connection(&job.ticket, shared, &id);
+    let stream = job.ticket.stream();
+    let peer = canonical(job.peer);
+    let local = stream
+        .local_addr()
+        .map_or_else(|_| "?".to_string(), |a| canonical(a).to_string());
+    let mode = shared.config.proxy_protocol;
+    let start = match mode {
+        proxy::Mode::Off => proxy::Start {
+            header: None,
+            client: None,
+            rest: Vec::new(),
+        },
+        mode => {
+            let until = Instant::now() + proxy::HEADER_DEADLINE;
+            let start = proxy::read_start(&mut proxy::Deadline { stream, until }, mode);
+            let _ = stream.set_read_timeout(None);
+            match start {
+                Ok(start) => start,
+                Err(reason) => {
+                    warn!("{id} - TCP connection refused: {reason}. peer={peer} local={local}");
+                    shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    let _ = stream.shutdown(Shutdown::Both);
+                    return;
+                }
+            }
+        }
+    };
+    let client = start.client.map_or(peer, canonical);
+    if mode == proxy::Mode::Off {
+        info!("{id} - TCP connection open. peer={peer} local={local}");
+    } else {
+        info!(
+            "{id} - TCP connection open. client={client} peer={peer} local={local} proxy={}",
+            start.header.unwrap_or("none")
+        );
+    }
+    let outcome = echo_connection(&job.ticket, shared, &id, client, &start.rest);
     info!(
         "{id} - TCP connection closed. reason={} bytes={} lines={} duration={:.3}s unlogged={}",
         outcome.reason,
@@ -259,23 +290,84 @@ impl DataLog<'_> {
     }
 }
 
-/// The echo loop over an admitted connection. Returns once the connection is finished
-/// (replies written, write side shut, and at shutdown, acknowledged or out of time).
-pub fn echo_connection(ticket: &Ticket, shared: &Shared, id: &Uuid) -> Outcome {
+/// What the echo of one connection keeps between reads.
+struct Echo<'a> {
+    ticket: &'a Ticket,
+    framer: Framer,
+    /// The output buffer of the prefixed echo.
+    out: Vec<u8>,
+    log: Option<DataLog<'a>>,
+    /// The banner, while it is still to be sent before the first echo (`first-read`).
+    banner_due: Option<Cow<'a, [u8]>>,
+    /// Bytes received.
+    bytes: u64,
+}
+
+impl Echo<'_> {
+    /// Echoes `data`, one read's worth (the banner first, if it is due), and logs it.
+    fn data(&mut self, data: &[u8]) -> Result<(), Reason> {
+        if let Some(banner) = self.banner_due.take() {
+            send(self.ticket, &banner)?;
+        }
+        if let Some(log) = self.log.as_mut() {
+            log.record(data);
+        }
+        self.bytes += data.len() as u64;
+        if self.framer.is_identity() {
+            self.framer.pass(data);
+            send(self.ticket, data)
+        } else {
+            send_framed(self.ticket, &mut self.framer, data, &mut self.out)
+        }
+    }
+
+    fn outcome(&self, reason: Reason) -> Outcome {
+        Outcome {
+            reason,
+            bytes: self.bytes,
+            lines: self.framer.lines(),
+            unlogged: self.log.as_ref().map_or(0, |l| l.budget.unlogged()),
+        }
+    }
+}
+
+/// The banner `client` gets: go-echo's lines, and with `--banner-client` its address.
+fn banner_for(config: &Config, client: SocketAddr) -> Option<Cow<'_, [u8]>> {
+    if config.banner_mode == BannerMode::Off {
+        return None;
+    }
+    let banner: Cow<[u8]> = if config.banner_client {
+        let mut b = config.banner.clone();
+        b.extend_from_slice(crate::banner::client_line(client).as_bytes());
+        Cow::Owned(b)
+    } else {
+        Cow::Borrowed(&config.banner)
+    };
+    (!banner.is_empty()).then_some(banner)
+}
+
+/// The echo loop over an admitted connection, whose client is `client` and whose first bytes,
+/// read with its PROXY header, are `first`. Returns once the connection is finished (replies
+/// written, write side shut, and at shutdown, acknowledged or out of time).
+pub fn echo_connection(
+    ticket: &Ticket,
+    shared: &Shared,
+    id: &Uuid,
+    client: SocketAddr,
+    first: &[u8],
+) -> Outcome {
     let config = &shared.config;
     let registry = &shared.registry;
-    let mut framer = Framer::new(config.prefix.as_deref());
-    let mut out: Vec<u8> = Vec::new();
-    let mut bytes = 0u64;
-    let mut log = log_enabled!(target: DATA_TARGET, Level::Info).then(|| DataLog {
-        id,
-        budget: ConnectionBudget::new(&shared.log_budget),
-    });
-    let finish = |reason, bytes, framer: &Framer, log: &Option<DataLog>| Outcome {
-        reason,
-        bytes,
-        lines: framer.lines(),
-        unlogged: log.as_ref().map_or(0, |l| l.budget.unlogged()),
+    let mut echo = Echo {
+        ticket,
+        framer: Framer::new(config.prefix.as_deref()),
+        out: Vec::new(),
+        log: log_enabled!(target: DATA_TARGET, Level::Info).then(|| DataLog {
+            id,
+            budget: ConnectionBudget::new(&shared.log_budget),
+        }),
+        banner_due: None,
+        bytes: 0,
     };
 
     let stream = ticket.stream();
@@ -284,13 +376,21 @@ pub fn echo_connection(ticket: &Ticket, shared: &Shared, id: &Uuid) -> Outcome {
         .set_nodelay(true)
         .and_then(|()| stream.set_write_timeout(Some(config.write_timeout())));
     if let Err(e) = setup {
-        return finish(classify_read(e), bytes, &framer, &log);
+        return echo.outcome(classify_read(e));
     }
 
-    let mut banner_due = !config.banner.is_empty() && config.banner_mode == BannerMode::FirstRead;
-    if config.banner_mode == BannerMode::Connect && !config.banner.is_empty() {
-        if let Err(reason) = send(ticket, &config.banner) {
-            return finish(reason, bytes, &framer, &log);
+    let banner = banner_for(config, client);
+    if config.banner_mode == BannerMode::FirstRead {
+        echo.banner_due = banner;
+    } else if let Some(banner) = banner {
+        if let Err(reason) = send(ticket, &banner) {
+            return echo.outcome(reason);
+        }
+    }
+    if !first.is_empty() {
+        ticket.made_progress();
+        if let Err(reason) = echo.data(first) {
+            return echo.outcome(reason);
         }
     }
 
@@ -324,25 +424,8 @@ pub fn echo_connection(ticket: &Ticket, shared: &Shared, id: &Uuid) -> Outcome {
             Some(budget) => data.len().min(budget as usize),
             None => data.len(),
         };
-        let data = &data[..n];
-        if banner_due {
-            banner_due = false;
-            if let Err(reason) = send(ticket, &config.banner) {
-                return finish(reason, bytes, &framer, &log);
-            }
-        }
-        if let Some(log) = log.as_mut() {
-            log.record(data);
-        }
-        let sent = if framer.is_identity() {
-            framer.pass(data);
-            send(ticket, data)
-        } else {
-            send_framed(ticket, &mut framer, data, &mut out)
-        };
-        bytes += n as u64;
-        if let Err(reason) = sent {
-            return finish(reason, bytes, &framer, &log);
+        if let Err(reason) = echo.data(&data[..n]) {
+            return echo.outcome(reason);
         }
         reader.consume(n);
         let capacity = next_read_capacity(reader.capacity(), n);
@@ -350,7 +433,7 @@ pub fn echo_connection(ticket: &Ticket, shared: &Shared, id: &Uuid) -> Outcome {
             reader = BufReader::with_capacity(capacity, reader.into_inner());
             if capacity == READ_BUFFER_MIN {
                 // The connection went interactive: release the streaming-sized output too.
-                out = Vec::new();
+                echo.out = Vec::new();
             }
         }
         if let Some(budget) = drain_budget.as_mut() {
@@ -372,7 +455,7 @@ pub fn echo_connection(ticket: &Ticket, shared: &Shared, id: &Uuid) -> Outcome {
         }
     }
     let _ = stream.shutdown(Shutdown::Write);
-    finish(reason, bytes, &framer, &log)
+    echo.outcome(reason)
 }
 
 /// Sends the prefixed echo of `data`, framed into `out` at most [`OUTPUT_BUFFER_MAX`] bytes

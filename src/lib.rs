@@ -32,6 +32,7 @@ mod listener;
 pub mod log_budget;
 mod logging;
 mod pool;
+pub mod proxy;
 mod registry;
 mod shutdown;
 mod socket;

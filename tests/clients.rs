@@ -11,6 +11,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::UnixStream;
@@ -122,10 +123,15 @@ impl Envoy {
                 addr.port()
             );
         }
-        let config = scratch("envoy.yaml");
-        let admin_file = scratch("envoy-admin");
+        Envoy::with_config("envoy-hc", &y)
+    }
+
+    /// Envoy running the bootstrap `yaml` (with an admin endpoint on port 0).
+    fn with_config(tag: &str, yaml: &str) -> Envoy {
+        let config = scratch(&format!("{tag}.yaml"));
+        let admin_file = scratch(&format!("{tag}-admin"));
         let _ = std::fs::remove_file(&admin_file);
-        std::fs::write(&config, y).unwrap();
+        std::fs::write(&config, yaml).unwrap();
         let child = Command::new(bin("ENVOY_BIN"))
             .arg("-c")
             .arg(&config)
@@ -159,8 +165,6 @@ impl Envoy {
         }
     }
 
-    /// The body of an admin request (empty on failure); curl speaks the HTTP/1.1, chunked,
-    /// that Envoy's admin answers with.
     fn get(&self, path: &str) -> String {
         let out = Command::new("curl")
             .args(["-sf", "--max-time", "5"])
@@ -334,4 +338,187 @@ fn fortio_shaped_messages_come_back_exactly_on_a_kept_open_connection() {
         assert_eq!(read_exactly(&mut c, 24), msg.as_bytes(), "message {i}");
     }
     support::assert_silent(&mut c, Duration::from_millis(200));
+}
+
+// ---- PROXY protocol through real proxies ------------------------------------------------
+
+/// A connection from `source` (another loopback address than the proxy's) to `to`.
+fn connect_from(source: &str, to: SocketAddr) -> std::net::TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let from: SocketAddr = format!("{source}:0").parse().unwrap();
+    sock.bind(&from.into()).unwrap();
+    sock.connect_timeout(&to.into(), DEADLINE).unwrap();
+    let s: std::net::TcpStream = sock.into();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s
+}
+
+/// Sends `data` from 127.0.0.2 through `front`, half-closes; (what came back, our address).
+fn through(front: SocketAddr, data: &[u8]) -> (String, SocketAddr) {
+    let mut c = connect_from("127.0.0.2", front);
+    let me = c.local_addr().unwrap();
+    c.write_all(data).unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    (
+        String::from_utf8_lossy(&support::read_to_eof(&mut c)).into_owned(),
+        me,
+    )
+}
+
+/// HAProxy forwarding to `backend` with `send` (`send-proxy` or `send-proxy-v2`), listening on
+/// a socket this test bound to a free port and handed over as descriptor 3 (`bind fd@3`).
+fn haproxy_sending_proxy(backend: SocketAddr, send: &str) -> (Proc, SocketAddr) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let front = listener.local_addr().unwrap();
+    let config = scratch(&format!("haproxy-{send}.cfg"));
+    std::fs::write(
+        &config,
+        format!(
+            "defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 10s\n    \
+             timeout server 10s\nfrontend front\n    bind fd@3\n    default_backend echo\n\
+             backend echo\n    server s1 {backend} {send}\n"
+        ),
+    )
+    .unwrap();
+    let fd = listener.as_raw_fd();
+    let mut cmd = Command::new(bin("HAPROXY_BIN"));
+    cmd.arg("-db")
+        .arg("-f")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: dup2 and fcntl are async-signal-safe; nothing else runs before exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let proc = Proc(cmd.spawn().expect("start haproxy"));
+    drop(listener);
+    (proc, front)
+}
+
+/// Envoy with a listener per PROXY protocol version (`V1`, `V2`), each forwarding to
+/// `backend` through the `proxy_protocol` upstream transport socket; their addresses.
+fn envoy_sending_proxy(backend: SocketAddr) -> (Envoy, BTreeMap<String, SocketAddr>) {
+    let mut y = String::from(
+        "admin:\n  address: { socket_address: { address: 127.0.0.1, port_value: 0 } }\n\
+         static_resources:\n  listeners:\n",
+    );
+    for v in ["V1", "V2"] {
+        y += &format!(
+            "  - name: pp_{v}\n    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}\n    \
+             filter_chains:\n    - filters:\n      - name: envoy.filters.network.tcp_proxy\n        \
+             typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n          \
+             stat_prefix: pp_{v}\n          cluster: echo_{v}\n"
+        );
+    }
+    y += "  clusters:\n";
+    for v in ["V1", "V2"] {
+        y += &format!(
+            "  - name: echo_{v}\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      \
+             cluster_name: echo_{v}\n      endpoints:\n      - lb_endpoints:\n        - endpoint: \
+             {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }}\n    \
+             transport_socket:\n      name: envoy.transport_sockets.upstream_proxy_protocol\n      \
+             typed_config:\n        \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport\n        \
+             config: {{ version: {v} }}\n        transport_socket:\n          name: envoy.transport_sockets.raw_buffer\n          \
+             typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer }}\n",
+            backend.port()
+        );
+    }
+    let envoy = Envoy::with_config("envoy-pp", &y);
+    let listeners = poll(
+        "Envoy's listeners",
+        || {
+            let json = envoy.get("/listeners?format=json");
+            let mut out = BTreeMap::new();
+            for v in ["V1", "V2"] {
+                let at = json.find(&format!("\"pp_{v}\""));
+                let port = at.and_then(|i| {
+                    let rest = &json[i..];
+                    let p = rest.find("\"port_value\":")? + 13;
+                    rest[p..]
+                        .trim_start()
+                        .split(|c: char| !c.is_ascii_digit())
+                        .next()?
+                        .parse::<u16>()
+                        .ok()
+                });
+                if let Some(port) = port {
+                    out.insert(v.to_string(), SocketAddr::from(([127, 0, 0, 1], port)));
+                }
+            }
+            out
+        },
+        |m| m.len() == 2,
+    );
+    (envoy, listeners)
+}
+
+/// Checks the answer and the log of one connection through a proxy sending `version`.
+fn assert_client_shown(s: &Server, got: &str, me: SocketAddr, version: &str, proxy: &str) {
+    assert_eq!(
+        got,
+        format!("Your address is {me}.\none hello\none last"),
+        "{proxy}"
+    );
+    let open = s.log.wait_for("open", DEADLINE, |l| {
+        l.contains("TCP connection open.") && l.contains(&format!("client={me} "))
+    });
+    assert!(
+        support::field(&open, "peer=").starts_with("127.0.0.1:"),
+        "{proxy}: {open}"
+    );
+    assert_eq!(support::field(&open, "proxy="), version, "{proxy}: {open}");
+}
+
+#[test]
+fn haproxy_send_proxy_v1_and_v2_show_the_real_client() {
+    for (send, version) in [("send-proxy", "v1"), ("send-proxy-v2", "v2")] {
+        let s = Server::with(&[
+            "--proxy-protocol",
+            "required",
+            "--banner-client",
+            "--prefix",
+            "one",
+        ]);
+        let (_haproxy, front) = haproxy_sending_proxy(s.addrs[0], send);
+        let (got, me) = through(front, b"hello\nlast");
+        assert_client_shown(&s, &got, me, version, send);
+    }
+}
+
+#[test]
+fn envoy_proxy_protocol_v1_and_v2_show_the_real_client() {
+    let s = Server::with(&[
+        "--proxy-protocol",
+        "required",
+        "--banner-client",
+        "--prefix",
+        "one",
+    ]);
+    let (_envoy, listeners) = envoy_sending_proxy(s.addrs[0]);
+    for (v, version) in [("V1", "v1"), ("V2", "v2")] {
+        let (got, me) = through(listeners[v], b"hello\nlast");
+        assert_client_shown(&s, &got, me, version, &format!("envoy {v}"));
+    }
+}
+
+#[test]
+fn with_proxy_protocol_off_the_proxys_header_comes_back_as_data() {
+    let s = Server::with(&["--banner", "off"]);
+    let (_haproxy, front) = haproxy_sending_proxy(s.addrs[0], "send-proxy");
+    let (got, me) = through(front, b"hello\n");
+    let header = format!(
+        "PROXY TCP4 127.0.0.2 127.0.0.1 {} {}\r\n",
+        me.port(),
+        front.port()
+    );
+    assert_eq!(got, format!("{header}hello\n"));
 }

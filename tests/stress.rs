@@ -1092,3 +1092,140 @@ fn s10_a_log_flood() {
         "logging slowed the echo: {info:.0} against {off:.0} MB/s"
     );
 }
+
+/// A v2 PROXY header for TCP over IPv4 from `client` to 10.0.0.1:3333.
+fn proxy_v2(client: SocketAddr) -> Vec<u8> {
+    let SocketAddr::V4(c) = client else {
+        panic!("IPv4 only here")
+    };
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    h.extend_from_slice(&c.ip().octets());
+    h.extend_from_slice(&[10, 0, 0, 1]);
+    h.extend_from_slice(&c.port().to_be_bytes());
+    h.extend_from_slice(&3333u16.to_be_bytes());
+    h
+}
+
+#[test]
+fn s11_hostile_proxy_headers() {
+    support::raise_fd_limit();
+    let s = Server::start(
+        &[
+            "--port",
+            "0",
+            "--proxy-protocol",
+            "optional",
+            "--banner",
+            "off",
+            "--max-connections",
+            "1100",
+        ],
+        &[QUIET],
+    );
+    let addr = s.addrs[0];
+    let baseline = support::sample(s.pid(), Duration::ZERO);
+    let monitor = Monitor::start(s.pid(), SAMPLE_EVERY);
+    let real: SocketAddr = "192.0.2.7:4242".parse().unwrap();
+    // A well-behaved client through a proxy, every 50 ms, all along: header, a line, its echo.
+    let stop = Arc::new(AtomicBool::new(false));
+    let worst = Arc::new(AtomicU64::new(0));
+    let probe = {
+        let (stop, worst) = (Arc::clone(&stop), Arc::clone(&worst));
+        thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let t = Instant::now();
+                let line = format!("probe {n}\n");
+                let got =
+                    support::exchange(addr, &[proxy_v2(real), line.clone().into_bytes()].concat());
+                assert_eq!(got, line.as_bytes());
+                worst.fetch_max(t.elapsed().as_micros() as u64, Ordering::SeqCst);
+                n += 1;
+                thread::sleep(Duration::from_millis(50)); // the probe's pace
+            }
+            n
+        })
+    };
+    let mut rng = Rng(11);
+    let echoed_nothing = |input: &[u8]| {
+        let got = support::exchange(addr, input);
+        assert!(
+            got.is_empty(),
+            "echoed {got:?} for {:?}",
+            &input[..input.len().min(40)]
+        );
+    };
+    // Garbage after a signature: refused, nothing echoed. Garbage without one: it is data.
+    for _ in 0..100 {
+        let mut tail = vec![0u8; 200];
+        rng.fill(&mut tail);
+        echoed_nothing(&[b"PROXY ".to_vec(), tail.clone()].concat());
+        let mut data = tail.clone();
+        data[0] = b'x';
+        assert_eq!(support::exchange(addr, &data), data);
+    }
+    // An oversized v2 length: refused at once.
+    let mut oversized = proxy_v2(real);
+    oversized[14..16].copy_from_slice(&60000u16.to_be_bytes());
+    for _ in 0..50 {
+        echoed_nothing(&oversized);
+    }
+    // A header byte by byte, well within the deadline: read whole.
+    for _ in 0..10 {
+        let mut c = connect(addr);
+        c.set_nodelay(true).unwrap();
+        for b in proxy_v2(real) {
+            c.write_all(&[b]).unwrap();
+            thread::sleep(Duration::from_millis(10)); // the client's pace
+        }
+        c.write_all(b"slow but fine\n").unwrap();
+        assert_eq!(read_exactly(&mut c, 14), b"slow but fine\n");
+    }
+    // 1,000 connections send half a header and stall: each is cut off at the deadline.
+    let half = &proxy_v2(real)[..20];
+    let start = Instant::now();
+    let mut stalled: Vec<TcpStream> = (0..1000)
+        .map(|_| {
+            let mut c = connect(addr);
+            c.write_all(half).unwrap();
+            c
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    for c in stalled.iter_mut() {
+        let got = support::read_to_eof(c);
+        assert!(got.is_empty(), "a half header was echoed: {got:?}");
+        slowest = slowest.max(start.elapsed());
+    }
+    drop(stalled);
+    stop.store(true, Ordering::SeqCst);
+    let probes = probe.join().expect("probe client failed");
+    support::wait_until("descriptors released", DEADLINE, || {
+        support::open_fds(s.pid()) <= baseline.fds + 2
+    });
+    let usage = monitor.stop();
+    let worst = Duration::from_micros(worst.load(Ordering::SeqCst));
+    let refused = s.log.matching("TCP connection refused:").len();
+    record(
+        11,
+        "Hostile PROXY headers",
+        "`--proxy-protocol optional`: 100 signatures followed by garbage (and 100 garbage without one), 50 v2 headers claiming 60,000 bytes, 10 headers sent a byte every 10 ms, 1,000 connections sending half a header and stalling; meanwhile a client through a proxy every 50 ms",
+        &usage,
+        &format!(
+            "nothing of a header echoed; garbage without a signature echoed as data; {refused} connections refused with a reason; the byte-by-byte headers read whole; the 1,000 stalled headers all cut off {:.1} s after they began (deadline 3 s); {probes} proxied clients served, worst {:.1} ms; fds back to {} after",
+            slowest.as_secs_f64(),
+            worst.as_secs_f64() * 1000.0,
+            support::open_fds(s.pid())
+        ),
+    );
+    assert!(
+        slowest >= Duration::from_secs(3) && slowest < Duration::from_secs(6),
+        "{slowest:?}"
+    );
+    assert!(refused >= 1150, "{refused} refused");
+    assert!(
+        worst < Duration::from_secs(1),
+        "a proxied client waited {worst:?}"
+    );
+    assert!(usage.peak_threads() <= thread_bound(1100, 1));
+}

@@ -627,3 +627,79 @@ fn tcproutes_switched_to_v1_as_the_readme_says_pass() {
         "unsupported apiVersion/kind gateway.networking.k8s.io/v1beta1/TCPRoute",
     );
 }
+
+#[test]
+fn the_proxy_protocol_example_turns_it_on_for_every_pod() {
+    let set = check(&k8s("proxy-protocol")).unwrap_or_else(|e| panic!("{e:#?}"));
+    assert_eq!(set.deployments.len(), 2);
+    for d in &set.deployments {
+        let c = &d
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0];
+        let env: Vec<(String, Option<String>)> = c
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.clone(), e.value.clone()))
+            .collect();
+        for (k, v) in [
+            ("ECHO_PROXY_PROTOCOL", "required"),
+            ("ECHO_BANNER_CLIENT", "true"),
+        ] {
+            assert!(
+                env.contains(&(k.to_string(), Some(v.to_string()))),
+                "{k}={v} missing: {env:?}"
+            );
+        }
+    }
+    assert!(set
+        .services
+        .iter()
+        .any(|s| s.metadata.name.as_deref() == Some("tcp-echo-nlb")));
+}
+
+#[test]
+fn patches_that_miss_or_are_not_understood_fail() {
+    let dir = std::env::temp_dir().join(format!("tcp-echo-patch-{}", std::process::id()));
+    let component = dir.join("component");
+    let overlay = dir.join("overlay");
+    std::fs::create_dir_all(&component).unwrap();
+    std::fs::create_dir_all(&overlay).unwrap();
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {}\ncomponents:\n  - ../component\n",
+            k8s("base").display()
+        ),
+    )
+    .unwrap();
+    let component_with = |patch: &str| {
+        std::fs::write(
+            component.join("kustomization.yaml"),
+            format!(
+                "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\npatches:\n{patch}"
+            ),
+        )
+        .unwrap();
+        build(&overlay).map(|_| ()).unwrap_err()
+    };
+    let e = component_with(
+        "  - target: {kind: Deployment, labelSelector: app=nothing}\n    patch: \"[]\"\n",
+    );
+    assert!(e.contains("matches no document"), "{e}");
+    let e = component_with(
+        "  - target: {kind: Deployment}\n    patch: \"[{op: move, path: /spec, from: /x}]\"\n",
+    );
+    assert!(e.contains("unsupported operation"), "{e}");
+    let e = component_with("  - target: {kind: Deployment}\n    patch: \"[{op: replace, path: /spec/nope, value: 1}]\"\n");
+    assert!(e.contains("nothing to replace"), "{e}");
+    let e = component_with("  - target: {group: apps}\n    patch: \"[]\"\n");
+    assert!(e.contains("target field `group` is not supported"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
