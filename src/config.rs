@@ -75,6 +75,8 @@ pub struct Config {
     pub(crate) proxy_protocol: proxy::Mode,
     /// Whether the banner ends with the client's address (`Your address is IP:PORT.`).
     pub(crate) banner_client: bool,
+    /// The admin port (health, readiness, metrics), if any; 0 asks for a free port.
+    pub(crate) admin_port: Option<u16>,
 }
 
 /// A setting: its flag and its environment variable, for error messages.
@@ -93,6 +95,7 @@ const BANNER: Setting = Setting("--banner", "ECHO_BANNER");
 const MAX_LINE: Setting = Setting("--max-line", "ECHO_MAX_LINE");
 const PROXY_PROTOCOL: Setting = Setting("--proxy-protocol", "ECHO_PROXY_PROTOCOL");
 const BANNER_CLIENT: Setting = Setting("--banner-client", "ECHO_BANNER_CLIENT");
+const ADMIN_PORT: Setting = Setting("--admin-port", "ECHO_ADMIN_PORT");
 
 impl Setting {
     fn error(self, value: impl fmt::Display, reason: impl Into<String>) -> ConfigError {
@@ -124,6 +127,7 @@ impl Config {
             banner: Vec::new(),
             proxy_protocol: proxy::Mode::Off,
             banner_client: false,
+            admin_port: None,
         })
     }
 
@@ -192,6 +196,13 @@ impl Config {
         self
     }
 
+    /// Serves `/healthz`, `/readyz` and `/metrics` on `port` (0: a free one) of the same
+    /// address; not one of the echo ports.
+    pub fn with_admin_port(mut self, port: u16) -> Result<Config, ConfigError> {
+        self.admin_port = Some(check_admin_port(port, &self.ports, &port.to_string())?);
+        Ok(self)
+    }
+
     /// How long one blocked write of replies may take before the client is disconnected.
     pub(crate) fn write_timeout(&self) -> Duration {
         self.idle_timeout.unwrap_or(DEFAULT_WRITE_TIMEOUT)
@@ -211,6 +222,13 @@ fn check_ports(ports: &[u16]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+fn check_admin_port(port: u16, echo: &[u16], shown: &str) -> Result<u16, ConfigError> {
+    if port != 0 && echo.contains(&port) {
+        return Err(ADMIN_PORT.error(shown, format!("port {port} is an echo port")));
+    }
+    Ok(port)
 }
 
 fn check_prefix(prefix: &str) -> Result<Option<String>, ConfigError> {
@@ -268,7 +286,7 @@ impl fmt::Display for Config {
         write!(
             f,
             "prefix={:?} max_connections={} idle_timeout={} max_duration={} drain_timeout={}s \
-             socket_buffer={} banner={} ({} lines{}) proxy_protocol={}",
+             socket_buffer={} banner={} ({} lines{}) proxy_protocol={} admin_port={}",
             self.prefix.as_deref().unwrap_or(""),
             self.max_connections,
             seconds_or_never(self.idle_timeout),
@@ -286,6 +304,8 @@ impl fmt::Display for Config {
                 ""
             },
             self.proxy_protocol,
+            self.admin_port
+                .map_or_else(|| "off".to_string(), |p| p.to_string()),
         )
     }
 }
@@ -444,6 +464,11 @@ struct Cli {
     )]
     banner_client: String,
 
+    /// Serve /healthz, /readyz and /metrics (Prometheus) over HTTP on this port of the same
+    /// address (0: any free port); off when unset
+    #[arg(long, env = "ECHO_ADMIN_PORT", value_name = "PORT")]
+    admin_port: Option<String>,
+
     /// When to send the welcome banner: connect, first-read or off
     #[arg(
         long,
@@ -581,6 +606,18 @@ impl Cli {
             .trim()
             .parse::<proxy::Mode>()
             .map_err(|r| PROXY_PROTOCOL.error(&self.proxy_protocol, r))?;
+        let admin_port = match &self.admin_port {
+            // Set to nothing (`ECHO_ADMIN_PORT=`): off, like unset.
+            None => None,
+            Some(text) if text.trim().is_empty() => None,
+            Some(text) => {
+                let port: u16 = text
+                    .trim()
+                    .parse()
+                    .map_err(|_| ADMIN_PORT.error(text, "expected a port (0 to 65535)"))?;
+                Some(check_admin_port(port, &ports, text)?)
+            }
+        };
         let banner_client = match self.banner_client.trim() {
             "true" | "1" | "yes" | "on" => true,
             "false" | "0" | "no" | "off" => false,
@@ -601,6 +638,7 @@ impl Cli {
             banner: crate::banner::from_env(),
             proxy_protocol,
             banner_client,
+            admin_port,
         }
         .with_bind(bind);
         Ok((config, warnings))
@@ -717,6 +755,33 @@ mod tests {
         assert!(Config::new(&[]).is_err());
         assert!(Config::new(&[80, 80]).is_err());
         assert!(Config::new(&[0; MAX_PORTS + 1]).is_err());
+    }
+
+    #[test]
+    fn the_admin_port_is_off_by_default_and_never_an_echo_port() {
+        let admin = |args: &[&str]| match from_args(["tcp-echo"].iter().chain(args)) {
+            Ok(Command::Serve(c, _)) => Ok(c.admin_port),
+            Err(e) => Err(e.to_string()),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(admin(&[]), Ok(None));
+        assert_eq!(admin(&["--admin-port", ""]), Ok(None));
+        assert_eq!(admin(&["--admin-port", "0"]), Ok(Some(0)));
+        assert_eq!(admin(&["--port", "0", "--admin-port", "0"]), Ok(Some(0)));
+        assert_eq!(admin(&["--admin-port", "9090"]), Ok(Some(9090)));
+        let e = admin(&["--port", "9000,9090", "--admin-port", "9090"]).unwrap_err();
+        assert!(
+            e.contains("ECHO_ADMIN_PORT") && e.contains("echo port"),
+            "{e}"
+        );
+        let e = admin(&["--admin-port", "http"]).unwrap_err();
+        assert!(
+            e.contains("--admin-port") && e.contains("expected a port"),
+            "{e}"
+        );
+        let c = Config::new(&[9000]).unwrap();
+        assert!(c.clone().with_admin_port(9000).is_err());
+        assert_eq!(c.with_admin_port(9090).unwrap().admin_port, Some(9090));
     }
 
     #[test]

@@ -54,15 +54,68 @@ pub fn next_read_capacity(capacity: usize, n: usize) -> usize {
 /// from the connection records: `RUST_LOG=info,tcp_echo::data=off`.
 pub const DATA_TARGET: &str = "tcp_echo::data";
 
-/// Counters for the exit summary, updated once per connection.
+/// Why a connection was refused, for the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `--max-connections` were open.
+    Busy,
+    /// No worker thread could be started.
+    NoWorker,
+    /// No valid PROXY header.
+    ProxyProtocol,
+}
+
+impl Refusal {
+    /// Every refusal, in counter order, with its metric label.
+    pub const ALL: [(Refusal, &'static str); 3] = [
+        (Refusal::Busy, "busy"),
+        (Refusal::NoWorker, "no_worker"),
+        (Refusal::ProxyProtocol, "proxy_protocol"),
+    ];
+}
+
+/// The close reasons' metric labels, in the order of [`Reason::index`].
+pub const CLOSE_REASONS: [&str; 8] = [
+    "eof",
+    "idle_timeout",
+    "max_duration",
+    "write_timeout",
+    "shutdown",
+    "drain_deadline",
+    "reset",
+    "error",
+];
+
+/// What the server has done, for the exit summary and the metrics. Bytes are counted per
+/// read (one relaxed add), the rest once per connection.
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// Connections served (admitted and closed).
+    /// Connections admitted.
+    pub accepted: AtomicU64,
+    /// Connections served to their end.
     pub served: AtomicU64,
-    /// Connections refused because the server was full.
-    pub refused: AtomicU64,
+    /// Connections refused, by [`Refusal`] (in [`Refusal::ALL`]'s order).
+    pub refused: [AtomicU64; 3],
+    /// Connections closed, by [`CLOSE_REASONS`].
+    pub closed: [AtomicU64; 8],
     /// Bytes received and echoed.
     pub bytes: AtomicU64,
+}
+
+impl Stats {
+    /// Counts a refusal.
+    pub fn refuse(&self, why: Refusal) {
+        let i = Refusal::ALL
+            .iter()
+            .position(|(r, _)| *r == why)
+            .unwrap_or(0);
+        self.refused[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections refused, for every reason.
+    pub fn refused_total(&self) -> u64 {
+        self.refused.iter().map(|r| r.load(Ordering::Relaxed)).sum()
+    }
 }
 
 /// What every connection shares: settings, the open-connection set, counters, log budget.
@@ -108,6 +161,22 @@ pub enum Reason {
     Reset,
     /// Another I/O error.
     Error(io::Error),
+}
+
+impl Reason {
+    /// Its place in [`CLOSE_REASONS`].
+    pub fn index(&self) -> usize {
+        match self {
+            Reason::Eof => 0,
+            Reason::IdleTimeout => 1,
+            Reason::MaxDuration => 2,
+            Reason::WriteTimeout => 3,
+            Reason::Shutdown => 4,
+            Reason::DrainDeadline => 5,
+            Reason::Reset => 6,
+            Reason::Error(_) => 7,
+        }
+    }
 }
 
 impl fmt::Display for Reason {
@@ -166,7 +235,7 @@ pub fn serve(job: Job, shared: &Shared) {
                 Ok(start) => start,
                 Err(reason) => {
                     warn!("{id} - TCP connection refused: {reason}. peer={peer} local={local}");
-                    shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    shared.stats.refuse(Refusal::ProxyProtocol);
                     let _ = stream.shutdown(Shutdown::Both);
                     return;
                 }
@@ -192,10 +261,7 @@ pub fn serve(job: Job, shared: &Shared) {
         outcome.unlogged,
     );
     shared.stats.served.fetch_add(1, Ordering::Relaxed);
-    shared
-        .stats
-        .bytes
-        .fetch_add(outcome.bytes, Ordering::Relaxed);
+    shared.stats.closed[outcome.reason.index()].fetch_add(1, Ordering::Relaxed);
     // `job.ticket` drops here: the connection leaves the registry, the socket closes.
 }
 
@@ -293,6 +359,7 @@ impl DataLog<'_> {
 /// What the echo of one connection keeps between reads.
 struct Echo<'a> {
     ticket: &'a Ticket,
+    stats: &'a Stats,
     framer: Framer,
     /// The output buffer of the prefixed echo.
     out: Vec<u8>,
@@ -313,6 +380,9 @@ impl Echo<'_> {
             log.record(data);
         }
         self.bytes += data.len() as u64;
+        self.stats
+            .bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         if self.framer.is_identity() {
             self.framer.pass(data);
             send(self.ticket, data)
@@ -360,6 +430,7 @@ pub fn echo_connection(
     let registry = &shared.registry;
     let mut echo = Echo {
         ticket,
+        stats: &shared.stats,
         framer: Framer::new(config.prefix.as_deref()),
         out: Vec::new(),
         log: log_enabled!(target: DATA_TARGET, Level::Info).then(|| DataLog {

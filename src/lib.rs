@@ -20,6 +20,7 @@
 #[cfg(not(unix))]
 compile_error!("tcp-echo runs on Unix-like systems: Linux, macOS and the BSDs");
 
+mod admin;
 pub mod banner;
 pub mod cli;
 pub mod config;
@@ -39,11 +40,13 @@ mod socket;
 
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
+
+use crate::admin::{Admin, Sources};
 
 pub use crate::config::Config;
 use crate::connection::{Job, Shared, Stats};
@@ -66,6 +69,8 @@ pub struct Server {
     config: Config,
     listeners: Vec<TcpListener>,
     addrs: Vec<SocketAddr>,
+    /// The admin port's listener and address, with `--admin-port`.
+    admin: Option<(TcpListener, SocketAddr)>,
     handle: ShutdownHandle,
     signal: ShutdownSignal,
 }
@@ -107,11 +112,23 @@ impl Server {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let admin = match config.admin_port {
+            None => None,
+            Some(port) => {
+                let addr = SocketAddr::new(config.bind, port);
+                let listener = listener::bind_with(addr, config.bind_fallback, None)?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|source| Error::Bind { addr, source })?;
+                Some((listener, bound))
+            }
+        };
         let (handle, signal) = shutdown::channel();
         Ok(Server {
             config,
             listeners,
             addrs,
+            admin,
             handle,
             signal,
         })
@@ -120,6 +137,11 @@ impl Server {
     /// The addresses actually bound (with port 0, the port the OS chose), in `--port` order.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The admin port's address (with port 0, the port the OS chose), with `--admin-port`.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(_, addr)| *addr)
     }
 
     /// A handle that makes [`run`](Server::run) drain and return.
@@ -137,6 +159,7 @@ impl Server {
             config,
             listeners,
             addrs,
+            admin,
             handle: _own_handle,
             signal,
         } = self;
@@ -163,6 +186,23 @@ impl Server {
         };
         // Dropped on any early return: the thread is stopped and joined.
         let watch = Watch::start(&registry, limits)?;
+        // False from the moment shutdown begins: `/readyz` answers 503.
+        let ready = Arc::new(AtomicBool::new(true));
+        // Dropped (stopped and joined) when `run` returns, after the drain.
+        let _admin = match admin {
+            None => None,
+            Some((listener, addr)) => {
+                let sources = Sources {
+                    shared: Arc::clone(&shared),
+                    workers: pool.gauge(),
+                    ready: Arc::clone(&ready),
+                    started: admin::now_unix(),
+                };
+                let admin = Admin::start(listener, sources)?;
+                info!("admin endpoint on http://{addr}: /healthz, /readyz, /metrics");
+                Some(admin)
+            }
+        };
 
         for addr in &addrs {
             info!("listening on {addr}");
@@ -182,6 +222,7 @@ impl Server {
         drop(pool);
 
         signal.wait();
+        ready.store(false, Ordering::Release);
         let deadline = Instant::now() + config.drain_timeout;
         // Stop accepting first: after this, no connection is admitted, and the ones that were
         // waiting in the accept queues have been taken.
@@ -205,7 +246,7 @@ impl Server {
         let stats = &shared.stats;
         Ok(Summary {
             served: stats.served.load(Ordering::Relaxed),
-            refused: stats.refused.load(Ordering::Relaxed),
+            refused: stats.refused_total(),
             bytes: stats.bytes.load(Ordering::Relaxed),
             forced,
         })

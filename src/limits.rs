@@ -40,9 +40,14 @@ pub fn memory_needed(max_connections: usize, socket_buffer: Option<usize>) -> Op
 /// of a connection being refused as busy, and slack for the runtime.
 pub const SPARE_DESCRIPTORS: u64 = 16;
 
-/// Descriptors the server needs for `config` at its fullest.
+/// Descriptors the server needs for `config` at its fullest: its connections, its listeners,
+/// the admin port's listener and connections (with `--admin-port`), and the spares.
 pub fn descriptors_needed(config: &Config) -> u64 {
-    config.max_connections as u64 + config.ports.len() as u64 + SPARE_DESCRIPTORS
+    let admin = match config.admin_port {
+        Some(_) => 1 + crate::admin::MAX_CONNECTIONS as u64,
+        None => 0,
+    };
+    config.max_connections as u64 + config.ports.len() as u64 + admin + SPARE_DESCRIPTORS
 }
 
 /// What to do with the open-file limit: the soft limit to set (if it changes), and a warning
@@ -91,9 +96,10 @@ pub fn raise_open_files(config: &Config) {
 }
 
 /// Threads the server needs at its fullest: a worker per connection, an acceptor per port,
-/// and the main thread, the signal handler and the watch.
+/// the main thread, the signal handler and the watch, and the admin port's thread.
 pub fn threads_needed(config: &Config) -> u64 {
-    config.max_connections as u64 + config.ports.len() as u64 + 3
+    let admin = u64::from(config.admin_port.is_some());
+    config.max_connections as u64 + config.ports.len() as u64 + 3 + admin
 }
 
 /// The warning when a thread limit (`limit`, named `name`) is below what is `needed`.
@@ -272,5 +278,8 @@ mod tests {
             .with_max_connections(100)
             .unwrap();
         assert_eq!(descriptors_needed(&c), 100 + 2 + SPARE_DESCRIPTORS);
+        let c = c.with_admin_port(0).unwrap();
+        assert_eq!(descriptors_needed(&c), 100 + 2 + 129 + SPARE_DESCRIPTORS);
+        assert_eq!(threads_needed(&c), 100 + 2 + 3 + 1);
     }
 }

@@ -21,7 +21,7 @@ use log::{debug, info, warn};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
-use crate::connection::{canonical, Job, Shared};
+use crate::connection::{self, canonical, Job, Shared};
 use crate::error::Error;
 use crate::pool::{Pool, Refused};
 
@@ -44,9 +44,18 @@ pub fn bind_all(config: &Config) -> Result<Vec<TcpListener>, Error> {
 }
 
 fn bind_one(addr: SocketAddr, config: &Config) -> Result<TcpListener, Error> {
-    let buffer = config.socket_buffer;
+    bind_with(addr, config.bind_fallback, config.socket_buffer)
+}
+
+/// Binds one listener on `addr`; with `fallback`, an unavailable IPv6 `::` falls back to
+/// `0.0.0.0`. Accepted sockets get `socket_buffer` (`None`: the kernel's autotuning).
+pub fn bind_with(
+    addr: SocketAddr,
+    fallback: bool,
+    buffer: Option<usize>,
+) -> Result<TcpListener, Error> {
     match listen(addr, buffer) {
-        Err(e) if config.bind_fallback && addr.is_ipv6() && ipv6_unavailable(&e) => {
+        Err(e) if fallback && addr.is_ipv6() && ipv6_unavailable(&e) => {
             let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), addr.port());
             info!("IPv6 is unavailable ({e}); listening on {v4} instead of {addr}");
             listen(v4, buffer).map_err(|source| Error::Bind { addr: v4, source })
@@ -321,12 +330,17 @@ impl Acceptor {
                     peer,
                     accepted,
                 };
-                if let Err((job, why)) = self.pool.execute(job) {
-                    let stream = job.ticket.stream().try_clone();
-                    // Unregistered here, so that the count below is of the others.
-                    drop(job);
-                    if let Ok(stream) = stream {
-                        self.refuse(stream, peer, Refusal::NoWorker(why));
+                match self.pool.execute(job) {
+                    Ok(()) => {
+                        self.shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err((job, why)) => {
+                        let stream = job.ticket.stream().try_clone();
+                        // Unregistered here, so that the count below is of the others.
+                        drop(job);
+                        if let Ok(stream) = stream {
+                            self.refuse(stream, peer, Refusal::NoWorker(why));
+                        }
                     }
                 }
             }
@@ -338,7 +352,10 @@ impl Acceptor {
     fn refuse(&self, stream: TcpStream, peer: SocketAddr, why: Refusal) {
         let max = self.shared.registry.max();
         let open = self.shared.registry.len();
-        self.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+        self.shared.stats.refuse(match why {
+            Refusal::Busy => connection::Refusal::Busy,
+            Refusal::NoWorker(_) => connection::Refusal::NoWorker,
+        });
         let peer = canonical(peer);
         let message = match &why {
             Refusal::Busy => {

@@ -116,6 +116,11 @@ impl<J: Send + 'static> Pool<J> {
         self.shared.lock().threads
     }
 
+    /// A gauge of the worker threads alive, for the metrics. It does not keep the pool open.
+    pub fn gauge(&self) -> Gauge<J> {
+        Gauge(Arc::clone(&self.shared))
+    }
+
     fn spawn(&self, state: &mut State) -> io::Result<()> {
         let shared = Arc::clone(&self.shared);
         let name = format!("{}-{}", self.shared.name, state.started);
@@ -126,6 +131,16 @@ impl<J: Send + 'static> Pool<J> {
         state.threads += 1;
         state.started += 1;
         Ok(())
+    }
+}
+
+/// Reads how many worker threads a pool has alive; see [`Pool::gauge`].
+pub struct Gauge<J>(Arc<Shared<J>>);
+
+impl<J> Gauge<J> {
+    /// Worker threads alive now.
+    pub fn threads(&self) -> usize {
+        self.0.lock().threads
     }
 }
 

@@ -14,14 +14,19 @@ use std::time::{Duration, Instant};
 pub const DEADLINE: Duration = Duration::from_secs(15);
 
 /// Variables the server reads; tests start from none of them set.
-pub const SERVER_VARS: [&str; 15] = [
+pub const SERVER_VARS: [&str; 20] = [
     "TCP_PORT",
     "ECHO_PREFIX",
     "ECHO_BIND",
     "ECHO_MAX_CONNECTIONS",
     "ECHO_IDLE_TIMEOUT",
     "ECHO_MAX_LINE",
+    "ECHO_MAX_DURATION",
     "ECHO_DRAIN_TIMEOUT",
+    "ECHO_SOCKET_BUFFER",
+    "ECHO_PROXY_PROTOCOL",
+    "ECHO_BANNER_CLIENT",
+    "ECHO_ADMIN_PORT",
     "ECHO_BANNER",
     "NODE_NAME",
     "POD_NAME",
@@ -187,6 +192,19 @@ impl Server {
         let mut all = vec!["--port", "0"];
         all.extend_from_slice(args);
         Server::start(&all, &[])
+    }
+
+    /// The admin port's address (from the `admin endpoint on http://ADDR:` line), on loopback.
+    pub fn admin(&self) -> SocketAddr {
+        let line = self.log.wait_for("admin endpoint line", DEADLINE, |l| {
+            l.contains("admin endpoint on http://")
+        });
+        let addr = line.rsplit("http://").next().unwrap();
+        let addr = addr.split_once(": ").map_or(addr, |(a, _)| a).trim();
+        let addr: SocketAddr = addr
+            .parse()
+            .unwrap_or_else(|_| panic!("bad admin address in {line:?}"));
+        SocketAddr::new("127.0.0.1".parse().unwrap(), addr.port())
     }
 
     /// The process id.
