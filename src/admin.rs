@@ -220,11 +220,15 @@ fn accept(listener: &TcpListener, conns: &mut Vec<Conn>, sources: &Sources) {
 fn step(c: &mut Conn, sources: &Sources) {
     if c.response.is_none() {
         let mut buf = [0u8; 1024];
+        let mut ended = false;
         loop {
-            match c.stream.read(&mut buf) {
+            // Never more than one byte past the limit: a request buffer stays under 16 KiB.
+            let room = (MAX_REQUEST + 1 - c.request.len()).min(buf.len());
+            match c.stream.read(&mut buf[..room]) {
+                // The client has sent all it will: it may still read (a half-close).
                 Ok(0) => {
-                    c.deadline = Instant::now(); // the client left
-                    return;
+                    ended = true;
+                    break;
                 }
                 Ok(n) => c.request.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -245,6 +249,10 @@ fn step(c: &mut Conn, sources: &Sources) {
         };
         match response {
             Some(r) => c.response = Some((r, 0)),
+            None if ended => {
+                c.deadline = Instant::now(); // the client left without a whole request
+                return;
+            }
             None => return,
         }
     }

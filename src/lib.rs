@@ -48,6 +48,9 @@ use log::{info, warn};
 
 use crate::admin::{Admin, Sources};
 
+/// Connections the admin port (`--admin-port`) holds at once; a new one beyond takes the
+/// place of the oldest.
+pub use crate::admin::MAX_CONNECTIONS as ADMIN_MAX_CONNECTIONS;
 pub use crate::config::Config;
 use crate::connection::{Job, Shared, Stats};
 pub use crate::error::Error;

@@ -334,6 +334,9 @@ fn other_paths_404_other_methods_405_and_malformed_requests_400() {
         request(admin, b"\x16\x03\x01\x02\x00\x01\r\n\r\n").status,
         400
     );
+    // A client that half-closes after its request still gets the answer.
+    let half = parse_response(&exchange(admin, b"GET /healthz HTTP/1.1\r\n\r\n"));
+    assert_eq!(half.status, 200);
     for r in [get(admin, "/"), get(admin, "/healthz")] {
         assert_eq!(r.headers["connection"], "close");
     }

@@ -527,6 +527,81 @@ fn resolve_port(port: &IntOrString, c: &Container) -> Option<i32> {
     }
 }
 
+/// The container's admin port (`ECHO_ADMIN_PORT`), if it sets one.
+fn admin_port(c: &Container) -> Option<i32> {
+    env_value(c, "ECHO_ADMIN_PORT")?.trim().parse().ok()
+}
+
+/// The admin port and what uses it: `ECHO_ADMIN_PORT` is a declared containerPort other than
+/// `TCP_PORT`; readiness and liveness are `httpGet` probes of `/readyz` and `/healthz` on it
+/// (a `tcpSocket` probe would be an echo connection, logged every few seconds); the pod's
+/// `prometheus.io/*` annotations scrape `/metrics` on it.
+fn admin_problems(name: &str, c: &Container, template: &PodTemplateSpec) -> Vec<String> {
+    let mut p = Vec::new();
+    let ports: Vec<i32> = c.ports.iter().flatten().map(|p| p.container_port).collect();
+    let Some(admin) = admin_port(c) else {
+        p.push(format!(
+            "Deployment {name}: container {} sets no literal ECHO_ADMIN_PORT: its probes would have to be echo connections",
+            c.name
+        ));
+        return p;
+    };
+    if !ports.contains(&admin) {
+        p.push(format!(
+            "Deployment {name}: ECHO_ADMIN_PORT={admin} is not a containerPort ({ports:?})"
+        ));
+    }
+    if env_value(c, "TCP_PORT").is_some_and(|t| t.split(',').any(|t| t.trim().parse() == Ok(admin)))
+    {
+        p.push(format!(
+            "Deployment {name}: ECHO_ADMIN_PORT={admin} is also in TCP_PORT"
+        ));
+    }
+    for (kind, probe, path) in [
+        ("readinessProbe", &c.readiness_probe, "/readyz"),
+        ("livenessProbe", &c.liveness_probe, "/healthz"),
+    ] {
+        let Some(http) = probe.as_ref().and_then(|pr| pr.http_get.as_ref()) else {
+            p.push(format!(
+                "Deployment {name}: no httpGet {kind} (on the admin port, {path})"
+            ));
+            continue;
+        };
+        match resolve_port(&http.port, c) {
+            Some(port) if port == admin => {}
+            _ => p.push(format!(
+                "Deployment {name}: {kind} port {:?} is not the admin port {admin}",
+                http.port
+            )),
+        }
+        if http.path.as_deref() != Some(path) {
+            p.push(format!(
+                "Deployment {name}: {kind} path {:?} is not {path}",
+                http.path
+            ));
+        }
+    }
+    let annotations = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.clone())
+        .unwrap_or_default();
+    let admin_text = admin.to_string();
+    for (key, want) in [
+        ("prometheus.io/scrape", "true"),
+        ("prometheus.io/port", admin_text.as_str()),
+        ("prometheus.io/path", "/metrics"),
+    ] {
+        if annotations.get(key).map(String::as_str) != Some(want) {
+            p.push(format!(
+                "Deployment {name}: pod annotation {key} is {:?}, not {want:?}",
+                annotations.get(key)
+            ));
+        }
+    }
+    p
+}
+
 /// Checks what only the set as a whole shows; returns every problem found.
 pub fn cross_check(set: &Set) -> Vec<String> {
     let mut p = Vec::new();
@@ -568,18 +643,7 @@ pub fn cross_check(set: &Set) -> Vec<String> {
                     c.name
                 )),
             }
-            for (kind, probe) in [
-                ("readinessProbe", &c.readiness_probe),
-                ("livenessProbe", &c.liveness_probe),
-            ] {
-                match probe.as_ref().and_then(|pr| pr.tcp_socket.as_ref()) {
-                    Some(tcp) => match resolve_port(&tcp.port, c) {
-                        Some(port) if ports.contains(&port) => {}
-                        _ => p.push(format!("Deployment {name}: {kind} port {:?} is not a containerPort ({ports:?})", tcp.port)),
-                    },
-                    None => p.push(format!("Deployment {name}: no tcpSocket {kind}")),
-                }
-            }
+            p.extend(admin_problems(&name, c, &spec.template));
             p.extend(memory_problems(&name, c));
             let drain = env_value(c, "ECHO_DRAIN_TIMEOUT")
                 .and_then(|v| v.parse::<f64>().ok())
@@ -646,6 +710,13 @@ pub fn cross_check(set: &Set) -> Vec<String> {
                 });
                 if !ok {
                     p.push(format!("Service {name}: targetPort {target:?} is not a containerPort of Deployment {}", name_of(&d.metadata)));
+                }
+                let admin = containers.iter().any(|c| {
+                    let port = resolve_port(&target, c);
+                    port.is_some() && port == admin_port(c)
+                });
+                if admin {
+                    p.push(format!("Service {name}: port {} targets the admin port of Deployment {} (ECHO_ADMIN_PORT): a gateway could route to it", port.port, name_of(&d.metadata)));
                 }
             }
         }
@@ -986,6 +1057,8 @@ pub struct Backend {
     pub service_account: String,
     /// The weight of this backend on the route (100 when alone).
     pub weight: u32,
+    /// Its HTTP readiness and liveness probes: (port, path).
+    pub http_probes: Vec<(u16, String)>,
 }
 
 /// One port of the ingress gateway and where its connections go.
@@ -1079,6 +1152,8 @@ pub struct Pod {
     pub max_connections: usize,
     /// Its `ECHO_SOCKET_BUFFER` (`None`: autotuning).
     pub socket_buffer: Option<usize>,
+    /// Its HTTP probes, as the kubelet sends them: (port, path) of readiness and liveness.
+    pub http_probes: Vec<(u16, String)>,
 }
 
 /// Every Deployment's first container, as [`Pod`]s.
@@ -1100,7 +1175,20 @@ pub fn pods(set: &Set) -> Vec<Pod> {
                 memory_limit: memory_limit(c),
                 max_connections: max_connections(c),
                 socket_buffer: socket_buffer(c),
+                http_probes: http_probes(c),
             })
+        })
+        .collect()
+}
+
+/// The container's HTTP readiness and liveness probes: (port, path), as the kubelet sends them.
+fn http_probes(c: &Container) -> Vec<(u16, String)> {
+    [&c.readiness_probe, &c.liveness_probe]
+        .into_iter()
+        .filter_map(|p| {
+            let http = p.as_ref()?.http_get.as_ref()?;
+            let port = u16::try_from(resolve_port(&http.port, c)?).ok()?;
+            Some((port, http.path.clone()?))
         })
         .collect()
 }
@@ -1209,5 +1297,6 @@ fn backend(d: &Deployment, weight: u32) -> Backend {
             .clone()
             .unwrap_or_else(|| "default".into()),
         weight,
+        http_probes: http_probes(&c),
     }
 }

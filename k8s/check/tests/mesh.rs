@@ -8,7 +8,8 @@ use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tcp_echo_k8s::{check, routes, Backend, Route};
@@ -38,15 +39,37 @@ fn banner(b: &Backend) -> String {
     )
 }
 
+/// A backend running as its pod would.
+struct Running {
+    proc: Proc,
+    /// Its echo port.
+    addr: SocketAddr,
+    /// Its admin port, where the kubelet probes it.
+    admin: SocketAddr,
+    /// Its log, line by line.
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Running {
+    /// Connections the echo log shows opened.
+    fn echo_connections(&self) -> usize {
+        let log = self.log.lock().unwrap();
+        log.iter()
+            .filter(|l| l.contains("TCP connection open"))
+            .count()
+    }
+}
+
 /// Starts one backend as its Deployment would run it: its literal environment, the downward-API
-/// values a pod would get, on a free loopback port instead of TCP_PORT.
-fn start_backend(b: &Backend) -> (Proc, SocketAddr) {
+/// values a pod would get, on free loopback ports instead of TCP_PORT and ECHO_ADMIN_PORT.
+fn start_backend(b: &Backend) -> Running {
     let mut cmd = Command::new(env("TCP_ECHO_BIN"));
     for var in ["RUST_LOG", "ECHO_BANNER", "ECHO_MAX_CONNECTIONS"] {
         cmd.env_remove(var);
     }
     cmd.envs(&b.env)
         .env("TCP_PORT", "0")
+        .env("ECHO_ADMIN_PORT", "0")
         .env("ECHO_BIND", "127.0.0.1")
         .env("NODE_NAME", "rehearsal-node")
         .env("POD_NAME", format!("{}-rehearsal", b.deployment))
@@ -58,15 +81,118 @@ fn start_backend(b: &Backend) -> (Proc, SocketAddr) {
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("start tcp-echo");
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (mut addr, mut admin) = (None, None);
+    while addr.is_none() || admin.is_none() {
         let line = lines.next().expect("tcp-echo exited").expect("read log");
         if let Some(a) = line.split("listening on ").nth(1) {
-            break a.trim().parse().expect("address");
+            addr = Some(a.trim().parse().expect("address"));
         }
-    };
-    // Keep draining the log so the backend never blocks on it.
-    std::thread::spawn(move || for _ in lines {});
-    (Proc(child), addr)
+        if let Some(a) = line.split("admin endpoint on http://").nth(1) {
+            let a = a.split(": ").next().unwrap();
+            admin = Some(a.parse().expect("admin address"));
+        }
+        log.lock().unwrap().push(line);
+    }
+    // Keep reading the log, so the backend never blocks on it and the tests can count records.
+    let writer = Arc::clone(&log);
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            writer.lock().unwrap().push(line);
+        }
+    });
+    Running {
+        proc: Proc(child),
+        addr: addr.unwrap(),
+        admin: admin.unwrap(),
+        log,
+    }
+}
+
+/// What the kubelet would do for each backend: its manifest's HTTP probes (the paths, on the
+/// admin port), here every 100 ms rather than every 5 to 10 s. Counts the answers by backend.
+struct Kubelet {
+    stop: Arc<AtomicBool>,
+    /// Deployment -> (probes answered 200, probes that failed).
+    results: Arc<Mutex<BTreeMap<String, (usize, usize)>>>,
+    join: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Kubelet {
+    fn start(targets: Vec<(String, SocketAddr, Vec<String>)>) -> Kubelet {
+        let stop = Arc::new(AtomicBool::new(false));
+        let results = Arc::new(Mutex::new(BTreeMap::new()));
+        let (flag, out) = (Arc::clone(&stop), Arc::clone(&results));
+        let join = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                for (name, admin, paths) in &targets {
+                    for path in paths {
+                        let ok = http_status(*admin, path) == Some(200);
+                        let mut r = out.lock().unwrap();
+                        let e = r.entry(name.clone()).or_insert((0, 0));
+                        if ok {
+                            e.0 += 1
+                        } else {
+                            e.1 += 1
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Kubelet {
+            stop,
+            results,
+            join: Some(join),
+        }
+    }
+
+    /// Waits until `deployment` has answered `n` probes; panics on a failed one.
+    fn wait_answered(&self, deployment: &str, n: usize) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let (ok, failed) = self
+                .results
+                .lock()
+                .unwrap()
+                .get(deployment)
+                .copied()
+                .unwrap_or_default();
+            assert_eq!(failed, 0, "{deployment}: {failed} probes failed");
+            if ok >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{deployment}: {ok} of {n} probes answered"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
+/// `GET path` as the kubelet sends it, within a second; the status, if any.
+fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kube-probe/1.34\r\n\
+         Accept: */*\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(request.as_bytes()).ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).ok()?;
+    let text = String::from_utf8_lossy(&out);
+    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
 }
 
 /// Envoy's bootstrap: an admin endpoint, and per gateway port a loopback listener (on a port
@@ -147,7 +273,9 @@ fn listener_addresses(admin_file: &Path, routes: &[Route]) -> BTreeMap<u16, Sock
 /// The rehearsal of one walkthrough: backends and Envoy running.
 struct Rehearsal {
     routes: Vec<Route>,
-    backends: BTreeMap<String, (Proc, SocketAddr)>,
+    backends: BTreeMap<String, Running>,
+    /// Probing every backend, as the manifests say.
+    kubelet: Kubelet,
     /// Gateway port -> Envoy's loopback address for it.
     gateway: BTreeMap<u16, SocketAddr>,
     _envoy: Proc,
@@ -170,7 +298,32 @@ impl Rehearsal {
                 backends.insert(b.deployment.clone(), start_backend(b));
             }
         }
-        let addrs = backends.iter().map(|(k, (_, a))| (k.clone(), *a)).collect();
+        let addrs = backends.iter().map(|(k, b)| (k.clone(), b.addr)).collect();
+        // The probes of each backend's manifest, sent to the port it actually has.
+        let mut targets = Vec::new();
+        for b in routes.iter().flat_map(|r| &r.backends) {
+            if targets.iter().any(|(name, _, _)| name == &b.deployment) {
+                continue;
+            }
+            let declared: u16 = b.env["ECHO_ADMIN_PORT"].parse().unwrap();
+            assert_eq!(
+                b.http_probes.len(),
+                2,
+                "{}: {:?}",
+                b.deployment,
+                b.http_probes
+            );
+            for (port, _) in &b.http_probes {
+                assert_eq!(
+                    *port, declared,
+                    "{}: a probe off the admin port",
+                    b.deployment
+                );
+            }
+            let paths = b.http_probes.iter().map(|(_, p)| p.clone()).collect();
+            targets.push((b.deployment.clone(), backends[&b.deployment].admin, paths));
+        }
+        let kubelet = Kubelet::start(targets);
         // Rehearsals run in parallel, each with its own Envoy and files.
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let config = std::env::temp_dir().join(format!(
@@ -200,12 +353,12 @@ impl Rehearsal {
             .expect("start envoy");
         let envoy = Proc(envoy);
         let gateway = listener_addresses(&admin_file, &routes);
-        for addr in gateway.values() {
-            TcpStream::connect(addr).unwrap_or_else(|e| panic!("envoy on {addr}: {e}"));
-        }
+        // Envoy reports a listener once it is bound, so it queues connections from here on.
+        // (No test connection here: it would reach a backend and show in its echo log.)
         Rehearsal {
             routes,
             backends,
+            kubelet,
             gateway,
             _envoy: envoy,
             _config: config,
@@ -219,6 +372,19 @@ impl Rehearsal {
             .and_then(|r| r.backends.iter().find(|b| b.version == version))
             .cloned()
             .unwrap_or_else(|| panic!("no {version} behind {port}"))
+    }
+
+    /// Once the kubelet has had a few answers from `deployment`, its echo log shows exactly
+    /// `connections` connections: the probes are not among them.
+    fn assert_probes_unlogged(&self, deployment: &str, connections: usize) {
+        self.kubelet.wait_answered(deployment, 6);
+        let b = &self.backends[deployment];
+        assert_eq!(
+            b.echo_connections(),
+            connections,
+            "{deployment}'s echo log:\n{}",
+            b.log.lock().unwrap().join("\n")
+        );
     }
 }
 
@@ -253,6 +419,9 @@ fn port_routing(dir: &str) {
             ),
             "through gateway port {port}"
         );
+    }
+    for name in ["tcp-echo-v1", "tcp-echo-v2"] {
+        r.assert_probes_unlogged(name, 1);
     }
 }
 
@@ -315,6 +484,13 @@ fn weighted_routing(dir: &str) {
     ]);
     assert_eq!(code, Some(1), "a wrong expectation must fail: {json}");
     assert!(json.contains("\"expect_ok\":false"), "{json}");
+    r.kubelet.wait_answered(&v1.deployment, 6);
+    r.kubelet.wait_answered(&v2.deployment, 6);
+    let echoed: usize = r.backends.values().map(Running::echo_connections).sum();
+    assert_eq!(
+        echoed, 400,
+        "the echo logs show connections that were not the clients'"
+    );
 }
 
 #[test]
@@ -338,7 +514,7 @@ fn stopped_backend(dir: &str) {
     let mut got = vec![0u8; want.len()];
     open.read_exact(&mut got).unwrap();
     assert_eq!(String::from_utf8(got).unwrap(), want);
-    let (proc, _) = r.backends.remove("tcp-echo-v2").unwrap();
+    let proc = r.backends.remove("tcp-echo-v2").unwrap().proc;
     // SAFETY: signalling our own child.
     unsafe { libc_kill(proc.0.id() as i32) };
     let t = Instant::now();
@@ -373,6 +549,7 @@ fn stopped_backend(dir: &str) {
         exchange(r.gateway[&31400], b"still\n"),
         format!("{}one still\n", banner(&v1))
     );
+    r.assert_probes_unlogged("tcp-echo-v1", 1);
 }
 
 #[test]

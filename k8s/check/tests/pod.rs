@@ -1,7 +1,8 @@
 //! The image as its Deployment runs it (`make image-test`): the Deployment's environment and
 //! memory limit, read from the manifests, a Docker container with that memory limit (no swap)
 //! and containerd's low soft descriptor limit, and as many clients as its
-//! `ECHO_MAX_CONNECTIONS` doing the worst a client can: flood empty lines and never read.
+//! `ECHO_MAX_CONNECTIONS` doing the worst a client can: flood empty lines and never read; and
+//! on the admin port, every slot holding an unfinished request of almost 8 KiB.
 //!
 //! The memory counted is what a pod is charged for. On cgroup v2 that is `memory.peak`, which
 //! includes the kernel's socket buffers. On cgroup v1 socket buffers are kept apart, in
@@ -141,6 +142,19 @@ fn flood_until_stalled(clients: &mut [TcpStream]) -> u64 {
     sent
 }
 
+/// `GET path`, as the kubelet or a scraper sends it: (status, body).
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: pod\r\nUser-Agent: kube-probe/1.34\r\n\r\n");
+    let out = String::from_utf8(read_until_eof(addr, request.as_bytes())).unwrap();
+    let status = out.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
 fn read_until_eof(addr: SocketAddr, send: &[u8]) -> Vec<u8> {
     let mut c = TcpStream::connect_timeout(&addr, DEADLINE).expect("connect");
     c.set_read_timeout(Some(DEADLINE)).unwrap();
@@ -219,7 +233,40 @@ fn the_image_under_its_deployment_limits_survives_as_many_flooders_as_it_admits(
     // A newcomer still gets an answer: every slot is taken, so it is told busy.
     let reply = String::from_utf8_lossy(&read_until_eof(addr, b"hello\n")).into_owned();
     assert!(reply.contains("busy"), "newcomer got {reply:?}");
+
+    // Meanwhile the admin port at its worst: every one of its slots holding a request of
+    // almost 8 KiB that never ends. The kubelet's probes and a scrape are still answered, and
+    // the scrape shows the flood.
+    let admin_port: u16 = pod.env["ECHO_ADMIN_PORT"].parse().unwrap();
+    let admin: SocketAddr = format!("{ip}:{admin_port}").parse().unwrap();
+    let hog = format!("GET /metrics HTTP/1.1\r\nX-Hog: {}\r\n", "h".repeat(8000));
+    let hogs: Vec<TcpStream> = (0..tcp_echo::ADMIN_MAX_CONNECTIONS)
+        .map(|_| {
+            let mut s = TcpStream::connect_timeout(&admin, DEADLINE).expect("admin connect");
+            s.write_all(hog.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    for (port, path) in &pod.http_probes {
+        assert_eq!(*port, admin_port, "a probe off the admin port");
+        let t = Instant::now();
+        let (status, _) = http_get(admin, path);
+        assert_eq!(status, 200, "{path}");
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "{path} took {:?}",
+            t.elapsed()
+        );
+    }
+    let (status, metrics) = http_get(admin, "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(&format!("\ntcp_echo_connections_open {n}\n"))
+            && metrics.contains("\ntcp_echo_connections_refused_total{reason=\"busy\"} 1\n"),
+        "{metrics}"
+    );
     let (peak, sockets) = memory.peak();
+    drop(hogs);
     assert_eq!(c.inspect("{{.State.OOMKilled}}"), "false");
     assert_eq!(c.inspect("{{.State.Running}}"), "true");
     println!(

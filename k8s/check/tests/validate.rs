@@ -265,17 +265,89 @@ fn disagreeing_ports_fail() {
         at(v, "spec.template.spec.containers.0.env.0")["value"] = "9000".into()
     });
     assert_fails(&e, "TCP_PORT=9000 is not a containerPort");
+}
+
+#[test]
+fn probes_off_the_admin_port_or_its_paths_fail() {
     let e = broken("", "Deployment", "tcp-echo-v1", |v| {
-        at(
-            v,
-            "spec.template.spec.containers.0.readinessProbe.tcpSocket",
-        )["port"] = 8080.into()
+        at(v, "spec.template.spec.containers.0.readinessProbe.httpGet")["port"] = 8080.into()
     });
-    assert_fails(&e, "readinessProbe port Int(8080)");
+    assert_fails(
+        &e,
+        "readinessProbe port Int(8080) is not the admin port 9090",
+    );
     let e = broken("", "Deployment", "tcp-echo-v1", |v| {
-        at(v, "spec.template.spec.containers.0.livenessProbe.tcpSocket")["port"] = "http".into()
+        at(v, "spec.template.spec.containers.0.livenessProbe.httpGet")["port"] = "tcp".into()
     });
-    assert_fails(&e, "livenessProbe port String(\"http\")");
+    assert_fails(
+        &e,
+        "livenessProbe port String(\"tcp\") is not the admin port 9090",
+    );
+    let e = broken("", "Deployment", "tcp-echo-v2", |v| {
+        at(v, "spec.template.spec.containers.0.livenessProbe.httpGet")["path"] = "/readyz".into()
+    });
+    assert_fails(&e, "livenessProbe path Some(\"/readyz\") is not /healthz");
+    // Back to a tcpSocket probe: an echo connection every few seconds.
+    let e = broken("", "Deployment", "tcp-echo-v1", |v| {
+        let probe = at(v, "spec.template.spec.containers.0.readinessProbe");
+        probe.as_mapping_mut().unwrap().remove("httpGet");
+        probe["tcpSocket"] = serde_yaml::from_str("port: 3333").unwrap();
+    });
+    assert_fails(&e, "no httpGet readinessProbe");
+}
+
+#[test]
+fn an_admin_port_undeclared_missing_or_in_the_service_fails() {
+    let e = broken("", "Deployment", "tcp-echo-v1", |v| {
+        let ports = at(v, "spec.template.spec.containers.0.ports");
+        ports.as_sequence_mut().unwrap().remove(1);
+    });
+    assert_fails(&e, "ECHO_ADMIN_PORT=9090 is not a containerPort ([3333])");
+    let e = broken("", "Deployment", "tcp-echo-v2", |v| {
+        let env = at(v, "spec.template.spec.containers.0.env");
+        env.as_sequence_mut()
+            .unwrap()
+            .retain(|e| e["name"].as_str() != Some("ECHO_ADMIN_PORT"));
+    });
+    assert_fails(&e, "sets no literal ECHO_ADMIN_PORT");
+    let e = broken("", "Deployment", "tcp-echo-v1", |v| {
+        at(v, "spec.template.spec.containers.0.env.0")["value"] = "3333,9090".into()
+    });
+    assert_fails(&e, "ECHO_ADMIN_PORT=9090 is also in TCP_PORT");
+    let e = broken("", "Deployment", "tcp-echo-v1", |v| {
+        at(v, "spec.template.metadata.annotations")["prometheus.io/port"] = "3333".into()
+    });
+    assert_fails(
+        &e,
+        "pod annotation prometheus.io/port is Some(\"3333\"), not \"9090\"",
+    );
+    let e = broken("", "Deployment", "tcp-echo-v2", |v| {
+        at(v, "spec.template.metadata")
+            .as_mapping_mut()
+            .unwrap()
+            .remove("annotations");
+    });
+    assert_fails(&e, "pod annotation prometheus.io/scrape is None");
+    // The gateway must never reach the admin port: not by number, not by name.
+    for target in [Value::from(9090), Value::from("admin")] {
+        let e = broken("", "Service", "tcp-echo", |v| {
+            let ports = at(v, "spec.ports").as_sequence_mut().unwrap();
+            let mut admin = ports[0].clone();
+            admin["name"] = "tcp-admin".into();
+            admin["port"] = 9090.into();
+            admin["targetPort"] = target;
+            ports.push(admin);
+        });
+        assert_fails(
+            &e,
+            "port 9090 targets the admin port of Deployment tcp-echo-v1",
+        );
+    }
+    // The Gateway API walkthrough's Services too.
+    let e = broken("gateway-api", "Service", "tcp-echo-v1", |v| {
+        at(v, "spec.ports.0")["targetPort"] = 9090.into()
+    });
+    assert_fails(&e, "targets the admin port of Deployment tcp-echo-v1");
 }
 
 #[test]
