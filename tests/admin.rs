@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{connect, exchange, read_exactly, read_to_eof, wait_until, Server, DEADLINE};
+use support::{
+    connect, exchange, read_exactly, read_to_eof, stuck_client, wait_until, Server, DEADLINE,
+};
 
 /// A response: its status, its headers (names in lower case), its body.
 #[derive(Debug)]
@@ -278,15 +280,7 @@ fn readyz_turns_503_during_the_drain_while_healthz_stays_200() {
     assert_eq!(get(admin, "/healthz").status, 200);
     // A client that sends and never reads keeps the drain going (its echo cannot be written)
     // until it leaves.
-    let mut stuck = server.connect();
-    stuck
-        .set_write_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let chunk = [b'q'; 65536];
-    let until = Instant::now() + DEADLINE;
-    while stuck.write(&chunk).is_ok() {
-        assert!(Instant::now() < until, "the buffers never filled");
-    }
+    let stuck = stuck_client(&server);
 
     server.signal(libc::SIGTERM);
     server.log.wait_for("drain", DEADLINE, |l| {

@@ -6,7 +6,7 @@ use std::io::{ErrorKind, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use support::{field, read_exactly, read_to_eof, Server, DEADLINE};
+use support::{field, read_exactly, read_to_eof, stuck_client, Server, DEADLINE};
 
 #[test]
 fn sigterm_with_no_connections_exits_0_with_a_summary() {
@@ -82,24 +82,6 @@ fn bytes_received_before_the_signal_are_echoed_including_a_partial_line() {
         String::from_utf8_lossy(&tcp_echo::echo::expected_echo(&input, Some("one")))
     );
     assert_eq!(s.wait_exit(DEADLINE).code(), Some(0));
-}
-
-/// A client that sends and never reads, so that the server is blocked writing to it.
-fn stuck_client(s: &Server) -> TcpStream {
-    let mut stuck = s.connect();
-    stuck
-        .set_write_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let chunk = [b'q'; 65536];
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        match stuck.write(&chunk) {
-            Ok(_) => assert!(Instant::now() < deadline, "buffers never filled"),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
-            Err(e) => panic!("stuck client write: {e}"),
-        }
-    }
-    stuck
 }
 
 #[test]

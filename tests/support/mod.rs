@@ -273,6 +273,24 @@ pub fn try_proc_status(pid: i32, field: &str) -> Option<usize> {
         .and_then(|v| v.parse().ok())
 }
 
+/// A client that sends and never reads, so that the server is blocked writing to it.
+pub fn stuck_client(s: &Server) -> TcpStream {
+    let mut stuck = s.connect();
+    stuck
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let chunk = [b'q'; 65536];
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match stuck.write(&chunk) {
+            Ok(_) => assert!(Instant::now() < deadline, "buffers never filled"),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+            Err(e) => panic!("stuck client write: {e}"),
+        }
+    }
+    stuck
+}
+
 /// Connects with read and write timeouts of [`DEADLINE`].
 pub fn connect(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect_timeout(&addr, DEADLINE)
