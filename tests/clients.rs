@@ -96,6 +96,17 @@ fn servers() -> Vec<(&'static str, Server)> {
     ]
 }
 
+/// The health-checked targets: `echo{i}` for each of `servers`, and `silent`, which must fail.
+fn targets(servers: &[(&str, Server)]) -> Vec<(String, SocketAddr)> {
+    let mut targets: Vec<(String, SocketAddr)> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, (_, s))| (format!("echo{i}"), s.addrs[0]))
+        .collect();
+    targets.push(("silent".into(), silent_server()));
+    targets
+}
+
 // ---- Envoy -------------------------------------------------------------------------------
 
 struct Envoy {
@@ -197,12 +208,7 @@ impl Envoy {
 #[test]
 fn envoy_active_tcp_health_checks_mark_tcp_echo_healthy() {
     let servers = servers();
-    let mut clusters: Vec<(String, SocketAddr)> = servers
-        .iter()
-        .enumerate()
-        .map(|(i, (_, s))| (format!("echo{i}"), s.addrs[0]))
-        .collect();
-    clusters.push(("silent".into(), silent_server()));
+    let clusters = targets(&servers);
     let envoy = Envoy::health_checking(&clusters);
     for (i, (what, _)) in servers.iter().enumerate() {
         let cluster = format!("echo{i}");
@@ -302,12 +308,7 @@ impl Haproxy {
 #[test]
 fn haproxy_tcp_checks_mark_tcp_echo_up_with_l7ok() {
     let servers = servers();
-    let mut backends: Vec<(String, SocketAddr)> = servers
-        .iter()
-        .enumerate()
-        .map(|(i, (_, s))| (format!("echo{i}"), s.addrs[0]))
-        .collect();
-    backends.push(("silent".into(), silent_server()));
+    let backends = targets(&servers);
     let haproxy = Haproxy::checking(&backends);
     for (i, (what, _)) in servers.iter().enumerate() {
         let backend = format!("echo{i}");

@@ -100,6 +100,26 @@ fn ratio_cell(v: Option<f64>) -> String {
     v.map_or("–".into(), |r| format!("{r:.2}×"))
 }
 
+/// The table of a round-trip scenario (`ping-pong`, `fortio`): rate, latency, CPU, errors.
+fn round_trip_table(md: &mut String, d: &Data, scenario: &str, conns: &[usize], servers: &[&str]) {
+    md.push_str("| conns | server | round trips/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/rt | errors |\n|---|---|---|---|---|---|---|---|\n");
+    for conns in conns {
+        let sc = format!("{scenario} {conns}");
+        for s in servers {
+            let _ = writeln!(
+                md,
+                "| {conns} | {s} | {} | {} | {} | {} | {} | {} |",
+                cell(d.med(&sc, s, "rt_per_s")),
+                cell(d.med(&sc, s, "p50_us")),
+                cell(d.med(&sc, s, "p99_us")),
+                cell(d.med(&sc, s, "p999_us")),
+                cell(d.med(&sc, s, "server_us_per_op")),
+                d.max(&sc, s, "errors")
+            );
+        }
+    }
+}
+
 /// Writes BENCHMARKS.md, bench/results.json and bench/plot.svg.
 pub fn write(records: &[Record], rounds: usize, secs: Duration, command: &str, took: Duration) {
     let d = Data { records };
@@ -154,22 +174,7 @@ pub fn write(records: &[Record], rounds: usize, secs: Duration, command: &str, t
 
     // Ping-pong.
     md.push_str("## Ping-pong (send a line, wait for its echo, repeat)\n\n");
-    md.push_str("| conns | server | round trips/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/rt | errors |\n|---|---|---|---|---|---|---|---|\n");
-    for conns in [1, 16, 256, 1000] {
-        let sc = format!("ping-pong {conns}");
-        for s in SERVERS {
-            let _ = writeln!(
-                md,
-                "| {conns} | {s} | {} | {} | {} | {} | {} | {} |",
-                cell(d.med(&sc, s, "rt_per_s")),
-                cell(d.med(&sc, s, "p50_us")),
-                cell(d.med(&sc, s, "p99_us")),
-                cell(d.med(&sc, s, "p999_us")),
-                cell(d.med(&sc, s, "server_us_per_op")),
-                d.max(&sc, s, "errors")
-            );
-        }
-    }
+    round_trip_table(&mut md, &d, "ping-pong", &[1, 16, 256, 1000], &SERVERS);
     md.push_str("\n| conns | rt/s vs naive | rt/s vs tokio | CPU/rt vs naive | CPU/rt vs tokio | p99 vs naive | p99 vs tokio |\n|---|---|---|---|---|---|---|\n");
     for conns in [1, 16, 256, 1000] {
         let sc = format!("ping-pong {conns}");
@@ -278,22 +283,7 @@ pub fn write(records: &[Record], rounds: usize, secs: Duration, command: &str, t
          Each client sends `Fortio\\n%04d\\n%012d` and waits for exactly those 24 bytes, as fortio's \
          load client does; measured like ping-pong, in alternating windows.\n\n",
     );
-    md.push_str("| conns | server | round trips/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/rt | errors |\n|---|---|---|---|---|---|---|---|\n");
-    for conns in [1, 16, 256] {
-        let sc = format!("fortio {conns}");
-        for s in COPY_SERVERS {
-            let _ = writeln!(
-                md,
-                "| {conns} | {s} | {} | {} | {} | {} | {} | {} |",
-                cell(d.med(&sc, s, "rt_per_s")),
-                cell(d.med(&sc, s, "p50_us")),
-                cell(d.med(&sc, s, "p99_us")),
-                cell(d.med(&sc, s, "p999_us")),
-                cell(d.med(&sc, s, "server_us_per_op")),
-                d.max(&sc, s, "errors")
-            );
-        }
-    }
+    round_trip_table(&mut md, &d, "fortio", &[1, 16, 256], &COPY_SERVERS);
     md.push_str("\n| conns | rt/s vs naive copy | rt/s vs tokio copy | CPU/rt vs naive copy | CPU/rt vs tokio copy | p99 vs naive copy |\n|---|---|---|---|---|---|\n");
     for conns in [1, 16, 256] {
         let sc = format!("fortio {conns}");

@@ -807,14 +807,7 @@ pub fn cross_check(set: &Set) -> Vec<String> {
                     continue;
                 };
                 if let Some(num) = dest.port.as_ref().and_then(|pt| pt.number) {
-                    let ports: Vec<i32> = svc
-                        .spec
-                        .as_ref()
-                        .and_then(|s| s.ports.clone())
-                        .unwrap_or_default()
-                        .iter()
-                        .map(|sp| sp.port)
-                        .collect();
+                    let ports = service_ports(svc);
                     if !ports.contains(&(num as i32)) {
                         p.push(format!("VirtualService {name}: destination port {num} is not a port of Service {} ({ports:?})", dest.host));
                     }
@@ -994,14 +987,7 @@ fn gateway_api_problems(set: &Set) -> Vec<String> {
                     ));
                     continue;
                 };
-                let ports: Vec<i32> = svc
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.ports.clone())
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|p| p.port)
-                    .collect();
+                let ports = service_ports(svc);
                 match b.port {
                     Some(port) if ports.contains(&port) => {}
                     Some(port) => p.push(format!(
@@ -1028,6 +1014,15 @@ fn gateway_api_problems(set: &Set) -> Vec<String> {
         }
     }
     p
+}
+
+/// The port numbers a Service exposes.
+fn service_ports(s: &Service) -> Vec<i32> {
+    s.spec
+        .iter()
+        .flat_map(|spec| spec.ports.iter().flatten())
+        .map(|p| p.port)
+        .collect()
 }
 
 /// A Service's pod selector.
