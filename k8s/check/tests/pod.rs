@@ -159,7 +159,13 @@ fn read_until_eof(addr: SocketAddr, send: &[u8]) -> Vec<u8> {
     let mut c = TcpStream::connect_timeout(&addr, DEADLINE).expect("connect");
     c.set_read_timeout(Some(DEADLINE)).unwrap();
     c.write_all(send).unwrap();
-    c.shutdown(std::net::Shutdown::Write).unwrap();
+    // A refusal may already be complete: the server wrote its message, closed, and answered
+    // `send` (arriving after the close) with a reset. The message stays readable.
+    match c.shutdown(std::net::Shutdown::Write) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotConnected => {}
+        Err(e) => panic!("shutdown: {e}"),
+    }
     let mut out = Vec::new();
     match c.read_to_end(&mut out) {
         Ok(_) => out,
