@@ -226,14 +226,18 @@ fn s2_slow_silent_and_non_reading_clients() {
         })
     };
 
-    // 300 slow clients: a byte every 0.5 s, well inside the idle timeout, for as long as they
-    // are served; 200 silent ones; 100 that send and never read (a 4 KiB receive window).
-    // Each slow client: its socket, bytes sent, bytes echoed, and whether it has ended.
-    let mut slow: Vec<(TcpStream, usize, usize, bool)> = (0..300)
+    // 300 slow clients: a byte every 0.5 s, well inside the idle timeout, until half a second
+    // before their maximum duration (so that no byte is in flight when the server ends them,
+    // and each must come back); 200 silent ones; 100 that send and never read (a 4 KiB
+    // receive window). Each slow client: its socket, when it connected, bytes sent, bytes
+    // echoed, and whether it has ended.
+    let last_byte = max_duration - Duration::from_millis(500);
+    let mut slow: Vec<(TcpStream, Instant, usize, usize, bool)> = (0..300)
         .map(|_| {
+            let connected = Instant::now();
             let c = connect(addr);
             c.set_nonblocking(true).unwrap();
-            (c, 0, 0, false)
+            (c, connected, 0, 0, false)
         })
         .collect();
     let mut silent: Vec<(TcpStream, Instant, Option<Duration>)> = (0..200)
@@ -254,7 +258,7 @@ fn s2_slow_silent_and_non_reading_clients() {
     loop {
         let now = Instant::now();
         // The slow clients' echo, then their next byte (never after their end).
-        for (c, _, echoed, ended) in slow.iter_mut().filter(|x| !x.3) {
+        for (c, _, _, echoed, ended) in slow.iter_mut().filter(|x| !x.4) {
             let mut buf = [0u8; 64];
             match c.read(&mut buf) {
                 Ok(0) => *ended = true,
@@ -267,7 +271,10 @@ fn s2_slow_silent_and_non_reading_clients() {
             }
         }
         if now >= next_byte {
-            for (c, sent, _, _) in slow.iter_mut().filter(|x| !x.3) {
+            let sending = slow
+                .iter_mut()
+                .filter(|x| !x.4 && x.1.elapsed() < last_byte);
+            for (c, _, sent, _, _) in sending {
                 c.write_all(b"s").unwrap();
                 *sent += 1;
             }
@@ -290,7 +297,7 @@ fn s2_slow_silent_and_non_reading_clients() {
         }
         let reaped = silent.iter().filter(|x| x.2.is_some()).count();
         let stalled = s.log.matching("reason=write timeout").len();
-        let expired = slow.iter().filter(|x| x.3).count();
+        let expired = slow.iter().filter(|x| x.4).count();
         if reaped == 200 && stalled >= 100 && expired == 300 {
             break;
         }
@@ -308,8 +315,8 @@ fn s2_slow_silent_and_non_reading_clients() {
     let worst_fresh = Duration::from_micros(worst_fresh.load(Ordering::SeqCst));
     // Slow clients: never taken for idle, every byte echoed, ended at the maximum duration.
     let idle_ends = s.log.matching("reason=idle timeout").len();
-    let slow_sent: usize = slow.iter().map(|x| x.1).sum();
-    let slow_echoed: usize = slow.iter().map(|x| x.2).sum();
+    let slow_sent: usize = slow.iter().map(|x| x.2).sum();
+    let slow_echoed: usize = slow.iter().map(|x| x.3).sum();
     let silent_ends: Vec<Duration> = silent.iter().filter_map(|x| x.2).collect();
     let (earliest, latest) = (
         silent_ends.iter().min().copied().unwrap(),
@@ -323,7 +330,7 @@ fn s2_slow_silent_and_non_reading_clients() {
     record(
         2,
         "Slow, silent and non-reading clients",
-        "300 clients sending a byte every 0.5 s, 200 silent ones, 100 sending without reading (4 KiB receive window); `--idle-timeout 2 --max-duration 6`; meanwhile a probe ping-pongs every 20 ms and opens a fresh connection every 100 ms",
+        "300 clients sending a byte every 0.5 s (until 0.5 s before their maximum duration), 200 silent ones, 100 sending without reading (4 KiB receive window); `--idle-timeout 2 --max-duration 6`; meanwhile a probe ping-pongs every 20 ms and opens a fresh connection every 100 ms",
         &usage,
         &format!(
             "slow clients: none taken for idle, {slow_echoed} of {slow_sent} bytes sent echoed, all ended at the maximum duration; silent clients closed {:.2}-{:.2} s after connecting (timeout 2 s, tick 0.2 s); 100 write timeouts; all done in {:.1} s; {pings} probe round trips, worst {:.1} ms; worst fresh connection {:.1} ms; fds {} -> {} after",
@@ -340,6 +347,17 @@ fn s2_slow_silent_and_non_reading_clients() {
     assert_eq!(
         slow_echoed, slow_sent,
         "every byte of the slow clients echoed"
+    );
+    // And the server's own count (its close records, one per slow client) agrees.
+    let received: usize = s
+        .log
+        .matching("reason=max duration")
+        .iter()
+        .map(|l| field(l, "bytes=").parse::<usize>().unwrap())
+        .sum();
+    assert_eq!(
+        slow_echoed, received,
+        "every byte the server received from the slow clients echoed"
     );
     assert!(
         earliest >= idle,
