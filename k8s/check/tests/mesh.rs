@@ -147,18 +147,24 @@ impl Kubelet {
         }
     }
 
+    /// Probes `deployment` has answered so far; panics on a failed one.
+    fn answered(&self, deployment: &str) -> usize {
+        let (ok, failed) = self
+            .results
+            .lock()
+            .unwrap()
+            .get(deployment)
+            .copied()
+            .unwrap_or_default();
+        assert_eq!(failed, 0, "{deployment}: {failed} probes failed");
+        ok
+    }
+
     /// Waits until `deployment` has answered `n` probes; panics on a failed one.
     fn wait_answered(&self, deployment: &str, n: usize) {
         let deadline = Instant::now() + DEADLINE;
         loop {
-            let (ok, failed) = self
-                .results
-                .lock()
-                .unwrap()
-                .get(deployment)
-                .copied()
-                .unwrap_or_default();
-            assert_eq!(failed, 0, "{deployment}: {failed} probes failed");
+            let ok = self.answered(deployment);
             if ok >= n {
                 return;
             }
@@ -374,16 +380,43 @@ impl Rehearsal {
             .unwrap_or_else(|| panic!("no {version} behind {port}"))
     }
 
-    /// Once the kubelet has had a few answers from `deployment`, its echo log shows exactly
-    /// `connections` connections: the probes are not among them.
-    fn assert_probes_unlogged(&self, deployment: &str, connections: usize) {
-        self.kubelet.wait_answered(deployment, 6);
-        let b = &self.backends[deployment];
+    /// The echo logs of `deployments` show exactly `connections` connections between them, and
+    /// still do after the kubelet has had six more answers from each: the probes are not among
+    /// them. The logs are read by other threads, so this first waits (with a deadline) for them
+    /// to catch up.
+    fn assert_probes_unlogged(&self, deployments: &[&str], connections: usize) {
+        let seen = || -> usize {
+            deployments
+                .iter()
+                .map(|d| self.backends[*d].echo_connections())
+                .sum()
+        };
+        let logs = || {
+            deployments
+                .iter()
+                .map(|d| format!("{d}:\n{}", self.backends[*d].log.lock().unwrap().join("\n")))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let deadline = Instant::now() + DEADLINE;
+        while seen() < connections {
+            assert!(
+                Instant::now() < deadline,
+                "the echo logs show {} of {connections} connections:\n{}",
+                seen(),
+                logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for d in deployments {
+            let before = self.kubelet.answered(d);
+            self.kubelet.wait_answered(d, before + 6);
+        }
         assert_eq!(
-            b.echo_connections(),
+            seen(),
             connections,
-            "{deployment}'s echo log:\n{}",
-            b.log.lock().unwrap().join("\n")
+            "the echo logs show connections that were not the clients':\n{}",
+            logs()
         );
     }
 }
@@ -420,9 +453,8 @@ fn port_routing(dir: &str) {
             "through gateway port {port}"
         );
     }
-    for name in ["tcp-echo-v1", "tcp-echo-v2"] {
-        r.assert_probes_unlogged(name, 1);
-    }
+    r.assert_probes_unlogged(&["tcp-echo-v1"], 1);
+    r.assert_probes_unlogged(&["tcp-echo-v2"], 1);
 }
 
 #[test]
@@ -484,13 +516,7 @@ fn weighted_routing(dir: &str) {
     ]);
     assert_eq!(code, Some(1), "a wrong expectation must fail: {json}");
     assert!(json.contains("\"expect_ok\":false"), "{json}");
-    r.kubelet.wait_answered(&v1.deployment, 6);
-    r.kubelet.wait_answered(&v2.deployment, 6);
-    let echoed: usize = r.backends.values().map(Running::echo_connections).sum();
-    assert_eq!(
-        echoed, 400,
-        "the echo logs show connections that were not the clients'"
-    );
+    r.assert_probes_unlogged(&[&v1.deployment, &v2.deployment], 400);
 }
 
 #[test]
@@ -549,7 +575,7 @@ fn stopped_backend(dir: &str) {
         exchange(r.gateway[&31400], b"still\n"),
         format!("{}one still\n", banner(&v1))
     );
-    r.assert_probes_unlogged("tcp-echo-v1", 1);
+    r.assert_probes_unlogged(&["tcp-echo-v1"], 1);
 }
 
 #[test]
