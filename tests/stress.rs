@@ -723,25 +723,68 @@ fn s7_soak() {
             }
         }));
     }
-    // 2 streaming clients, reconnecting every 8 MB.
+    // 2 streaming clients, reconnecting every 8 MB. A failure names the client's port, what
+    // each side had moved, and what the kernel showed of the connection at that moment.
+    let pid = s.pid();
+    let mut streams = Vec::new();
     for i in 0..2 {
         let (stop, ops) = (Arc::clone(&stop), Arc::clone(&ops));
-        load.push(thread::spawn(move || {
+        streams.push(thread::spawn(move || -> Result<(), (u16, String)> {
             let block = format!("stream {i} {}\n", "s".repeat(1000)).repeat(8);
             while !stop.load(Ordering::SeqCst) {
                 let mut c = connect(addr);
+                let port = c.local_addr().map_or(0, |a| a.port());
                 let mut r = c.try_clone().unwrap();
                 let n = block.len() * 1000;
-                let reader = thread::spawn(move || {
-                    let mut got = vec![0u8; n];
-                    r.read_exact(&mut got).unwrap();
-                });
+                let read = Arc::new(AtomicU64::new(0));
+                let reader = {
+                    let read = Arc::clone(&read);
+                    thread::spawn(move || -> Result<(), String> {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        let mut got = 0;
+                        while got < n {
+                            match r.read(&mut buf) {
+                                Ok(0) => return Err(format!("EOF after {got} of {n} bytes")),
+                                Ok(k) => got += k,
+                                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                                Err(e) => return Err(format!("{e} after {got} of {n} bytes")),
+                            }
+                            read.store(got as u64, Ordering::Relaxed);
+                        }
+                        Ok(())
+                    })
+                };
+                let started = Instant::now();
+                let mut written = 0;
+                let mut failure = None;
                 for _ in 0..1000 {
-                    c.write_all(block.as_bytes()).unwrap();
+                    if let Err(e) = c.write_all(block.as_bytes()) {
+                        failure = Some(format!(
+                            "the writer got {e} after {written} of {n} bytes in {:?}, the reader \
+                             had {} bytes",
+                            started.elapsed(),
+                            read.load(Ordering::Relaxed)
+                        ));
+                        break;
+                    }
+                    written += block.len();
                 }
-                reader.join().unwrap();
+                // The moment of the failure: what the kernel and the server's threads show.
+                let snapshot = failure.as_ref().map(|_| support::stall_snapshot(pid, port));
+                let _ = c.shutdown(Shutdown::Both);
+                let reading = reader.join().expect("reader thread");
+                if failure.is_some() || reading.is_err() {
+                    let what = format!(
+                        "{}; the reader: {}; at the writer's failure:\n{}",
+                        failure.unwrap_or_else(|| "the writer wrote everything".into()),
+                        reading.err().unwrap_or_else(|| "read everything".into()),
+                        snapshot.unwrap_or_else(|| support::stall_snapshot(pid, port))
+                    );
+                    return Err((port, what));
+                }
                 ops.fetch_add(1000, Ordering::Relaxed);
             }
+            Ok(())
         }));
     }
     // Churn: connect, one line, close. A failure names the client's port, so that the
@@ -779,14 +822,20 @@ fn s7_soak() {
     for t in load {
         t.join().expect("load thread");
     }
-    if let Err((port, what)) = churn.join().expect("churn thread") {
+    let failures = streams
+        .into_iter()
+        .map(|t| ("streaming", t))
+        .chain([("churn", churn)])
+        .filter_map(|(kind, t)| t.join().expect("client thread").err().map(|e| (kind, e)))
+        .collect::<Vec<_>>();
+    if let Some((kind, (port, what))) = failures.into_iter().next() {
         let peer = format!("peer=127.0.0.1:{port} ");
         let records: Vec<String> = match s.log.matching(&peer).first() {
             Some(open) => s.log.matching(&support::connection_id(open)),
             None => vec![format!("no record of a connection from port {port}")],
         };
         panic!(
-            "a churn client got {what}; the server's records:\n{}",
+            "a {kind} client on port {port}: {what}\nthe server's records:\n{}",
             records.join("\n")
         );
     }

@@ -637,6 +637,53 @@ pub fn socket_memory(port: u16) -> (usize, u64) {
     (sockets, bytes)
 }
 
+/// What the kernel shows of a stalled connection, for a failure message: both ends of the TCP
+/// connection whose client port is `client_port` (`ss -tnmi`: queues, windows, retransmits),
+/// and each of the server's threads with its state and the kernel function it waits in.
+pub fn stall_snapshot(pid: i32, client_port: u16) -> String {
+    let ss = Command::new("ss")
+        .args([
+            "-tnmiaH",
+            &format!("( sport = :{client_port} or dport = :{client_port} )"),
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_else(|e| format!("ss: {e}"));
+    // Threads grouped by (name, state, kernel wait), with a count: 100 idle workers are one line.
+    let mut threads: std::collections::BTreeMap<String, usize> = Default::default();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let dir = task.path();
+            let read = |f: &str| {
+                std::fs::read_to_string(dir.join(f))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string()
+            };
+            // stat: "tid (comm) S ...": the state follows the comm's closing parenthesis.
+            let stat = read("stat");
+            let state = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .next();
+            let key = format!(
+                "{} {} {}",
+                read("comm"),
+                state.unwrap_or("?"),
+                read("wchan")
+            );
+            *threads.entry(key).or_default() += 1;
+        }
+    }
+    let threads: Vec<String> = threads.iter().map(|(k, n)| format!("{n} x {k}")).collect();
+    format!(
+        "sockets (ss -tnmi):\n{ss}\nserver threads (count x name state wchan):\n{}",
+        threads.join("\n")
+    )
+}
+
 /// `KernelStack:` of /proc/meminfo, kB (machine-wide: thread stacks RSS does not show).
 pub fn kernel_stack_kb() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
