@@ -831,18 +831,29 @@ fn s7_soak() {
         .chain([("churn", churn)])
         .filter_map(|(kind, t)| t.join().expect("client thread").err().map(|e| (kind, e)))
         .collect::<Vec<_>>();
+    let usage = monitor.stop();
     if let Some((kind, (port, what))) = failures.into_iter().next() {
         let peer = format!("peer=127.0.0.1:{port} ");
         let records: Vec<String> = match s.log.matching(&peer).first() {
             Some(open) => s.log.matching(&support::connection_id(open)),
             None => vec![format!("no record of a connection from port {port}")],
         };
+        // The monitor samples every second: a much longer gap means the whole machine (or this
+        // test process) stalled, not one connection.
+        let gap = usage
+            .samples
+            .windows(2)
+            .map(|w| (w[1].at - w[0].at, w[0].at))
+            .max()
+            .unwrap_or_default();
         panic!(
-            "a {kind} client on port {port}: {what}\nthe server's records:\n{}",
-            records.join("\n")
+            "a {kind} client on port {port}: {what}\nthe server's records:\n{}\nthe longest gap \
+             between the monitor's 1 s samples: {:?}, from {:?} into the run",
+            records.join("\n"),
+            gap.0,
+            gap.1
         );
     }
-    let usage = monitor.stop();
     drop(idle);
     // Compare the last third with the middle third (the first third is warm-up).
     let n = usage.samples.len();
