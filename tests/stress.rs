@@ -367,8 +367,9 @@ fn s2_slow_silent_and_non_reading_clients() {
         latest <= idle + tick + Duration::from_millis(300),
         "a silent client closed only after {latest:?}"
     );
-    // The slow clients' ends, by the server's own clock (accept to close).
-    for l in s.log.matching("reason=max duration") {
+    // The slow clients' ends, by the server's own clock (accept to close). A client sees its
+    // EOF just before the server writes the close record: wait for the log to have them all.
+    for l in s.log.wait_count("reason=max duration", 300, DEADLINE) {
         let open: f64 = field(&l, "duration=")
             .trim_end_matches('s')
             .parse()

@@ -125,6 +125,22 @@ impl Log {
         }
     }
 
+    /// Waits until the process's end of the pipe is closed and every line has been read;
+    /// panics after `timeout`.
+    pub fn wait_closed(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut closed = self.closed.lock().unwrap();
+        while !*closed {
+            let now = Instant::now();
+            assert!(now < deadline, "the server's log was not closed in time");
+            closed = self
+                .changed
+                .wait_timeout(closed, (deadline - now).min(Duration::from_millis(50)))
+                .unwrap()
+                .0;
+        }
+    }
+
     /// Waits until at least `n` lines contain `needle`.
     pub fn wait_count(&self, needle: &str, n: usize, timeout: Duration) -> Vec<String> {
         let deadline = Instant::now() + timeout;
@@ -229,6 +245,9 @@ impl Server {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Every record is in the pipe; wait until the log has read them all.
+                self.log
+                    .wait_closed(deadline.saturating_duration_since(Instant::now()));
                 return status;
             }
             assert!(
