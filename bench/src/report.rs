@@ -100,22 +100,27 @@ fn ratio_cell(v: Option<f64>) -> String {
     v.map_or("–".into(), |r| format!("{r:.2}×"))
 }
 
+/// One server's round-trip cells in scenario `sc`: rate, p50, p99, p99.9, CPU per round trip,
+/// errors.
+fn round_trip_cells(d: &Data, sc: &str, s: &str) -> String {
+    format!(
+        "{} | {} | {} | {} | {} | {}",
+        cell(d.med(sc, s, "rt_per_s")),
+        cell(d.med(sc, s, "p50_us")),
+        cell(d.med(sc, s, "p99_us")),
+        cell(d.med(sc, s, "p999_us")),
+        cell(d.med(sc, s, "server_us_per_op")),
+        d.max(sc, s, "errors")
+    )
+}
+
 /// The table of a round-trip scenario (`ping-pong`, `fortio`): rate, latency, CPU, errors.
 fn round_trip_table(md: &mut String, d: &Data, scenario: &str, conns: &[usize], servers: &[&str]) {
     md.push_str("| conns | server | round trips/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/rt | errors |\n|---|---|---|---|---|---|---|---|\n");
     for conns in conns {
         let sc = format!("{scenario} {conns}");
         for s in servers {
-            let _ = writeln!(
-                md,
-                "| {conns} | {s} | {} | {} | {} | {} | {} | {} |",
-                cell(d.med(&sc, s, "rt_per_s")),
-                cell(d.med(&sc, s, "p50_us")),
-                cell(d.med(&sc, s, "p99_us")),
-                cell(d.med(&sc, s, "p999_us")),
-                cell(d.med(&sc, s, "server_us_per_op")),
-                d.max(&sc, s, "errors")
-            );
+            let _ = writeln!(md, "| {conns} | {s} | {} |", round_trip_cells(d, &sc, s));
         }
     }
 }
@@ -233,17 +238,7 @@ pub fn write(records: &[Record], rounds: usize, secs: Duration, command: &str, t
     );
     md.push_str("| 256 conns, one line each per 10 ms | round trips/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/rt | errors |\n|---|---|---|---|---|---|---|\n");
     for s in SERVERS {
-        let sc = "paced 256";
-        let _ = writeln!(
-            md,
-            "| {s} | {} | {} | {} | {} | {} | {} |",
-            cell(d.med(sc, s, "rt_per_s")),
-            cell(d.med(sc, s, "p50_us")),
-            cell(d.med(sc, s, "p99_us")),
-            cell(d.med(sc, s, "p999_us")),
-            cell(d.med(sc, s, "server_us_per_op")),
-            d.max(sc, s, "errors")
-        );
+        let _ = writeln!(md, "| {s} | {} |", round_trip_cells(&d, "paced 256", s));
     }
     md.push_str("\n![round trips/s and p99 against connections](bench/plot.svg)\n\n");
 
