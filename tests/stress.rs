@@ -348,10 +348,11 @@ fn s2_slow_silent_and_non_reading_clients() {
         slow_echoed, slow_sent,
         "every byte of the slow clients echoed"
     );
-    // And the server's own count (its close records, one per slow client) agrees.
-    let received: usize = s
-        .log
-        .matching("reason=max duration")
+    // The server's close records, one per slow client. A client sees its EOF just before the
+    // server writes the record: wait for the log to have them all.
+    let slow_ends = s.log.wait_count("reason=max duration", 300, DEADLINE);
+    // The server's own count agrees.
+    let received: usize = slow_ends
         .iter()
         .map(|l| field(l, "bytes=").parse::<usize>().unwrap())
         .sum();
@@ -367,13 +368,9 @@ fn s2_slow_silent_and_non_reading_clients() {
         latest <= idle + tick + Duration::from_millis(300),
         "a silent client closed only after {latest:?}"
     );
-    // The slow clients' ends, by the server's own clock (accept to close). A client sees its
-    // EOF just before the server writes the close record: wait for the log to have them all.
-    for l in s.log.wait_count("reason=max duration", 300, DEADLINE) {
-        let open: f64 = field(&l, "duration=")
-            .trim_end_matches('s')
-            .parse()
-            .unwrap();
+    // The slow clients' ends, by the server's own clock (accept to close).
+    for l in &slow_ends {
+        let open: f64 = field(l, "duration=").trim_end_matches('s').parse().unwrap();
         let open = Duration::from_secs_f64(open);
         assert!(
             open >= max_duration && open <= max_duration + tick + Duration::from_millis(500),
