@@ -1,109 +1,101 @@
-//! The admin port (`--admin-port`): liveness, readiness and Prometheus metrics over as much
-//! HTTP/1.1 as probes and scrapers need.
+//! The admin port (`--admin-port`): `/healthz`, `/readyz` and `/metrics` over HTTP/1.1, on a
+//! port of its own, so that probes and scrapes never become echo connections.
 //!
-//! One thread serves it with a `poll(2)` loop over the listener and its connections, so that a
-//! slow or idle client holds no thread: it holds one of at most [`MAX_CONNECTIONS`] slots, for
-//! at most [`REQUEST_DEADLINE`], with at most [`MAX_REQUEST`] bytes. When the slots are full,
-//! a new connection takes the oldest one's: scanners cannot lock the probes out. The echo
-//! workers are never involved.
-//!
-//! * `GET /healthz`: 200 while the process serves;
-//! * `GET /readyz`: 200 while the server accepts, 503 from the moment shutdown begins;
-//! * `GET /metrics`: the Prometheus text format (version 0.0.4);
-//! * any other path 404, any other method 405; every response closes the connection.
+//! One thread serves it with `poll(2)`: it never blocks on a client and holds no thread per
+//! connection. Everything is bounded: at most [`MAX_CONNECTIONS`] connections at once (a new
+//! one beyond takes the place of the oldest), [`MAX_REQUEST`] bytes of request, and
+//! [`REQUEST_DEADLINE`] from accept to the end of the connection. Requests are parsed with
+//! `httparse` (bare `\n` line endings included). After its response, a connection is shut for
+//! writing and what the client still sends is read and thrown away until it closes or the
+//! deadline passes: closing with unread input would reset the connection and could destroy
+//! the response on its way.
 
-use std::fmt::Write as _;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::connection::{Job, Refusal, Shared, CLOSE_REASONS};
+use crate::connection::Job;
 use crate::error::Error;
+use crate::metrics::Gauges;
 use crate::pool::Gauge;
+use crate::server::Context;
+use crate::threads::{Background, Stop};
 
 /// Admin connections open at once; a new one beyond takes the oldest one's place.
-pub const MAX_CONNECTIONS: usize = 128;
-/// The longest request (request line and headers) read.
-pub const MAX_REQUEST: usize = 8 * 1024;
-/// The time a connection has, from accept to its response written.
-pub const REQUEST_DEADLINE: Duration = Duration::from_secs(1);
-/// How often the loop looks at the stop flag when nothing happens.
+pub(crate) const MAX_CONNECTIONS: usize = 128;
+/// The longest request (request line, headers and body) read.
+const MAX_REQUEST: usize = 8 * 1024;
+/// The time a connection has, from accept to its end.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(1);
+/// How often the loop looks at the stop request when nothing happens.
 const TICK: Duration = Duration::from_millis(100);
+/// Headers parsed at most.
+const MAX_HEADERS: usize = 32;
 
 /// What the endpoints report on.
-pub struct Sources {
+pub(crate) struct Sources {
     /// Settings, counters, open connections, log budget.
-    pub shared: Arc<Shared>,
+    pub(crate) ctx: Arc<Context>,
     /// The worker pool's threads.
-    pub workers: Gauge<Job>,
+    pub(crate) workers: Gauge<Job>,
     /// False from the moment shutdown begins.
-    pub ready: Arc<AtomicBool>,
+    pub(crate) ready: Arc<AtomicBool>,
     /// When the server started, in seconds since the Unix epoch.
-    pub started: f64,
+    pub(crate) started: f64,
 }
 
-/// The running admin endpoint; dropping it stops and joins its thread.
-pub struct Admin {
-    stop: Arc<AtomicBool>,
-    join: Option<JoinHandle<()>>,
+/// The running admin endpoint (`tcp-echo-admin`); dropping it stops and joins its thread.
+pub(crate) struct Admin {
+    _thread: Background,
 }
 
 impl Admin {
-    /// Serves `listener` on a thread of its own (`tcp-echo-admin`).
-    pub fn start(listener: TcpListener, sources: Sources) -> Result<Admin, Error> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let name = "tcp-echo-admin".to_string();
-        let join = thread::Builder::new()
-            .name(name.clone())
-            .stack_size(crate::pool::WORKER_STACK)
-            .spawn(move || serve(&listener, &sources, &flag))
-            .map_err(|source| Error::Thread { name, source })?;
-        Ok(Admin {
-            stop,
-            join: Some(join),
+    /// Serves `listener` on a thread of its own.
+    pub(crate) fn start(listener: TcpListener, sources: Sources) -> Result<Admin, Error> {
+        Background::start("tcp-echo-admin", move |stop| {
+            serve(&listener, &sources, &stop)
         })
+        .map(|thread| Admin { _thread: thread })
     }
 }
 
-impl Drop for Admin {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(join) = self.join.take() {
-            let _ = join.join();
-        }
-    }
+/// Where one admin connection is.
+enum State {
+    /// Reading its request.
+    Reading,
+    /// Writing its response: the bytes, and how many are written.
+    Writing(Vec<u8>, usize),
+    /// Response written, write side shut: reading and discarding until the client closes.
+    Lingering,
 }
 
-/// One admin connection.
-struct Conn {
+/// One admin connection: a request and its response.
+struct Exchange {
     stream: TcpStream,
     deadline: Instant,
-    /// The request so far.
     request: Vec<u8>,
-    /// The response, once there is one, and how much of it is written.
-    response: Option<(Vec<u8>, usize)>,
+    state: State,
 }
 
-impl Conn {
-    /// Whether its response is written whole.
-    fn done(&self) -> bool {
-        self.response.as_ref().is_some_and(|(r, n)| *n == r.len())
+impl Exchange {
+    /// Whether it is over (the client closed after its response, or failed).
+    fn over(&self, now: Instant) -> bool {
+        now >= self.deadline
     }
 }
 
-fn serve(listener: &TcpListener, sources: &Sources, stop: &AtomicBool) {
+fn serve(listener: &TcpListener, sources: &Sources, stop: &Stop) {
     if listener.set_nonblocking(true).is_err() {
         log::error!("admin endpoint: cannot make its listener non-blocking");
         return;
     }
     defer_accept(listener);
-    let mut conns: Vec<Conn> = Vec::new();
-    while !stop.load(Ordering::Acquire) {
+    let mut conns: Vec<Exchange> = Vec::new();
+    while !stop.requested() {
         let now = Instant::now();
         let wait = conns
             .iter()
@@ -118,10 +110,9 @@ fn serve(listener: &TcpListener, sources: &Sources, stop: &AtomicBool) {
         })
         .chain(conns.iter().map(|c| libc::pollfd {
             fd: c.stream.as_raw_fd(),
-            events: if c.response.is_some() {
-                libc::POLLOUT
-            } else {
-                libc::POLLIN
+            events: match c.state {
+                State::Writing(..) => libc::POLLOUT,
+                State::Reading | State::Lingering => libc::POLLIN,
             },
             revents: 0,
         }))
@@ -150,7 +141,7 @@ fn serve(listener: &TcpListener, sources: &Sources, stop: &AtomicBool) {
             accept(listener, &mut conns, sources);
         }
         let now = Instant::now();
-        conns.retain(|c| !c.done() && now < c.deadline);
+        conns.retain(|c| !c.over(now));
     }
 }
 
@@ -184,21 +175,21 @@ fn defer_accept(listener: &TcpListener) {
 
 /// Takes every connection waiting on the listener, making room by dropping the oldest, and
 /// answers at once the ones whose request is already there (a probe's usually is).
-fn accept(listener: &TcpListener, conns: &mut Vec<Conn>, sources: &Sources) {
+fn accept(listener: &TcpListener, conns: &mut Vec<Exchange>, sources: &Sources) {
     loop {
         match listener.accept() {
             Ok((stream, _)) => {
                 if stream.set_nonblocking(true).is_err() {
                     continue;
                 }
-                let mut conn = Conn {
+                let mut conn = Exchange {
                     stream,
                     deadline: Instant::now() + REQUEST_DEADLINE,
                     request: Vec::new(),
-                    response: None,
+                    state: State::Reading,
                 };
                 step(&mut conn, sources);
-                if !conn.done() {
+                if !conn.over(Instant::now()) {
                     if conns.len() >= MAX_CONNECTIONS {
                         conns.remove(0);
                     }
@@ -216,80 +207,147 @@ fn accept(listener: &TcpListener, conns: &mut Vec<Conn>, sources: &Sources) {
     }
 }
 
-/// Moves one connection on: reads its request and answers it, or writes more of the answer.
-fn step(c: &mut Conn, sources: &Sources) {
-    if c.response.is_none() {
-        let mut buf = [0u8; 1024];
-        let mut ended = false;
-        loop {
-            // Never more than one byte past the limit: a request buffer stays under 16 KiB.
-            let room = (MAX_REQUEST + 1 - c.request.len()).min(buf.len());
-            match c.stream.read(&mut buf[..room]) {
-                // The client has sent all it will: it may still read (a half-close).
-                Ok(0) => {
-                    ended = true;
-                    break;
-                }
-                Ok(n) => c.request.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    c.deadline = Instant::now();
-                    return;
-                }
-            }
-            if c.request.len() > MAX_REQUEST {
-                break;
-            }
-        }
-        let response = if c.request.len() > MAX_REQUEST {
-            Some(respond(431, "text/plain", b"request too large\n", false))
-        } else {
-            memchr::memmem::find(&c.request, b"\r\n\r\n").map(|_| answer(&c.request, sources))
-        };
-        match response {
-            Some(r) => c.response = Some((r, 0)),
-            None if ended => {
-                c.deadline = Instant::now(); // the client left without a whole request
-                return;
-            }
-            None => return,
-        }
-    }
-    if let Some((r, n)) = c.response.as_mut() {
-        while *n < r.len() {
-            match c.stream.write(&r[*n..]) {
-                Ok(k) if k > 0 => *n += k,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                // The client is gone: drop the connection now rather than poll it again.
-                _ => {
-                    c.deadline = Instant::now();
-                    break;
+/// What reading a connection's input found.
+enum Input {
+    /// Everything available was read.
+    Drained,
+    /// The client has sent all it will (it may still read: a half-close).
+    Ended,
+    /// The connection failed.
+    Failed,
+}
+
+/// Reads what is available into `into` (at most `limit` bytes in all; more is discarded).
+fn read_available(stream: &mut TcpStream, into: &mut Vec<u8>, limit: usize) -> Input {
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Input::Ended,
+            Ok(n) => {
+                let room = limit.saturating_sub(into.len()).min(n);
+                into.extend_from_slice(&buf[..room]);
+                if into.len() >= limit {
+                    return Input::Drained;
                 }
             }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Input::Drained,
+            Err(_) => return Input::Failed,
         }
     }
 }
 
-/// The response to a complete request.
-fn answer(request: &[u8], sources: &Sources) -> Vec<u8> {
-    let line = request.split(|&b| b == b'\r').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return respond(400, "text/plain", b"bad request\n", false);
-    };
-    if !version.starts_with("HTTP/1.") || parts.next().is_some() {
-        return respond(400, "text/plain", b"bad request\n", false);
+/// Moves one connection on: reads its request and answers it, writes more of the answer, or
+/// reads and discards what comes after it.
+fn step(c: &mut Exchange, sources: &Sources) {
+    if let State::Reading = c.state {
+        // One byte past the limit tells an oversized request from one that fits exactly.
+        let input = read_available(&mut c.stream, &mut c.request, MAX_REQUEST + 1);
+        let response = match parse(&c.request) {
+            Parse::Complete(request) => Some(answer(&request, sources)),
+            Parse::Invalid => Some(respond(400, "text/plain", b"bad request\n", false)),
+            Parse::Partial if c.request.len() > MAX_REQUEST => {
+                Some(respond(431, "text/plain", b"request too large\n", false))
+            }
+            Parse::Partial => None,
+        };
+        match (response, input) {
+            (_, Input::Failed) => {
+                c.deadline = Instant::now();
+                return;
+            }
+            (Some(r), _) => c.state = State::Writing(r, 0),
+            // The client left without a whole request.
+            (None, Input::Ended) => {
+                c.deadline = Instant::now();
+                return;
+            }
+            (None, Input::Drained) => return,
+        }
     }
-    let head = method == "HEAD";
-    if method != "GET" && !head {
+    if let State::Writing(r, n) = &mut c.state {
+        while *n < r.len() {
+            match c.stream.write(&r[*n..]) {
+                Ok(k) if k > 0 => *n += k,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                // The client is gone: drop the connection now rather than poll it again.
+                _ => {
+                    c.deadline = Instant::now();
+                    return;
+                }
+            }
+        }
+        let _ = c.stream.shutdown(Shutdown::Write);
+        c.state = State::Lingering;
+    }
+    if let State::Lingering = c.state {
+        let mut sink = Vec::new();
+        match read_available(&mut c.stream, &mut sink, 0) {
+            Input::Drained => {}
+            Input::Ended | Input::Failed => c.deadline = Instant::now(),
+        }
+    }
+}
+
+/// A request, as far as the endpoints care.
+struct Request<'a> {
+    method: &'a str,
+    path: &'a str,
+}
+
+/// What the bytes of a request so far are.
+enum Parse<'a> {
+    /// A whole request (head, and the body its `Content-Length` announces).
+    Complete(Request<'a>),
+    /// Not whole yet.
+    Partial,
+    /// Not HTTP/1.x.
+    Invalid,
+}
+
+/// Parses `raw` with `httparse`.
+fn parse(raw: &[u8]) -> Parse<'_> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head = match req.parse(raw) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parse::Partial,
+        Err(_) => return Parse::Invalid,
+    };
+    let length = req
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .map(|h| {
+            std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+        });
+    let body = match length {
+        None => 0,
+        Some(Some(n)) => n,
+        Some(None) => return Parse::Invalid,
+    };
+    if raw.len() < head + body {
+        return Parse::Partial;
+    }
+    match (req.method, req.path) {
+        (Some(method), Some(target)) => Parse::Complete(Request {
+            method,
+            path: target.split('?').next().unwrap_or_default(),
+        }),
+        _ => Parse::Invalid,
+    }
+}
+
+/// The response to a complete request.
+fn answer(request: &Request<'_>, sources: &Sources) -> Vec<u8> {
+    let head = request.method == "HEAD";
+    if request.method != "GET" && !head {
         return respond(405, "text/plain", b"method not allowed\n", false);
     }
-    let path = target.split('?').next().unwrap_or_default();
-    match path {
+    match request.path {
         "/healthz" => respond(200, "text/plain", b"ok\n", head),
         "/readyz" if sources.ready.load(Ordering::Acquire) => {
             respond(200, "text/plain", b"ready\n", head)
@@ -332,106 +390,19 @@ fn respond(status: u16, content_type: &str, body: &[u8], head: bool) -> Vec<u8> 
 }
 
 /// The metrics in Prometheus's text format.
-pub fn metrics(sources: &Sources) -> String {
-    let shared = &sources.shared;
-    let stats = &shared.stats;
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-    };
-    let one = |v: u64| vec![(String::new(), v as f64)];
-    family(
-        "tcp_echo_connections_accepted_total",
-        "counter",
-        "Connections handed to a worker (those then refused for their PROXY header included).",
-        &one(load(&stats.accepted)),
-    );
-    let refused: Vec<(String, f64)> = Refusal::ALL
-        .iter()
-        .enumerate()
-        .map(|(i, (_, label))| {
-            (
-                format!("{{reason=\"{label}\"}}"),
-                load(&stats.refused[i]) as f64,
-            )
-        })
-        .collect();
-    family(
-        "tcp_echo_connections_refused_total",
-        "counter",
-        "Connections refused: busy (--max-connections open), no_worker (no thread could be started), proxy_protocol (no valid PROXY header).",
-        &refused,
-    );
-    family(
-        "tcp_echo_connections_open",
-        "gauge",
-        "Connections open now.",
-        &one(shared.registry.len() as u64),
-    );
-    let closed: Vec<(String, f64)> = CLOSE_REASONS
-        .iter()
-        .enumerate()
-        .map(|(i, label)| {
-            (
-                format!("{{reason=\"{label}\"}}"),
-                load(&stats.closed[i]) as f64,
-            )
-        })
-        .collect();
-    family(
-        "tcp_echo_connections_closed_total",
-        "counter",
-        "Connections served to their end, by why they ended.",
-        &closed,
-    );
-    family(
-        "tcp_echo_bytes_echoed_total",
-        "counter",
-        "Bytes received and echoed.",
-        &one(load(&stats.bytes)),
-    );
-    family(
-        "tcp_echo_log_records_suppressed_total",
-        "counter",
-        "Received records (pieces) the log budget kept out of the log.",
-        &one(shared.log_budget.suppressed()),
-    );
-    family(
-        "tcp_echo_worker_threads",
-        "gauge",
-        "Worker threads alive.",
-        &one(sources.workers.threads() as u64),
-    );
-    family(
-        "tcp_echo_max_connections",
-        "gauge",
-        "The --max-connections setting.",
-        &one(shared.config.max_connections as u64),
-    );
-    family(
-        "tcp_echo_start_time_seconds",
-        "gauge",
-        "When the server started, in seconds since the Unix epoch.",
-        &[(String::new(), sources.started)],
-    );
-    family(
-        "tcp_echo_build_info",
-        "gauge",
-        "The version of tcp-echo, as a label.",
-        &[(
-            format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION")),
-            1.0,
-        )],
-    );
-    out
+fn metrics(sources: &Sources) -> String {
+    let ctx = &sources.ctx;
+    ctx.metrics.render(&Gauges {
+        open: ctx.registry.len() as u64,
+        workers: sources.workers.threads() as u64,
+        max_connections: ctx.config.max_connections as u64,
+        log_suppressed: ctx.log_budget.suppressed(),
+        started: sources.started,
+    })
 }
 
 /// Now, in seconds since the Unix epoch.
-pub fn now_unix() -> f64 {
+pub(crate) fn now_unix() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
@@ -452,5 +423,31 @@ mod tests {
             r.contains("Allow: GET, HEAD\r\n") && r.ends_with("\r\n\r\n"),
             "{r}"
         );
+    }
+
+    #[test]
+    fn requests_are_whole_with_bare_line_feeds_and_with_their_body() {
+        let whole = |raw: &[u8]| matches!(parse(raw), Parse::Complete(_));
+        assert!(whole(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(whole(b"GET /healthz HTTP/1.1\nHost: x\n\n"));
+        assert!(!whole(b"GET /healthz HTTP/1.1\r\nHost: x\r\n"));
+        assert!(!whole(
+            b"PUT /fault HTTP/1.1\r\nContent-Length: 5\r\n\r\nabc"
+        ));
+        assert!(whole(
+            b"PUT /fault HTTP/1.1\r\nContent-Length: 5\r\n\r\nabcde"
+        ));
+        assert!(matches!(
+            parse(b"\x16\x03\x01 garbage\r\n\r\n"),
+            Parse::Invalid
+        ));
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\nContent-Length: lots\r\n\r\n"),
+            Parse::Invalid
+        ));
+        match parse(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n") {
+            Parse::Complete(r) => assert_eq!((r.method, r.path), ("GET", "/metrics")),
+            _ => panic!("not parsed"),
+        }
     }
 }

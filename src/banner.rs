@@ -1,10 +1,13 @@
 //! The welcome banner, word for word from go-echo, built from the pod's downward-API variables.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::str::FromStr;
 
+use crate::config::Config;
+
 /// The variables the banner reads, in the order its lines appear, with each line's template.
-pub const BANNER_VARS: [(&str, &str, &str); 5] = [
+pub(crate) const BANNER_VARS: [(&str, &str, &str); 5] = [
     ("NODE_NAME", "Welcome, you are connected to node ", "."),
     ("POD_NAME", "Running on Pod ", "."),
     ("POD_NAMESPACE", "In namespace ", "."),
@@ -13,11 +16,11 @@ pub const BANNER_VARS: [(&str, &str, &str); 5] = [
 ];
 
 /// The line `--banner-client` adds at the end of the banner: (before the address, after it).
-pub const CLIENT_LINE: (&str, &str) = ("Your address is ", ".");
+pub(crate) const CLIENT_LINE: (&str, &str) = ("Your address is ", ".");
 
 /// Every banner line a client may see, as (name, text before the value, text after): the
 /// variables' lines and the client line. `tcp-echo probe` recognises them.
-pub const BANNER_LINES: [(&str, &str, &str); 6] = [
+pub(crate) const BANNER_LINES: [(&str, &str, &str); 6] = [
     BANNER_VARS[0],
     BANNER_VARS[1],
     BANNER_VARS[2],
@@ -27,7 +30,7 @@ pub const BANNER_LINES: [(&str, &str, &str); 6] = [
 ];
 
 /// The client line: `Your address is 192.0.2.7:56324.`
-pub fn client_line(client: std::net::SocketAddr) -> String {
+pub(crate) fn client_line(client: SocketAddr) -> String {
     format!("{}{client}{}\n", CLIENT_LINE.0, CLIENT_LINE.1)
 }
 
@@ -69,7 +72,7 @@ impl fmt::Display for BannerMode {
 /// Builds the banner from a variable lookup: one line per variable that is set and non-empty,
 /// nothing when none is. Values are used verbatim except that line breaks are replaced by
 /// spaces, so each variable stays on its one line.
-pub fn build(lookup: impl Fn(&str) -> Option<String>) -> Vec<u8> {
+pub(crate) fn build(lookup: impl Fn(&str) -> Option<String>) -> Vec<u8> {
     let mut banner = String::new();
     for (var, before, after) in BANNER_VARS {
         if let Some(value) = lookup(var).filter(|v| !v.is_empty()) {
@@ -83,8 +86,21 @@ pub fn build(lookup: impl Fn(&str) -> Option<String>) -> Vec<u8> {
     banner.into_bytes()
 }
 
+/// The banner `client` gets (`None`: none): go-echo's lines, and with `--banner-client` its
+/// address.
+pub(crate) fn for_client(config: &Config, client: SocketAddr) -> Option<Vec<u8>> {
+    if config.banner_mode == BannerMode::Off {
+        return None;
+    }
+    let mut banner = config.banner.clone();
+    if config.banner_client {
+        banner.extend_from_slice(client_line(client).as_bytes());
+    }
+    (!banner.is_empty()).then_some(banner)
+}
+
 /// The banner for this process's environment.
-pub fn from_env() -> Vec<u8> {
+pub(crate) fn from_env() -> Vec<u8> {
     build(|var| std::env::var(var).ok())
 }
 

@@ -12,8 +12,9 @@ use log::{info, warn};
 use crate::config::{self, Command};
 use crate::{limits, logging, shutdown, Server};
 
-/// Runs tcp-echo with these arguments (the first is the program name): the server, or with
-/// `probe` first, the client that checks which versions answer (see `tcp-echo probe --help`).
+/// The `tcp-echo` program: runs it with these arguments (the first is the program name), the
+/// server, or with `probe` first, the client that checks which versions answer (see
+/// `tcp-echo probe --help`). Returns the exit code.
 pub fn main<I, T>(args: I) -> ExitCode
 where
     I: IntoIterator<Item = T>,
@@ -37,6 +38,7 @@ where
             return ExitCode::from(2);
         }
     };
+    let config = *config;
     logging::init();
     for w in &warnings {
         warn!("{w}");

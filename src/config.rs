@@ -1,11 +1,16 @@
 //! Configuration: command line, environment variables and defaults, validated into [`Config`].
 //!
-//! Precedence: a flag (or the positional form of Istio's sample, `tcp-echo 9000,9001 one`) beats
-//! its environment variable, which beats the default. Values are taken as text by clap and
-//! validated here, so that every mistake produces one line naming the flag and its variable.
-//! A program embedding the server builds its [`Config`] with [`Config::new`] and the `with_*`
-//! methods, which apply the same rules: there is no way to a `Config` around them.
+//! Every setting is defined once, in [`Cli`]: its flag, its environment variable, its default
+//! and its typed parser. Precedence: a flag (or the positional form of Istio's sample,
+//! `tcp-echo 9000,9001 one`) beats its variable, which beats the default. Every mistake is one
+//! line naming the flag and its variable.
+//!
+//! The same definitions serve the three ways to a [`Config`]: the process's command line and
+//! environment ([`from_args`]), a container's environment as a manifest declares it
+//! ([`Config::from_env`], which the manifest checker uses), and a program embedding the server
+//! ([`Config::new`] and the `with_*` methods, which apply the same parsers).
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -20,32 +25,25 @@ use crate::proxy;
 
 /// A client whose replies cannot be written for this long is disconnected when
 /// `--idle-timeout` is 0 (never); otherwise the idle timeout is used for writes too.
-pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// Default `--max-connections`.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+pub(crate) const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The largest accepted `--max-connections` (each connection may hold a worker thread).
-pub const MAX_CONNECTIONS_LIMIT: usize = 100_000;
+const MAX_CONNECTIONS_LIMIT: usize = 100_000;
 
 /// The most ports (listeners, each with its acceptor thread) one server takes.
-pub const MAX_PORTS: usize = 64;
-
-/// Default `--socket-buffer`: each connection's send and receive buffers (the kernel doubles
-/// the value for its bookkeeping). Sized by measurement: see ARCHITECTURE.md and BENCHMARKS.md.
-pub const DEFAULT_SOCKET_BUFFER: usize = 64 * 1024;
+const MAX_PORTS: usize = 64;
 
 /// Range of a non-zero `--socket-buffer`.
-pub const SOCKET_BUFFER_RANGE: std::ops::RangeInclusive<usize> = 4096..=16 * 1024 * 1024;
+const SOCKET_BUFFER_RANGE: std::ops::RangeInclusive<usize> = 4096..=16 * 1024 * 1024;
 
 /// The shortest non-zero duration a setting takes: shorter ones are mistakes (`1e-10` would
 /// otherwise round to zero, which means "never").
-pub const MIN_DURATION: Duration = Duration::from_millis(1);
+const MIN_DURATION: Duration = Duration::from_millis(1);
 
 /// The validated settings of one server.
 ///
-/// Built from the command line by [`from_args`], or by [`Config::new`] and the `with_*`
-/// methods, which validate every value as the command line does.
+/// Built from the command line, from a container's environment ([`Config::from_env`]), or by
+/// [`Config::new`] and the `with_*` methods; all three validate every value alike.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// One listener per port; 0 asks the OS for a free port.
@@ -64,6 +62,8 @@ pub struct Config {
     pub(crate) max_duration: Option<Duration>,
     /// Longest wait for open connections at shutdown.
     pub(crate) drain_timeout: Duration,
+    /// At shutdown, how long to keep accepting after `/readyz` turned 503.
+    pub(crate) shutdown_delay: Duration,
     /// Send and receive buffer size of each connection's socket (`None`: the kernel's
     /// autotuning, which can reach megabytes per connection).
     pub(crate) socket_buffer: Option<usize>,
@@ -79,62 +79,535 @@ pub struct Config {
     pub(crate) admin_port: Option<u16>,
 }
 
-/// A setting: its flag and its environment variable, for error messages.
-#[derive(Clone, Copy)]
-struct Setting(&'static str, &'static str);
+/// The command line. Each field's attribute is the one definition of its flag, variable,
+/// default and parser.
+#[derive(Parser, Debug)]
+#[command(
+    name = "tcp-echo",
+    version,
+    about = "A small, fast and hardened TCP echo server for testing TCP routing in Kubernetes and Istio.",
+    after_help = "Banner variables (downward API): NODE_NAME, POD_NAME, POD_NAMESPACE, POD_IP, \
+                  SERVICE_ACCOUNT.\nLog filter: RUST_LOG (default info).\n\
+                  Example (Istio's sample): tcp-echo 9000,9001 one\n\
+                  Client: tcp-echo probe ADDR checks which versions answer (tcp-echo probe --help)"
+)]
+struct Cli {
+    /// Ports, as in Istio's sample (same as --port)
+    #[arg(value_name = "PORTS", value_parser = parse_ports)]
+    ports_arg: Option<Ports>,
 
-const PORT: Setting = Setting("--port", "TCP_PORT");
-const PREFIX: Setting = Setting("--prefix", "ECHO_PREFIX");
-const BIND: Setting = Setting("--bind", "ECHO_BIND");
-const MAX_CONNECTIONS: Setting = Setting("--max-connections", "ECHO_MAX_CONNECTIONS");
-const IDLE_TIMEOUT: Setting = Setting("--idle-timeout", "ECHO_IDLE_TIMEOUT");
-const MAX_DURATION: Setting = Setting("--max-duration", "ECHO_MAX_DURATION");
-const DRAIN_TIMEOUT: Setting = Setting("--drain-timeout", "ECHO_DRAIN_TIMEOUT");
-const SOCKET_BUFFER: Setting = Setting("--socket-buffer", "ECHO_SOCKET_BUFFER");
-const BANNER: Setting = Setting("--banner", "ECHO_BANNER");
-const MAX_LINE: Setting = Setting("--max-line", "ECHO_MAX_LINE");
-const PROXY_PROTOCOL: Setting = Setting("--proxy-protocol", "ECHO_PROXY_PROTOCOL");
-const BANNER_CLIENT: Setting = Setting("--banner-client", "ECHO_BANNER_CLIENT");
-const ADMIN_PORT: Setting = Setting("--admin-port", "ECHO_ADMIN_PORT");
+    /// Prefix, as in Istio's sample (same as --prefix)
+    #[arg(value_name = "PREFIX", value_parser = parse_prefix)]
+    prefix_arg: Option<Prefix>,
 
-impl Setting {
-    fn error(self, value: impl fmt::Display, reason: impl Into<String>) -> ConfigError {
+    /// Comma-separated ports, one listener each, at most 64 (0: any free port)
+    #[arg(short = 'p', long = "port", env = "TCP_PORT", allow_negative_numbers = true,
+          default_value = "3333", value_name = "PORTS", value_parser = parse_ports)]
+    port: Ports,
+
+    /// Put PREFIX and a space before each echoed line
+    #[arg(long, env = "ECHO_PREFIX", value_name = "PREFIX", value_parser = parse_prefix)]
+    prefix: Option<Prefix>,
+
+    /// Address to bind ("::", explicit or by default, is dual-stack and falls back to 0.0.0.0
+    /// without IPv6)
+    #[arg(long, env = "ECHO_BIND", default_value = "::", value_name = "ADDR",
+          value_parser = parse_ip)]
+    bind: IpAddr,
+
+    /// Connections served at once; one more is told "busy" and closed
+    #[arg(long, env = "ECHO_MAX_CONNECTIONS", allow_negative_numbers = true,
+          default_value = "1024", value_name = "N", value_parser = parse_max_connections)]
+    max_connections: usize,
+
+    /// Close a connection that moves no data (input or replies) for this long, in seconds
+    /// (0: never); also bounds a blocked write
+    #[arg(long, env = "ECHO_IDLE_TIMEOUT", allow_negative_numbers = true,
+          default_value = "300", value_name = "SECONDS", value_parser = parse_seconds)]
+    idle_timeout: Duration,
+
+    /// No effect since 1.0.0, accepted so that existing configurations start: every byte is
+    /// echoed as soon as it arrives, nothing waits for a newline
+    #[arg(long, env = "ECHO_MAX_LINE", allow_negative_numbers = true, value_name = "BYTES",
+          value_parser = parse_max_line)]
+    max_line: Option<usize>,
+
+    /// Close a connection open this long, however active, in seconds (0: never); what it sent
+    /// is echoed first, for at most --drain-timeout. Bounds how long a slow client can hold a
+    /// slot
+    #[arg(long, env = "ECHO_MAX_DURATION", allow_negative_numbers = true,
+          default_value = "0", value_name = "SECONDS", value_parser = parse_seconds)]
+    max_duration: Duration,
+
+    /// At shutdown, wait at most this long for open connections, in seconds
+    #[arg(long, env = "ECHO_DRAIN_TIMEOUT", allow_negative_numbers = true,
+          default_value = "5", value_name = "SECONDS", value_parser = parse_seconds)]
+    drain_timeout: Duration,
+
+    /// On SIGTERM, keep accepting and serving for this long, in seconds, while /readyz
+    /// answers 503 (so that the endpoints drop the pod before it stops accepting); then drain
+    #[arg(long, env = "ECHO_SHUTDOWN_DELAY", allow_negative_numbers = true,
+          default_value = "0", value_name = "SECONDS", value_parser = parse_seconds)]
+    shutdown_delay: Duration,
+
+    /// Send and receive buffer of each connection, in bytes (0: the kernel's autotuning, up to
+    /// megabytes per connection)
+    #[arg(long, env = "ECHO_SOCKET_BUFFER", allow_negative_numbers = true,
+          default_value = "65536", value_name = "BYTES", value_parser = parse_socket_buffer)]
+    socket_buffer: SocketBuffer,
+
+    /// Read a PROXY protocol header (v1 or v2) at the start of each connection: off, optional
+    /// or required. Enable it only where every client comes through a proxy that sends one:
+    /// otherwise any client can claim any address
+    #[arg(long, env = "ECHO_PROXY_PROTOCOL", default_value = "off", value_name = "MODE",
+          value_parser = parse_from_str::<proxy::Mode>)]
+    proxy_protocol: proxy::Mode,
+
+    /// End the banner with "Your address is IP:PORT.", the client as the server sees it (the
+    /// PROXY header's, else the peer's): true or false
+    #[arg(long, env = "ECHO_BANNER_CLIENT", default_value = "false", value_name = "BOOL",
+          num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
+    banner_client: bool,
+
+    /// Serve /healthz, /readyz and /metrics (Prometheus) over HTTP on this port of the same
+    /// address (0: any free port); off when unset or empty
+    #[arg(long, env = "ECHO_ADMIN_PORT", value_name = "PORT", value_parser = parse_optional_port)]
+    admin_port: Option<OptionalPort>,
+
+    /// When to send the welcome banner: connect, first-read or off
+    #[arg(long, env = "ECHO_BANNER", default_value = "connect", value_name = "MODE",
+          value_parser = parse_from_str::<BannerMode>)]
+    banner: BannerMode,
+}
+
+/// A list of ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Ports(Vec<u16>);
+
+/// A prefix (`None`: empty, no prefix).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Prefix(Option<String>);
+
+/// A socket buffer size (`None`: the kernel's autotuning).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SocketBuffer(Option<usize>);
+
+/// A port, or nothing (an empty value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OptionalPort(Option<u16>);
+
+/// Parses a comma-separated list of ports (`9000,9001`): at most [`MAX_PORTS`]; 0 may appear
+/// more than once, another port only once.
+fn parse_ports(text: &str) -> Result<Ports, String> {
+    let mut ports = Vec::new();
+    for part in text.split(',') {
+        let part = part.trim();
+        if part.is_empty() {
+            return Err("expected comma-separated ports such as 9000,9001".to_string());
+        }
+        let port: u16 = part
+            .parse()
+            .map_err(|_| format!("{part} is not a port (0 to 65535)"))?;
+        ports.push(port);
+    }
+    check_ports(&ports)?;
+    Ok(Ports(ports))
+}
+
+fn check_ports(ports: &[u16]) -> Result<(), String> {
+    if ports.is_empty() {
+        return Err("expected at least one port".to_string());
+    }
+    if ports.len() > MAX_PORTS {
+        return Err(format!("at most {MAX_PORTS} ports (got {})", ports.len()));
+    }
+    for (i, &port) in ports.iter().enumerate() {
+        if port != 0 && ports[..i].contains(&port) {
+            return Err(format!("port {port} is listed twice"));
+        }
+    }
+    Ok(())
+}
+
+/// A prefix: at most [`MAX_PREFIX`] bytes, no control characters; empty is none.
+fn parse_prefix(prefix: &str) -> Result<Prefix, String> {
+    if prefix.chars().any(|c| c.is_control()) {
+        return Err("control characters are not allowed".to_string());
+    }
+    if prefix.len() > MAX_PREFIX {
+        return Err(format!(
+            "at most {MAX_PREFIX} bytes (it has {})",
+            prefix.len()
+        ));
+    }
+    Ok(Prefix((!prefix.is_empty()).then(|| prefix.to_string())))
+}
+
+fn parse_ip(text: &str) -> Result<IpAddr, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| "expected an IP address such as :: or 0.0.0.0".to_string())
+}
+
+fn parse_max_connections(text: &str) -> Result<usize, String> {
+    text.trim()
+        .parse()
+        .ok()
+        .filter(|n| (1..=MAX_CONNECTIONS_LIMIT).contains(n))
+        .ok_or_else(|| format!("expected a whole number from 1 to {MAX_CONNECTIONS_LIMIT}"))
+}
+
+fn parse_max_line(text: &str) -> Result<usize, String> {
+    text.trim()
+        .parse()
+        .ok()
+        .filter(|n| (1..=1 << 30).contains(n))
+        .ok_or_else(|| "expected bytes from 1 to 1073741824".to_string())
+}
+
+/// Parses seconds, fractions allowed (`0.5`), never negative, absurdly large, or so small
+/// that it would round to zero (which means "never").
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| "expected seconds such as 5 or 0.5".to_string())?;
+    if !secs.is_finite() || secs < 0.0 {
+        return Err("expected a number of seconds, 0 or more".to_string());
+    }
+    if secs > 1e9 {
+        return Err("at most 1000000000 seconds".to_string());
+    }
+    if secs > 0.0 && secs < MIN_DURATION.as_secs_f64() {
+        return Err("expected 0 or at least 0.001 seconds".to_string());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// A duration: zero, or at least [`MIN_DURATION`].
+fn check_duration(t: Duration) -> Result<Duration, String> {
+    if !t.is_zero() && t < MIN_DURATION {
+        return Err("expected 0 or at least 0.001 seconds".to_string());
+    }
+    Ok(t)
+}
+
+/// Bytes of a socket buffer: 0 (autotuning, `None`) or within [`SOCKET_BUFFER_RANGE`].
+fn parse_socket_buffer(text: &str) -> Result<SocketBuffer, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Ok(SocketBuffer(None)),
+        Ok(n) if SOCKET_BUFFER_RANGE.contains(&n) => Ok(SocketBuffer(Some(n))),
+        _ => Err(format!(
+            "expected 0 (the kernel's autotuning) or bytes from {} to {}",
+            SOCKET_BUFFER_RANGE.start(),
+            SOCKET_BUFFER_RANGE.end()
+        )),
+    }
+}
+
+fn parse_bool(text: &str) -> Result<bool, String> {
+    match text.trim() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err("expected true or false".to_string()),
+    }
+}
+
+fn parse_optional_port(text: &str) -> Result<OptionalPort, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(OptionalPort(None));
+    }
+    text.parse()
+        .map(|p| OptionalPort(Some(p)))
+        .map_err(|_| "expected a port (0 to 65535)".to_string())
+}
+
+fn parse_from_str<T: std::str::FromStr<Err = String>>(text: &str) -> Result<T, String> {
+    text.trim().parse()
+}
+
+/// An invalid setting: which flag, which variable, what value and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    flag: String,
+    var: String,
+    value: String,
+    reason: String,
+}
+
+impl ConfigError {
+    /// The error for the setting whose clap id is `id` (its flag and variable are read from
+    /// its definition in [`Cli`]).
+    fn new(id: &str, value: impl fmt::Display, reason: impl Into<String>) -> ConfigError {
+        let cmd = Cli::command();
+        let arg = cmd.get_arguments().find(|a| a.get_id() == id);
+        let flag = arg
+            .and_then(|a| a.get_long())
+            .map_or_else(|| id.to_string(), |l| format!("--{l}"));
+        let var = arg
+            .and_then(|a| a.get_env())
+            .map_or_else(String::new, |v| v.to_string_lossy().into_owned());
         ConfigError {
-            flag: self.0,
-            var: self.1,
+            flag,
+            var,
             value: value.to_string(),
             reason: reason.into(),
         }
     }
+
+    /// The flag of the invalid setting (`--port`).
+    pub fn flag(&self) -> &str {
+        &self.flag
+    }
+
+    /// Its environment variable (`TCP_PORT`).
+    pub fn variable(&self) -> &str {
+        &self.var
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid value {:?} for {} ({}): {}",
+            self.value, self.flag, self.var, self.reason
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Serve with these settings, logging these warnings about them once logging is up.
+    Serve(Box<Config>, Vec<String>),
+    /// Print this text to stdout and exit 0 (`--help`, `--version`).
+    Print(String),
+}
+
+/// Parses the process's arguments and environment (banner variables included); an error is
+/// one line (no trailing newline).
+pub(crate) fn from_args<I, T>(args: I) -> Result<Command, String>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let (cli, matches) = match parse(Cli::command(), args) {
+        Ok(parsed) => parsed,
+        Err(Parsed::Print(text)) => return Ok(Command::Print(text)),
+        Err(e) => return Err(e.message()),
+    };
+    let warnings = cli.warnings();
+    let config = cli
+        .into_config(&matches, crate::banner::from_env())
+        .map_err(|e| e.to_string())?;
+    Ok(Command::Serve(Box::new(config), warnings))
+}
+
+/// Why [`parse`] produced no [`Cli`].
+enum Parsed {
+    /// `--help` or `--version`: the text to print.
+    Print(String),
+    /// An invalid value.
+    Setting(ConfigError),
+    /// Another mistake (an unknown flag, a missing value), as one line.
+    Usage(String),
+}
+
+impl Parsed {
+    /// The mistake as one line, or the text to print.
+    fn message(self) -> String {
+        match self {
+            Parsed::Print(text) | Parsed::Usage(text) => text,
+            Parsed::Setting(e) => e.to_string(),
+        }
+    }
+}
+
+/// Runs clap over `args` with `cmd` (the [`Cli`] command, possibly without its environment).
+fn parse<I, T>(cmd: clap::Command, args: I) -> Result<(Cli, ArgMatches), Parsed>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let matches = cmd.try_get_matches_from(args).map_err(|e| {
+        use clap::error::{ContextKind, ContextValue, ErrorKind::*};
+        match e.kind() {
+            DisplayHelp | DisplayVersion => Parsed::Print(e.render().to_string()),
+            ValueValidation | InvalidValue => {
+                let context = |kind| match e.get(kind) {
+                    Some(ContextValue::String(s)) => s.clone(),
+                    _ => String::new(),
+                };
+                let arg = context(ContextKind::InvalidArg);
+                let value = context(ContextKind::InvalidValue);
+                let reason = std::error::Error::source(&e)
+                    .map_or_else(|| "invalid value".to_string(), |s| s.to_string());
+                Parsed::Setting(ConfigError::new(&setting_of(&arg), value, reason))
+            }
+            _ => {
+                // clap's message is several lines (usage, tips); keep its first line.
+                let text = e.render().to_string();
+                let first = text.lines().next().unwrap_or("invalid arguments").trim();
+                let first = first.strip_prefix("error: ").unwrap_or(first);
+                Parsed::Usage(format!("{first} (try --help)"))
+            }
+        }
+    })?;
+    let cli = Cli::from_arg_matches(&matches).map_err(|e| {
+        Parsed::Usage(
+            e.to_string()
+                .lines()
+                .next()
+                .unwrap_or("invalid")
+                .to_string(),
+        )
+    })?;
+    Ok((cli, matches))
+}
+
+/// The clap id of the setting that clap names `arg` in an error (`--port <PORTS>`, or the
+/// positional `[PORTS]`, which is the same setting).
+fn setting_of(arg: &str) -> String {
+    match arg {
+        "[PORTS]" => "port".to_string(),
+        "[PREFIX]" => "prefix".to_string(),
+        _ => {
+            let long = arg.trim_start_matches('-');
+            let long = long.split([' ', '=']).next().unwrap_or(long);
+            Cli::command()
+                .get_arguments()
+                .find(|a| a.get_long() == Some(long))
+                .map_or_else(|| long.to_string(), |a| a.get_id().to_string())
+        }
+    }
+}
+
+/// [`Cli`]'s command with no environment variables read: the defaults are the definitions'
+/// own, whatever this process's environment holds.
+fn without_env() -> clap::Command {
+    Cli::command().mut_args(|a| a.env(None::<&'static str>))
+}
+
+fn from_command_line(matches: &ArgMatches, id: &str) -> bool {
+    matches.value_source(id) == Some(ValueSource::CommandLine)
+}
+
+impl Cli {
+    /// Warnings about settings that are accepted but have no effect.
+    fn warnings(&self) -> Vec<String> {
+        self.max_line
+            .iter()
+            .map(|n| {
+                format!(
+                    "--max-line/ECHO_MAX_LINE ({n}) has no effect: every byte is echoed as soon \
+                     as it arrives, nothing waits for a newline"
+                )
+            })
+            .collect()
+    }
+
+    /// The validated settings, with `banner` (built from the banner variables).
+    fn into_config(self, matches: &ArgMatches, banner: Vec<u8>) -> Result<Config, ConfigError> {
+        let show = |ports: &[u16]| {
+            ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        if self.ports_arg.is_some() && from_command_line(matches, "port") {
+            return Err(ConfigError::new(
+                "port",
+                show(&self.port.0),
+                "ports are also given as PORTS; give one",
+            ));
+        }
+        if self.prefix_arg.is_some() && from_command_line(matches, "prefix") {
+            let value = self.prefix.and_then(|p| p.0).unwrap_or_default();
+            return Err(ConfigError::new(
+                "prefix",
+                value,
+                "prefix is also given as PREFIX; give one",
+            ));
+        }
+        let ports = self.ports_arg.unwrap_or(self.port).0;
+        let admin_port = match self.admin_port.and_then(|p| p.0) {
+            Some(port) if port != 0 && ports.contains(&port) => {
+                return Err(ConfigError::new(
+                    "admin_port",
+                    port,
+                    format!("port {port} is an echo port"),
+                ))
+            }
+            other => other,
+        };
+        let none = |t: Duration| (!t.is_zero()).then_some(t);
+        Ok(Config {
+            ports,
+            prefix: self.prefix_arg.or(self.prefix).and_then(|p| p.0),
+            bind: self.bind,
+            bind_fallback: false,
+            max_connections: self.max_connections,
+            idle_timeout: none(self.idle_timeout),
+            max_duration: none(self.max_duration),
+            drain_timeout: self.drain_timeout,
+            shutdown_delay: self.shutdown_delay,
+            socket_buffer: self.socket_buffer.0,
+            banner_mode: self.banner,
+            banner,
+            proxy_protocol: self.proxy_protocol,
+            banner_client: self.banner_client,
+            admin_port,
+        }
+        .with_bind(self.bind))
+    }
 }
 
 impl Config {
-    /// The defaults with the given ports, bound to 127.0.0.1, without a banner. At most
-    /// [`MAX_PORTS`] ports, none (but 0) twice.
+    /// The defaults with the given ports, bound to 127.0.0.1, without a banner. At most 64
+    /// ports, none (but 0) twice.
     pub fn new(ports: &[u16]) -> Result<Config, ConfigError> {
-        check_ports(ports).map_err(|reason| PORT.error(format!("{ports:?}"), reason))?;
-        Ok(Config {
-            ports: ports.to_vec(),
-            prefix: None,
-            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            bind_fallback: false,
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            idle_timeout: Some(Duration::from_secs(300)),
-            max_duration: None,
-            drain_timeout: Duration::from_secs(5),
-            socket_buffer: Some(DEFAULT_SOCKET_BUFFER),
-            banner_mode: BannerMode::Connect,
-            banner: Vec::new(),
-            proxy_protocol: proxy::Mode::Off,
-            banner_client: false,
-            admin_port: None,
-        })
+        let shown = format!("{ports:?}");
+        check_ports(ports).map_err(|reason| ConfigError::new("port", &shown, reason))?;
+        let (cli, matches) =
+            parse(without_env(), ["tcp-echo"]).map_err(|_| ConfigError::new("port", &shown, ""))?;
+        let mut config = cli.into_config(&matches, Vec::new())?;
+        config.ports = ports.to_vec();
+        Ok(config.with_bind(IpAddr::V4(Ipv4Addr::LOCALHOST)))
     }
 
-    /// Puts `prefix` and a space before each echoed line (none when empty). At most
-    /// [`MAX_PREFIX`] bytes, no control characters.
+    /// The settings a container with these environment variables runs with, as the server
+    /// would read them (flags are not involved; the banner comes from the banner variables).
+    /// The manifest checker reads Deployments with it.
+    pub fn from_env(vars: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
+        let cmd = Cli::command();
+        let mut args = vec!["tcp-echo".to_string()];
+        for arg in cmd.get_arguments() {
+            let (Some(var), Some(long)) = (arg.get_env(), arg.get_long()) else {
+                continue;
+            };
+            if let Some(value) = vars.get(var.to_string_lossy().as_ref()) {
+                args.push(format!("--{long}={value}"));
+            }
+        }
+        let (cli, matches) = parse(without_env(), args).map_err(|e| match e {
+            Parsed::Setting(e) => e,
+            other => ConfigError::new("port", "", other.message()),
+        })?;
+        let banner = crate::banner::build(|var| vars.get(var).cloned());
+        cli.into_config(&matches, banner)
+    }
+
+    /// Puts `prefix` and a space before each echoed line (none when empty). At most 256 bytes,
+    /// no control characters.
     pub fn with_prefix(mut self, prefix: &str) -> Result<Config, ConfigError> {
-        self.prefix = check_prefix(prefix)?;
+        self.prefix = parse_prefix(prefix)
+            .map_err(|reason| ConfigError::new("prefix", prefix, reason))?
+            .0;
         Ok(self)
     }
 
@@ -145,39 +618,47 @@ impl Config {
         self
     }
 
-    /// Serves at most `n` connections at once (1 to [`MAX_CONNECTIONS_LIMIT`]).
+    /// Serves at most `n` connections at once (1 to 100,000).
     pub fn with_max_connections(mut self, n: usize) -> Result<Config, ConfigError> {
-        self.max_connections = check_max_connections(n, &n.to_string())?;
+        self.max_connections = parse_max_connections(&n.to_string())
+            .map_err(|reason| ConfigError::new("max_connections", n, reason))?;
         Ok(self)
     }
 
     /// Closes a connection that moves no data for `t` (zero: never).
     pub fn with_idle_timeout(mut self, t: Duration) -> Result<Config, ConfigError> {
-        self.idle_timeout = check_duration(IDLE_TIMEOUT, t, &format!("{t:?}"))?;
+        self.idle_timeout = duration("idle_timeout", t)?;
         Ok(self)
     }
 
     /// Closes a connection open for `t`, however active (zero: never).
     pub fn with_max_duration(mut self, t: Duration) -> Result<Config, ConfigError> {
-        self.max_duration = check_duration(MAX_DURATION, t, &format!("{t:?}"))?;
+        self.max_duration = duration("max_duration", t)?;
         Ok(self)
     }
 
     /// Waits at most `t` for open connections at shutdown (zero: not at all).
     pub fn with_drain_timeout(mut self, t: Duration) -> Result<Config, ConfigError> {
-        check_duration(DRAIN_TIMEOUT, t, &format!("{t:?}"))?;
-        self.drain_timeout = t;
+        self.drain_timeout = duration("drain_timeout", t)?.unwrap_or_default();
+        Ok(self)
+    }
+
+    /// At shutdown, keeps accepting for `t` after readiness turned false (zero: stops at once).
+    pub fn with_shutdown_delay(mut self, t: Duration) -> Result<Config, ConfigError> {
+        self.shutdown_delay = duration("shutdown_delay", t)?.unwrap_or_default();
         Ok(self)
     }
 
     /// Each connection's socket send and receive buffers, in bytes (0: the kernel's
     /// autotuning).
     pub fn with_socket_buffer(mut self, bytes: usize) -> Result<Config, ConfigError> {
-        self.socket_buffer = check_socket_buffer(bytes, &bytes.to_string())?;
+        self.socket_buffer = parse_socket_buffer(&bytes.to_string())
+            .map_err(|reason| ConfigError::new("socket_buffer", bytes, reason))?
+            .0;
         Ok(self)
     }
 
-    /// Sends `banner` as `mode` says (see [`crate::banner::build`] for go-echo's).
+    /// Sends `banner` as `mode` says.
     pub fn with_banner(mut self, mode: BannerMode, banner: Vec<u8>) -> Config {
         self.banner_mode = mode;
         self.banner = banner;
@@ -199,8 +680,58 @@ impl Config {
     /// Serves `/healthz`, `/readyz` and `/metrics` on `port` (0: a free one) of the same
     /// address; not one of the echo ports.
     pub fn with_admin_port(mut self, port: u16) -> Result<Config, ConfigError> {
-        self.admin_port = Some(check_admin_port(port, &self.ports, &port.to_string())?);
+        if port != 0 && self.ports.contains(&port) {
+            return Err(ConfigError::new(
+                "admin_port",
+                port,
+                format!("port {port} is an echo port"),
+            ));
+        }
+        self.admin_port = Some(port);
         Ok(self)
+    }
+
+    /// The echo ports.
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
+    }
+
+    /// The admin port, if any.
+    pub fn admin_port(&self) -> Option<u16> {
+        self.admin_port
+    }
+
+    /// Connections served at once.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
+    /// The longest wait for open connections at shutdown.
+    pub fn drain_timeout(&self) -> Duration {
+        self.drain_timeout
+    }
+
+    /// How long the server keeps accepting after a SIGTERM.
+    pub fn shutdown_delay(&self) -> Duration {
+        self.shutdown_delay
+    }
+
+    /// The prefix, if any.
+    pub fn prefix(&self) -> Option<&str> {
+        self.prefix.as_deref()
+    }
+
+    /// The memory the server may need at its fullest, as a memory cgroup charges it: its base
+    /// and `max_connections` times the ceiling of one connection at its worst; `None` when
+    /// the socket buffers autotune (no bound).
+    pub fn memory_needed(&self) -> Option<u64> {
+        crate::limits::memory_needed(self.max_connections, self.socket_buffer)
+    }
+
+    /// The ceiling of one connection's memory at its worst, as a memory cgroup charges it;
+    /// `None` when the socket buffers autotune.
+    pub fn memory_per_connection(&self) -> Option<u64> {
+        crate::limits::memory_per_connection(self.socket_buffer)
     }
 
     /// How long one blocked write of replies may take before the client is disconnected.
@@ -209,76 +740,11 @@ impl Config {
     }
 }
 
-fn check_ports(ports: &[u16]) -> Result<(), String> {
-    if ports.is_empty() {
-        return Err("expected at least one port".to_string());
-    }
-    if ports.len() > MAX_PORTS {
-        return Err(format!("at most {MAX_PORTS} ports (got {})", ports.len()));
-    }
-    for (i, &port) in ports.iter().enumerate() {
-        if port != 0 && ports[..i].contains(&port) {
-            return Err(format!("port {port} is listed twice"));
-        }
-    }
-    Ok(())
-}
-
-fn check_admin_port(port: u16, echo: &[u16], shown: &str) -> Result<u16, ConfigError> {
-    if port != 0 && echo.contains(&port) {
-        return Err(ADMIN_PORT.error(shown, format!("port {port} is an echo port")));
-    }
-    Ok(port)
-}
-
-fn check_prefix(prefix: &str) -> Result<Option<String>, ConfigError> {
-    if prefix.chars().any(|c| c.is_control()) {
-        return Err(PREFIX.error(prefix, "control characters are not allowed"));
-    }
-    if prefix.len() > MAX_PREFIX {
-        let reason = format!("at most {MAX_PREFIX} bytes (it has {})", prefix.len());
-        return Err(PREFIX.error(prefix, reason));
-    }
-    Ok((!prefix.is_empty()).then(|| prefix.to_string()))
-}
-
-fn check_max_connections(n: usize, shown: &str) -> Result<usize, ConfigError> {
-    if (1..=MAX_CONNECTIONS_LIMIT).contains(&n) {
-        Ok(n)
-    } else {
-        Err(MAX_CONNECTIONS.error(
-            shown,
-            format!("expected a whole number from 1 to {MAX_CONNECTIONS_LIMIT}"),
-        ))
-    }
-}
-
-/// A duration setting: zero is `None` (never, or not at all), anything else at least
+/// A duration setting given as a value: zero is `None`, anything else at least
 /// [`MIN_DURATION`].
-fn check_duration(
-    setting: Setting,
-    t: Duration,
-    shown: &str,
-) -> Result<Option<Duration>, ConfigError> {
-    if !t.is_zero() && t < MIN_DURATION {
-        return Err(setting.error(shown, "expected 0 or at least 0.001 seconds"));
-    }
+fn duration(id: &str, t: Duration) -> Result<Option<Duration>, ConfigError> {
+    check_duration(t).map_err(|reason| ConfigError::new(id, format!("{t:?}"), reason))?;
     Ok((!t.is_zero()).then_some(t))
-}
-
-fn check_socket_buffer(bytes: usize, shown: &str) -> Result<Option<usize>, ConfigError> {
-    match bytes {
-        0 => Ok(None),
-        n if SOCKET_BUFFER_RANGE.contains(&n) => Ok(Some(n)),
-        _ => Err(SOCKET_BUFFER.error(
-            shown,
-            format!(
-                "expected 0 (the kernel's autotuning) or bytes from {} to {}",
-                SOCKET_BUFFER_RANGE.start(),
-                SOCKET_BUFFER_RANGE.end()
-            ),
-        )),
-    }
 }
 
 impl fmt::Display for Config {
@@ -286,12 +752,14 @@ impl fmt::Display for Config {
         write!(
             f,
             "prefix={:?} max_connections={} idle_timeout={} max_duration={} drain_timeout={}s \
-             socket_buffer={} banner={} ({} lines{}) proxy_protocol={} admin_port={}",
+             shutdown_delay={}s socket_buffer={} banner={} ({} lines{}) proxy_protocol={} \
+             admin_port={}",
             self.prefix.as_deref().unwrap_or(""),
             self.max_connections,
             seconds_or_never(self.idle_timeout),
             seconds_or_never(self.max_duration),
             self.drain_timeout.as_secs_f64(),
+            self.shutdown_delay.as_secs_f64(),
             match self.socket_buffer {
                 Some(n) => n.to_string(),
                 None => "auto".to_string(),
@@ -317,387 +785,30 @@ fn seconds_or_never(d: Option<Duration>) -> String {
     }
 }
 
-/// An invalid setting: which flag, which variable, what value and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    flag: &'static str,
-    var: &'static str,
-    value: String,
-    reason: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid value {:?} for {} ({}): {}",
-            self.value, self.flag, self.var, self.reason
-        )
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// The command line as clap sees it: every value is text, validated by [`Cli::validate`].
-#[derive(Parser, Debug)]
-#[command(
-    name = "tcp-echo",
-    version,
-    about = "A small, fast and hardened TCP echo server for testing TCP routing in Kubernetes and Istio.",
-    after_help = "Banner variables (downward API): NODE_NAME, POD_NAME, POD_NAMESPACE, POD_IP, \
-                  SERVICE_ACCOUNT.\nLog filter: RUST_LOG (default info).\n\
-                  Example (Istio's sample): tcp-echo 9000,9001 one\n\
-                  Client: tcp-echo probe ADDR checks which versions answer (tcp-echo probe --help)"
-)]
-struct Cli {
-    /// Ports, as in Istio's sample (same as --port)
-    #[arg(value_name = "PORTS")]
-    ports_arg: Option<String>,
-
-    /// Prefix, as in Istio's sample (same as --prefix)
-    #[arg(value_name = "PREFIX")]
-    prefix_arg: Option<String>,
-
-    /// Comma-separated ports, one listener each, at most 64 (0: any free port)
-    #[arg(
-        short = 'p',
-        long = "port",
-        env = "TCP_PORT",
-        allow_negative_numbers = true,
-        default_value = "3333",
-        value_name = "PORTS"
-    )]
-    port: String,
-
-    /// Put PREFIX and a space before each echoed line
-    #[arg(long, env = "ECHO_PREFIX", value_name = "PREFIX")]
-    prefix: Option<String>,
-
-    /// Address to bind ("::", explicit or by default, is dual-stack and falls back to 0.0.0.0
-    /// without IPv6)
-    #[arg(long, env = "ECHO_BIND", default_value = "::", value_name = "ADDR")]
-    bind: String,
-
-    /// Connections served at once; one more is told "busy" and closed
-    #[arg(
-        long,
-        env = "ECHO_MAX_CONNECTIONS",
-        allow_negative_numbers = true,
-        default_value = "1024",
-        value_name = "N"
-    )]
-    max_connections: String,
-
-    /// Close a connection silent (or not reading) this long, in seconds (0: never, else at
-    /// least 0.001)
-    #[arg(
-        long,
-        env = "ECHO_IDLE_TIMEOUT",
-        allow_negative_numbers = true,
-        default_value = "300",
-        value_name = "SECONDS"
-    )]
-    idle_timeout: String,
-
-    /// No effect since 1.0.0, accepted so that existing configurations start: every byte is
-    /// echoed as soon as it arrives, nothing waits for a newline
-    #[arg(
-        long,
-        env = "ECHO_MAX_LINE",
-        allow_negative_numbers = true,
-        value_name = "BYTES"
-    )]
-    max_line: Option<String>,
-
-    /// Close a connection open this long, however active, in seconds (0: never); what it sent
-    /// is echoed first. Bounds how long a slow client can hold a slot
-    #[arg(
-        long,
-        env = "ECHO_MAX_DURATION",
-        allow_negative_numbers = true,
-        default_value = "0",
-        value_name = "SECONDS"
-    )]
-    max_duration: String,
-
-    /// At shutdown, wait at most this long for open connections, in seconds
-    #[arg(
-        long,
-        env = "ECHO_DRAIN_TIMEOUT",
-        allow_negative_numbers = true,
-        default_value = "5",
-        value_name = "SECONDS"
-    )]
-    drain_timeout: String,
-
-    /// Send and receive buffer of each connection, in bytes (0: the kernel's autotuning, up to
-    /// megabytes per connection)
-    #[arg(
-        long,
-        env = "ECHO_SOCKET_BUFFER",
-        allow_negative_numbers = true,
-        default_value = "65536",
-        value_name = "BYTES"
-    )]
-    socket_buffer: String,
-
-    /// Read a PROXY protocol header (v1 or v2) at the start of each connection: off, optional
-    /// or required. Enable it only where every client comes through a proxy that sends one:
-    /// otherwise any client can claim any address
-    #[arg(
-        long,
-        env = "ECHO_PROXY_PROTOCOL",
-        default_value = "off",
-        value_name = "MODE"
-    )]
-    proxy_protocol: String,
-
-    /// End the banner with "Your address is IP:PORT.", the client as the server sees it (the
-    /// PROXY header's, else the peer's): true or false
-    #[arg(
-        long,
-        env = "ECHO_BANNER_CLIENT",
-        default_value = "false",
-        value_name = "BOOL",
-        num_args = 0..=1,
-        default_missing_value = "true"
-    )]
-    banner_client: String,
-
-    /// Serve /healthz, /readyz and /metrics (Prometheus) over HTTP on this port of the same
-    /// address (0: any free port); off when unset
-    #[arg(long, env = "ECHO_ADMIN_PORT", value_name = "PORT")]
-    admin_port: Option<String>,
-
-    /// When to send the welcome banner: connect, first-read or off
-    #[arg(
-        long,
-        env = "ECHO_BANNER",
-        default_value = "connect",
-        value_name = "MODE"
-    )]
-    banner: String,
-}
-
-/// What the command line asks for.
-#[derive(Debug)]
-pub enum Command {
-    /// Serve with these settings, logging these warnings about them once logging is up.
-    Serve(Config, Vec<String>),
-    /// Print this text to stdout and exit 0 (`--help`, `--version`).
-    Print(String),
-}
-
-/// A command line that cannot be used: the message to print and the exit code (2).
-#[derive(Debug)]
-pub struct UsageError {
-    /// One line (no trailing newline).
-    pub message: String,
-}
-
-impl fmt::Display for UsageError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-/// Parses the process's arguments and environment (banner variables included).
-pub fn from_args<I, T>(args: I) -> Result<Command, UsageError>
-where
-    I: IntoIterator<Item = T>,
-    T: Into<OsString> + Clone,
-{
-    let matches = match Cli::command().try_get_matches_from(args) {
-        Ok(m) => m,
-        Err(e) => {
-            use clap::error::ErrorKind::*;
-            return match e.kind() {
-                DisplayHelp | DisplayVersion => Ok(Command::Print(e.render().to_string())),
-                _ => {
-                    // clap's message is several lines (usage, tips); keep its first line.
-                    let text = e.render().to_string();
-                    let first = text.lines().next().unwrap_or("invalid arguments").trim();
-                    let first = first.strip_prefix("error: ").unwrap_or(first);
-                    Err(UsageError {
-                        message: format!("{first} (try --help)"),
-                    })
-                }
-            };
-        }
-    };
-    let cli = Cli::from_arg_matches(&matches).map_err(|e| UsageError {
-        message: e
-            .to_string()
-            .lines()
-            .next()
-            .unwrap_or("invalid arguments")
-            .to_string(),
-    })?;
-    cli.validate(&matches)
-        .map(|(config, warnings)| Command::Serve(config, warnings))
-        .map_err(|e| UsageError {
-            message: e.to_string(),
-        })
-}
-
-fn from_command_line(matches: &ArgMatches, id: &str) -> bool {
-    matches.value_source(id) == Some(ValueSource::CommandLine)
-}
-
-impl Cli {
-    fn validate(self, matches: &ArgMatches) -> Result<(Config, Vec<String>), ConfigError> {
-        if self.ports_arg.is_some() && from_command_line(matches, "port") {
-            return Err(PORT.error(&self.port, "ports are also given as PORTS; give one"));
-        }
-        if self.prefix_arg.is_some() && from_command_line(matches, "prefix") {
-            let value = self.prefix.as_deref().unwrap_or("");
-            return Err(PREFIX.error(value, "prefix is also given as PREFIX; give one"));
-        }
-        let ports_text = self.ports_arg.unwrap_or(self.port);
-        let ports = parse_ports(&ports_text).map_err(|reason| PORT.error(&ports_text, reason))?;
-        let prefix = check_prefix(&self.prefix_arg.or(self.prefix).unwrap_or_default())?;
-
-        let bind: IpAddr =
-            self.bind.trim().parse().map_err(|_| {
-                BIND.error(&self.bind, "expected an IP address such as :: or 0.0.0.0")
-            })?;
-
-        let text = &self.max_connections;
-        let max_connections = match text.trim().parse::<usize>() {
-            Ok(n) => check_max_connections(n, text)?,
-            Err(_) => check_max_connections(0, text)?,
-        };
-
-        let seconds = |setting: Setting, text: &str| -> Result<Option<Duration>, ConfigError> {
-            let t = parse_seconds(text).map_err(|reason| setting.error(text, reason))?;
-            check_duration(setting, t, text)
-        };
-        let idle_timeout = seconds(IDLE_TIMEOUT, &self.idle_timeout)?;
-        let max_duration = seconds(MAX_DURATION, &self.max_duration)?;
-        let drain_timeout = seconds(DRAIN_TIMEOUT, &self.drain_timeout)?.unwrap_or_default();
-
-        // Still parsed, so that a typo is reported, but without effect.
-        let mut warnings = Vec::new();
-        if let Some(text) = &self.max_line {
-            text.trim()
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=1 << 30).contains(n))
-                .ok_or_else(|| MAX_LINE.error(text, "expected bytes from 1 to 1073741824"))?;
-            warnings.push(format!(
-                "--max-line/ECHO_MAX_LINE ({text}) has no effect: every byte is echoed as soon \
-                 as it arrives, nothing waits for a newline"
-            ));
-        }
-
-        let text = &self.socket_buffer;
-        let socket_buffer = match text.trim().parse::<usize>() {
-            Ok(n) => check_socket_buffer(n, text)?,
-            Err(_) => check_socket_buffer(1, text)?,
-        };
-
-        let banner_mode = self
-            .banner
-            .trim()
-            .parse::<BannerMode>()
-            .map_err(|r| BANNER.error(&self.banner, r))?;
-        let proxy_protocol = self
-            .proxy_protocol
-            .trim()
-            .parse::<proxy::Mode>()
-            .map_err(|r| PROXY_PROTOCOL.error(&self.proxy_protocol, r))?;
-        let admin_port = match &self.admin_port {
-            // Set to nothing (`ECHO_ADMIN_PORT=`): off, like unset.
-            None => None,
-            Some(text) if text.trim().is_empty() => None,
-            Some(text) => {
-                let port: u16 = text
-                    .trim()
-                    .parse()
-                    .map_err(|_| ADMIN_PORT.error(text, "expected a port (0 to 65535)"))?;
-                Some(check_admin_port(port, &ports, text)?)
-            }
-        };
-        let banner_client = match self.banner_client.trim() {
-            "true" | "1" | "yes" | "on" => true,
-            "false" | "0" | "no" | "off" => false,
-            _ => return Err(BANNER_CLIENT.error(&self.banner_client, "expected true or false")),
-        };
-
-        let config = Config {
-            ports,
-            prefix,
-            bind,
-            bind_fallback: false,
-            max_connections,
-            idle_timeout,
-            max_duration,
-            drain_timeout,
-            socket_buffer,
-            banner_mode,
-            banner: crate::banner::from_env(),
-            proxy_protocol,
-            banner_client,
-            admin_port,
-        }
-        .with_bind(bind);
-        Ok((config, warnings))
-    }
-}
-
-/// Parses a comma-separated list of ports (`9000,9001`): at most [`MAX_PORTS`]; 0 may appear
-/// more than once, another port only once.
-fn parse_ports(text: &str) -> Result<Vec<u16>, String> {
-    let mut ports = Vec::new();
-    for part in text.split(',') {
-        let part = part.trim();
-        if part.is_empty() {
-            return Err("expected comma-separated ports such as 9000,9001".to_string());
-        }
-        let port: u16 = part
-            .parse()
-            .map_err(|_| format!("{part} is not a port (0 to 65535)"))?;
-        ports.push(port);
-    }
-    check_ports(&ports)?;
-    Ok(ports)
-}
-
-/// Parses seconds, fractions allowed (`0.5`), never negative, absurdly large, or so small
-/// that it would round to zero.
-fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let secs: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| "expected seconds such as 5 or 0.5".to_string())?;
-    if !secs.is_finite() || secs < 0.0 {
-        return Err("expected a number of seconds, 0 or more".to_string());
-    }
-    if secs > 1e9 {
-        return Err("at most 1000000000 seconds".to_string());
-    }
-    if secs > 0.0 && secs < MIN_DURATION.as_secs_f64() {
-        return Err("expected 0 or at least 0.001 seconds".to_string());
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn serve(args: &[&str]) -> Result<Config, String> {
+        match from_args(["tcp-echo"].iter().chain(args)) {
+            Ok(Command::Serve(c, _)) => Ok(*c),
+            Ok(Command::Print(_)) => Err("printed".into()),
+            Err(e) => Err(e),
+        }
+    }
+
     #[test]
     fn ports_lists() {
-        assert_eq!(parse_ports("3333"), Ok(vec![3333]));
-        assert_eq!(parse_ports("9000, 9001"), Ok(vec![9000, 9001]));
-        assert_eq!(parse_ports("0,0"), Ok(vec![0, 0]));
+        assert_eq!(parse_ports("3333"), Ok(Ports(vec![3333])));
+        assert_eq!(parse_ports("9000, 9001"), Ok(Ports(vec![9000, 9001])));
+        assert_eq!(parse_ports("0,0"), Ok(Ports(vec![0, 0])));
         assert!(parse_ports("70000").unwrap_err().contains("70000"));
         assert!(parse_ports("9000,9000").is_err());
         assert!(parse_ports("").is_err());
         assert!(parse_ports("9000,").is_err());
         assert!(parse_ports("-1").is_err());
         let many = vec!["0"; MAX_PORTS].join(",");
-        assert_eq!(parse_ports(&many).map(|p| p.len()), Ok(MAX_PORTS));
+        assert_eq!(parse_ports(&many).map(|p| p.0.len()), Ok(MAX_PORTS));
         let too_many = vec!["0"; MAX_PORTS + 1].join(",");
         assert!(parse_ports(&too_many)
             .unwrap_err()
@@ -721,11 +832,22 @@ mod tests {
     }
 
     #[test]
-    fn error_names_flag_and_variable() {
-        let e = PORT.error("70000", "70000 is not a port (0 to 65535)");
-        let s = e.to_string();
-        assert!(s.contains("--port") && s.contains("TCP_PORT") && s.contains("70000"));
-        assert!(!s.contains('\n'));
+    fn errors_name_the_flag_and_the_variable_from_the_definition() {
+        for (args, flag, var) in [
+            (&["--port", "70000"][..], "--port", "TCP_PORT"),
+            (&["70000"][..], "--port", "TCP_PORT"),
+            (&["--banner", "loud"][..], "--banner", "ECHO_BANNER"),
+            (
+                &["--shutdown-delay", "-1"][..],
+                "--shutdown-delay",
+                "ECHO_SHUTDOWN_DELAY",
+            ),
+            (&["--bind=nowhere"][..], "--bind", "ECHO_BIND"),
+        ] {
+            let e = serve(args).unwrap_err();
+            assert!(e.contains(flag) && e.contains(var), "{args:?}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
     }
 
     #[test]
@@ -758,12 +880,48 @@ mod tests {
     }
 
     #[test]
-    fn the_admin_port_is_off_by_default_and_never_an_echo_port() {
-        let admin = |args: &[&str]| match from_args(["tcp-echo"].iter().chain(args)) {
-            Ok(Command::Serve(c, _)) => Ok(c.admin_port),
-            Err(e) => Err(e.to_string()),
-            other => panic!("{other:?}"),
+    fn the_library_defaults_are_the_command_line_defaults() {
+        let lib = Config::new(&[3333]).unwrap();
+        let cli = serve(&["--port", "3333"]).unwrap();
+        assert_eq!(lib.max_connections, cli.max_connections);
+        assert_eq!(lib.idle_timeout, cli.idle_timeout);
+        assert_eq!(lib.drain_timeout, cli.drain_timeout);
+        assert_eq!(lib.socket_buffer, cli.socket_buffer);
+        assert_eq!(lib.shutdown_delay, cli.shutdown_delay);
+        assert_eq!(lib.bind, IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
+
+    #[test]
+    fn a_container_environment_is_read_as_the_server_reads_it() {
+        let env = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
         };
+        let c = Config::from_env(&env(&[
+            ("TCP_PORT", "3333"),
+            ("ECHO_PREFIX", "one"),
+            ("ECHO_ADMIN_PORT", "9090"),
+            ("ECHO_MAX_CONNECTIONS", "256"),
+            ("POD_NAME", "p"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (c.ports(), c.prefix(), c.admin_port(), c.max_connections()),
+            (&[3333][..], Some("one"), Some(9090), 256)
+        );
+        assert_eq!(c.banner, b"Running on Pod p.\n");
+        // An invalid value fails as the server would fail, naming the variable.
+        let e = Config::from_env(&env(&[("ECHO_SOCKET_BUFFER", "lots")])).unwrap_err();
+        assert!(e.to_string().contains("ECHO_SOCKET_BUFFER"), "{e}");
+        let e = Config::from_env(&env(&[("ECHO_BANNER_CLIENT", "maybe")])).unwrap_err();
+        assert!(e.to_string().contains("ECHO_BANNER_CLIENT"), "{e}");
+    }
+
+    #[test]
+    fn the_admin_port_is_off_by_default_and_never_an_echo_port() {
+        let admin = |args: &[&str]| serve(args).map(|c| c.admin_port);
         assert_eq!(admin(&[]), Ok(None));
         assert_eq!(admin(&["--admin-port", ""]), Ok(None));
         assert_eq!(admin(&["--admin-port", "0"]), Ok(Some(0)));
@@ -790,10 +948,7 @@ mod tests {
         assert!(c.clone().with_bind("::".parse().unwrap()).bind_fallback);
         assert!(!c.clone().with_bind("::1".parse().unwrap()).bind_fallback);
         assert!(!c.with_bind("0.0.0.0".parse().unwrap()).bind_fallback);
-        let from_flag = |args: &[&str]| match from_args(["tcp-echo"].iter().chain(args)) {
-            Ok(Command::Serve(c, _)) => c.bind_fallback,
-            other => panic!("{other:?}"),
-        };
+        let from_flag = |args: &[&str]| serve(args).unwrap().bind_fallback;
         assert!(from_flag(&["--bind", "::"]));
         assert!(from_flag(&["--bind", "0:0::0"]));
         assert!(!from_flag(&["--bind", "127.0.0.1"]));

@@ -10,9 +10,10 @@
 //! more, although the kernel still counts those bytes as unacknowledged.
 
 use std::io::{BufRead, BufReader, ErrorKind};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use crate::connection::Stream;
+use crate::registry::{Ended, Ticket};
 use crate::socket;
 
 /// How often a closing connection checks whether the peer has acknowledged every reply.
@@ -20,7 +21,7 @@ const ACK_POLL: Duration = Duration::from_millis(2);
 
 /// How a drain ended.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Drained {
+pub(crate) enum Drained {
     /// The peer acknowledged every reply (or the platform cannot tell).
     Acknowledged,
     /// The connection failed while waiting (the peer reset it): the wait ended at once.
@@ -29,13 +30,20 @@ pub enum Drained {
     OutOfTime,
 }
 
-/// Waits until the peer has acknowledged every byte written, or `deadline` passes. Input that
-/// arrives meanwhile is read and discarded (it came after the end began): left unread, it
-/// would close the receive window and stall the very acknowledgements being waited for.
-pub fn wait_acknowledged(reader: &mut BufReader<&TcpStream>, deadline: Instant) -> Drained {
-    let stream = *reader.get_ref();
+/// Waits until the peer has acknowledged every byte written, or `deadline` passes, or the
+/// server closes the connection by force. Input that arrives meanwhile is read and discarded
+/// (it came after the end began): left unread, it would close the receive window and stall
+/// the very acknowledgements being waited for.
+pub(crate) fn wait_acknowledged(
+    ticket: &Ticket,
+    reader: &mut BufReader<Stream<'_>>,
+    deadline: Instant,
+) -> Drained {
+    let stream = ticket.stream();
     let _ = stream.set_nonblocking(true);
-    while Instant::now() < deadline {
+    // A socket closed by force (the drain deadline) may still count unacknowledged bytes for
+    // as long as the kernel retransmits them: nothing is waited for after that.
+    while Instant::now() < deadline && ticket.ended() != Some(Ended::Forced) {
         // At most 64 reads per round, so a fast sender cannot keep this loop from checking.
         for _ in 0..64 {
             match reader.fill_buf() {

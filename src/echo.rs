@@ -1,108 +1,93 @@
-//! The echo itself: turns the bytes a client sends into the bytes it gets back.
+//! The echo itself: which bytes a client gets back for the bytes it sent. No I/O here.
 //!
-//! This module does no I/O. Every byte is echoed as soon as it is read: nothing is held back
-//! waiting for a newline (RFC 862), so a health checker's `PING` without `\n` comes back at
-//! once. Newlines only decide where the prefix goes: once, before the first byte of each line
-//! (`hello\n` -> `one hello\n`; `PING` -> `one PING`).
+//! Every byte is echoed as soon as it is read: nothing is held back waiting for a newline
+//! (RFC 862), so a health checker's `PING` without `\n` comes back at once. Newlines only
+//! decide where the prefix goes: once, before the first byte of each line (`hello\n` ->
+//! `one hello\n`; `PING` -> `one PING`).
 //!
-//! Without a prefix the echo is the input itself, and the connection writes it straight from
-//! its read buffer; [`Framer::pass`] only keeps count. With a prefix, [`Framer::feed`] copies
-//! the input into an output buffer with the prefixes inserted, never past a given length, so a
-//! read of one-byte lines cannot make the output grow without bound: the caller writes what
-//! was framed and feeds the rest.
-//!
-//! Whatever the chunking of the input and whatever the output limit, the concatenated output
-//! equals [`expected_echo`] of the concatenated input, and after every call it equals the
-//! expected echo of all the input consumed so far: framing never delays a byte.
+//! Nothing is copied: [`Framer::slices`] describes the echo of a read as slices, the prefix
+//! and the pieces of the read between line starts, for one vectored write (`writev`). Their
+//! number is bounded per call, so a read of one-byte lines leaves in several writes, never in
+//! an array that grows with the input. Whatever the chunking of the input and the bound, the
+//! concatenated slices equal [`expected_echo`] of the concatenated input, and after every call
+//! they equal the expected echo of all the input consumed so far: framing never delays a byte.
+
+use std::io::IoSlice;
 
 use memchr::memchr;
 
-/// The longest prefix accepted (`--prefix`), in bytes. With the space after it, a prefix and
-/// the first byte of a line always fit in an output buffer of [`MIN_OUTPUT`] bytes.
-pub const MAX_PREFIX: usize = 256;
-
-/// The smallest output limit [`Framer::feed`] accepts: room for the longest prefix, its space
-/// and one byte of the line.
-pub const MIN_OUTPUT: usize = MAX_PREFIX + 2;
+/// The longest prefix accepted (`--prefix`), in bytes.
+pub(crate) const MAX_PREFIX: usize = 256;
 
 /// Line state of one connection's echo.
 #[derive(Debug)]
-pub struct Framer {
-    /// Prefix followed by one space, or empty.
-    prefix: Vec<u8>,
+pub(crate) struct Framer {
     /// Whether the next byte echoed begins a new line (and so needs the prefix).
     at_line_start: bool,
     /// Newlines echoed so far.
     newlines: u64,
 }
 
-impl Framer {
-    /// A framer that puts `prefix` and one space before each line (nothing when `None` or
-    /// empty). Prefixes longer than [`MAX_PREFIX`] bytes are cut there (configuration rejects
-    /// them before this point).
-    pub fn new(prefix: Option<&str>) -> Framer {
-        let prefix = match prefix {
-            Some(p) if !p.is_empty() => {
-                let p = &p.as_bytes()[..p.len().min(MAX_PREFIX)];
-                let mut v = Vec::with_capacity(p.len() + 1);
-                v.extend_from_slice(p);
-                v.push(b' ');
-                v
-            }
-            _ => Vec::new(),
-        };
+impl Default for Framer {
+    fn default() -> Self {
         Framer {
-            prefix,
             at_line_start: true,
             newlines: 0,
         }
     }
+}
 
-    /// Whether the echo is the input unchanged (no prefix): the caller may send the input
-    /// itself and call [`Framer::pass`] instead of [`Framer::feed`].
-    pub fn is_identity(&self) -> bool {
-        self.prefix.is_empty()
-    }
+/// The prefix as it goes before a line: the configured prefix and one space (`None` when
+/// there is no prefix).
+pub(crate) fn line_prefix(prefix: Option<&str>) -> Option<Vec<u8>> {
+    prefix.filter(|p| !p.is_empty()).map(|p| {
+        let mut v = Vec::with_capacity(p.len() + 1);
+        v.extend_from_slice(p.as_bytes());
+        v.push(b' ');
+        v
+    })
+}
 
-    /// Appends the echo of the start of `input` to `out`, without letting `out` grow past
-    /// `limit` bytes (at least [`MIN_OUTPUT`] more than `out` holds, or this may consume
-    /// nothing), and returns how many input bytes it consumed. A prefix is only written
-    /// together with the first byte of its line.
-    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>, limit: usize) -> usize {
+impl Framer {
+    /// Appends to `out` the slices of the echo of the start of `input`: `prefix` before the
+    /// first byte of each line, and the pieces of `input`. Stops before `out` holds more than
+    /// `max` slices (at least 2) and returns how many bytes of `input` it covered.
+    pub(crate) fn slices<'a>(
+        &mut self,
+        prefix: &'a [u8],
+        input: &'a [u8],
+        out: &mut Vec<IoSlice<'a>>,
+        max: usize,
+    ) -> usize {
+        debug_assert!(max >= 2);
         let mut consumed = 0;
         while consumed < input.len() {
-            let mut room = limit.saturating_sub(out.len());
             if self.at_line_start {
-                if room <= self.prefix.len() {
+                if out.len() + 2 > max {
                     break;
                 }
-                append(out, &self.prefix);
-                room -= self.prefix.len();
+                out.push(IoSlice::new(prefix));
                 self.at_line_start = false;
-            }
-            let rest = &input[consumed..];
-            let window = &rest[..rest.len().min(room)];
-            if window.is_empty() {
+            } else if out.len() + 1 > max {
                 break;
             }
-            match memchr(b'\n', window) {
+            let rest = &input[consumed..];
+            let line = match memchr(b'\n', rest) {
                 Some(i) => {
-                    append(out, &window[..=i]);
-                    consumed += i + 1;
                     self.at_line_start = true;
                     self.newlines += 1;
+                    &rest[..=i]
                 }
-                None => {
-                    append(out, window);
-                    consumed += window.len();
-                }
-            }
+                None => rest,
+            };
+            out.push(IoSlice::new(line));
+            consumed += line.len();
         }
         consumed
     }
 
-    /// Records that `input` was echoed unchanged (the identity echo, no prefix).
-    pub fn pass(&mut self, input: &[u8]) {
+    /// Records that `input` was echoed unchanged (no prefix: the echo is the input).
+    pub(crate) fn pass(&mut self, input: &[u8]) {
         if let Some(&last) = input.last() {
             self.newlines += count_newlines(input);
             self.at_line_start = last == b'\n';
@@ -111,14 +96,23 @@ impl Framer {
 
     /// Lines echoed so far: every newline, plus the line still open, if its first byte was
     /// echoed (so `a\nb` counts 2 once both are echoed).
-    pub fn lines(&self) -> u64 {
+    pub(crate) fn lines(&self) -> u64 {
         self.newlines + u64::from(!self.at_line_start)
     }
 }
 
+/// An empty vector of slices that reuses the allocation of `v` (whose slices borrowed
+/// something else): the slices of one read cannot outlive the read buffer, but their array
+/// can serve every read. Collecting an emptied vector into one of the same layout keeps its
+/// allocation (std's in-place collection; a unit test checks it).
+pub(crate) fn recycle<'b>(mut v: Vec<IoSlice<'_>>) -> Vec<IoSlice<'b>> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!("emptied")).collect()
+}
+
 /// Counts `\n` in `bytes`; written so that the compiler vectorises it (a search per newline
 /// is slower when lines are short).
-pub fn count_newlines(bytes: &[u8]) -> u64 {
+pub(crate) fn count_newlines(bytes: &[u8]) -> u64 {
     let mut total = 0u64;
     // Per-chunk byte counters cannot overflow below 256 bytes.
     for chunk in bytes.chunks(255) {
@@ -128,49 +122,11 @@ pub fn count_newlines(bytes: &[u8]) -> u64 {
     total
 }
 
-/// Appends `src` to `out`. Up to 64 bytes are copied inline with two overlapping fixed-size
-/// moves, as fast `memcpy` implementations do for short sizes; longer slices go to `memcpy`.
-/// The prefixed echo copies two short slices per line (prefix and line), and the static
-/// binary's musl `memcpy` is slow to start on short, unaligned copies.
-#[inline(always)]
-pub fn append(out: &mut Vec<u8>, src: &[u8]) {
-    let n = src.len();
-    if n > 64 {
-        out.extend_from_slice(src);
-        return;
-    }
-    out.reserve(n);
-    // SAFETY: `reserve` made room for `n` more bytes after `len`. Every move below reads
-    // inside `src` (each reads `N <= n` bytes starting at 0 or at `n - N`) and writes inside
-    // that reserved room; the two moves of a pair may overlap each other, never `src`. After
-    // them, all `n` bytes are initialised and `set_len` is sound.
-    unsafe {
-        let (s, d) = (src.as_ptr(), out.as_mut_ptr().add(out.len()));
-        #[inline(always)]
-        unsafe fn pair<const N: usize>(s: *const u8, d: *mut u8, n: usize) {
-            std::ptr::copy_nonoverlapping(s, d, N);
-            std::ptr::copy_nonoverlapping(s.add(n - N), d.add(n - N), N);
-        }
-        match n {
-            32..=64 => pair::<32>(s, d, n),
-            16..=31 => pair::<16>(s, d, n),
-            8..=15 => pair::<8>(s, d, n),
-            4..=7 => pair::<4>(s, d, n),
-            2..=3 => pair::<2>(s, d, n),
-            1 => *d = *s,
-            _ => {}
-        }
-        out.set_len(out.len() + n);
-    }
-}
-
 /// The specified echo of a whole input: every line (the final one may lack `\n`) preceded by
 /// the prefix and one space. The reference the framer is tested against.
-pub fn expected_echo(input: &[u8], prefix: Option<&str>) -> Vec<u8> {
-    let prefix = match prefix {
-        Some(p) if !p.is_empty() => format!("{p} ").into_bytes(),
-        _ => Vec::new(),
-    };
+#[cfg(test)]
+pub(crate) fn expected_echo(input: &[u8], prefix: Option<&str>) -> Vec<u8> {
+    let prefix = line_prefix(prefix).unwrap_or_default();
     let mut out = Vec::with_capacity(input.len());
     for line in input.split_inclusive(|&b| b == b'\n') {
         out.extend_from_slice(&prefix);
@@ -181,7 +137,7 @@ pub fn expected_echo(input: &[u8], prefix: Option<&str>) -> Vec<u8> {
 
 /// The first piece of `input` as the `Received` records show them: up to and including the
 /// first `\n`, or all of it when it holds none (the start of a line the read left open).
-pub fn first_piece(input: &[u8]) -> &[u8] {
+pub(crate) fn first_piece(input: &[u8]) -> &[u8] {
     match memchr(b'\n', input) {
         Some(i) => &input[..=i],
         None => input,
@@ -189,7 +145,7 @@ pub fn first_piece(input: &[u8]) -> &[u8] {
 }
 
 /// How many pieces `input` holds: its lines, and the open end if it does not end a line.
-pub fn count_pieces(input: &[u8]) -> u64 {
+pub(crate) fn count_pieces(input: &[u8]) -> u64 {
     match input.last() {
         None => 0,
         Some(&last) => count_newlines(input) + u64::from(last != b'\n'),
@@ -199,21 +155,38 @@ pub fn count_pieces(input: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
-    /// Feeds `chunks` through a framer with output limit `limit`, the way a connection does
-    /// (frame, "write", frame the rest); returns the output.
-    fn run(prefix: Option<&str>, limit: usize, chunks: &[&[u8]]) -> (Vec<u8>, u64) {
-        let mut f = Framer::new(prefix);
+    /// The bytes of `slices`, one after the other.
+    fn joined(slices: &[IoSlice<'_>]) -> Vec<u8> {
+        slices.iter().flat_map(|s| s.iter().copied()).collect()
+    }
+
+    /// Echoes `chunks` (one read each) with at most `max` slices per write, the way a
+    /// connection does; returns the bytes written and the lines counted.
+    fn run(prefix: Option<&str>, max: usize, chunks: &[&[u8]]) -> (Vec<u8>, u64) {
+        let p = line_prefix(prefix);
+        let mut f = Framer::default();
         let mut sent = Vec::new();
-        let mut out = Vec::new();
         for c in chunks {
-            let mut rest: &[u8] = c;
-            while !rest.is_empty() {
-                let n = f.feed(rest, &mut out, limit);
-                assert!(n > 0, "no progress");
-                assert!(out.len() <= limit);
-                rest = &rest[n..];
-                sent.append(&mut out);
+            match &p {
+                None => {
+                    f.pass(c);
+                    sent.extend_from_slice(c);
+                }
+                Some(p) => {
+                    let mut rest: &[u8] = c;
+                    while !rest.is_empty() {
+                        let mut out = Vec::new();
+                        let n = f.slices(p, rest, &mut out, max);
+                        assert!(n > 0, "no progress");
+                        assert!(out.len() <= max);
+                        for s in &out {
+                            sent.extend_from_slice(s);
+                        }
+                        rest = &rest[n..];
+                    }
+                }
             }
         }
         (sent, f.lines())
@@ -228,14 +201,16 @@ mod tests {
 
     #[test]
     fn a_partial_line_comes_back_at_once_with_its_prefix() {
-        let mut f = Framer::new(Some("one"));
+        let p = line_prefix(Some("one")).unwrap();
+        let mut f = Framer::default();
         let mut out = Vec::new();
-        assert_eq!(f.feed(b"PING", &mut out, 1024), 4);
-        assert_eq!(out, b"one PING", "nothing waits for a newline");
+        assert_eq!(f.slices(&p, b"PING", &mut out, 16), 4);
+        assert_eq!(joined(&out), b"one PING", "nothing waits for a newline");
         out.clear();
-        assert_eq!(f.feed(b"PONG\nx", &mut out, 1024), 6);
+        assert_eq!(f.slices(&p, b"PONG\nx", &mut out, 16), 6);
         assert_eq!(
-            out, b"PONG\none x",
+            joined(&out),
+            b"PONG\none x",
             "the open line continues without a second prefix"
         );
         assert_eq!(f.lines(), 2);
@@ -243,14 +218,13 @@ mod tests {
 
     #[test]
     fn without_prefix_echo_is_identity() {
-        let mut f = Framer::new(None);
-        assert!(f.is_identity());
+        assert_eq!(line_prefix(None), None);
+        assert_eq!(line_prefix(Some("")), None);
+        let mut f = Framer::default();
         f.pass(b"hello\nwor");
         assert_eq!(f.lines(), 2);
         f.pass(b"ld\n");
         assert_eq!(f.lines(), 2);
-        assert!(Framer::new(Some("")).is_identity());
-        assert!(!Framer::new(Some("one")).is_identity());
     }
 
     #[test]
@@ -268,37 +242,30 @@ mod tests {
     }
 
     #[test]
-    fn the_output_never_grows_past_its_limit() {
-        // One-byte lines with a long prefix: 10 000 input bytes make 60 000 output bytes.
-        let input = vec![b'\n'; 10_000];
-        let prefix = "abcde";
-        let mut f = Framer::new(Some(prefix));
-        let mut out = Vec::new();
-        let mut rest = &input[..];
-        let mut writes = 0;
-        while !rest.is_empty() {
-            let n = f.feed(rest, &mut out, MIN_OUTPUT);
-            assert!(out.len() <= MIN_OUTPUT);
-            assert!(n > 0);
-            rest = &rest[n..];
-            out.clear();
-            writes += 1;
+    fn the_slices_never_outnumber_their_bound() {
+        // 10,000 one-byte lines make 20,000 slices: written 2 at a time, or 1,024.
+        for max in [2, 3, 1024] {
+            let input = vec![b'\n'; 10_000];
+            let p = line_prefix(Some("abcde")).unwrap();
+            let mut f = Framer::default();
+            let mut rest = &input[..];
+            let mut writes = 0;
+            while !rest.is_empty() {
+                let mut out = Vec::new();
+                let n = f.slices(&p, rest, &mut out, max);
+                assert!(out.len() <= max && n > 0);
+                rest = &rest[n..];
+                writes += 1;
+            }
+            assert!(writes >= 20_000 / max, "{writes} writes of {max}");
         }
-        assert!(writes >= 60_000 / MIN_OUTPUT);
     }
 
     #[test]
-    fn the_longest_prefix_always_makes_progress_in_the_smallest_buffer() {
+    fn the_longest_prefix_is_echoed_whole() {
         let prefix = "p".repeat(MAX_PREFIX);
-        let (out, _) = run(Some(&prefix), MIN_OUTPUT, &[b"a\nb\nc"]);
+        let (out, _) = run(Some(&prefix), 2, &[b"a\nb\nc"]);
         assert_eq!(out, expected_echo(b"a\nb\nc", Some(&prefix)));
-    }
-
-    #[test]
-    fn a_longer_prefix_is_cut_at_the_maximum() {
-        let long = "x".repeat(MAX_PREFIX + 10);
-        let (out, _) = run(Some(&long), 4096, &[b"a"]);
-        assert_eq!(out.len(), MAX_PREFIX + 2);
     }
 
     #[test]
@@ -309,6 +276,21 @@ mod tests {
         let (out, lines) = run(Some("two"), 300, &[&input]);
         assert_eq!(out, expected_echo(&input, Some("two")));
         assert_eq!(lines, 500);
+    }
+
+    #[test]
+    fn a_recycled_vector_keeps_its_allocation() {
+        let data = vec![1u8; 10];
+        let mut v: Vec<IoSlice<'_>> = Vec::with_capacity(1024);
+        v.push(IoSlice::new(&data));
+        let ptr = v.as_ptr() as usize;
+        let again: Vec<IoSlice<'static>> = recycle(v);
+        assert_eq!((again.len(), again.capacity()), (0, 1024));
+        assert_eq!(
+            again.as_ptr() as usize,
+            ptr,
+            "the allocation was not reused"
+        );
     }
 
     #[test]
@@ -333,22 +315,72 @@ mod tests {
     }
 
     #[test]
-    fn append_copies_every_length_exactly() {
-        let src: Vec<u8> = (0..=200u8).collect();
-        for start in 0..3 {
-            for n in 0..=130 {
-                let mut out = vec![9u8; start];
-                append(&mut out, &src[..n]);
-                assert_eq!(&out[..start], &vec![9u8; start][..]);
-                assert_eq!(&out[start..], &src[..n], "length {n} after {start}");
-            }
-        }
-    }
-
-    #[test]
     fn expected_echo_handles_edges() {
         assert_eq!(expected_echo(b"", Some("x")), b"");
         assert_eq!(expected_echo(b"a", Some("x")), b"x a");
         assert_eq!(expected_echo(b"a\n\nb", None), b"a\n\nb");
+    }
+
+    /// Input bytes biased towards newlines and CR, so that lines are short and many.
+    fn bytes() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(
+            prop_oneof![
+                4 => Just(b'\n'),
+                1 => Just(b'\r'),
+                1 => Just(0u8),
+                6 => any::<u8>(),
+            ],
+            0..2000,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// For any input, any read boundaries and any bound on slices: the output is the
+        /// specified echo, and after every read it is the echo of everything read so far
+        /// (nothing is held back for a newline).
+        #[test]
+        fn framing_is_the_specified_echo_after_every_read(
+            input in bytes(),
+            cuts in prop::collection::vec(0usize..2000, 0..20),
+            max in 2usize..40,
+            prefix in prop_oneof![Just(None), Just(Some("one")), Just(Some("p"))],
+        ) {
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(input.len())).collect();
+            cuts.push(input.len());
+            cuts.sort_unstable();
+            let mut from = 0;
+            let mut chunks = Vec::new();
+            for c in cuts {
+                chunks.push(&input[from..c]);
+                from = c;
+            }
+            for upto in 0..=chunks.len() {
+                let (out, _) = run(prefix, max, &chunks[..upto]);
+                let read: Vec<u8> = chunks[..upto].concat();
+                prop_assert_eq!(out, expected_echo(&read, prefix));
+            }
+            let (_, lines) = run(prefix, max, &chunks);
+            prop_assert_eq!(lines, count_pieces(&input), "lines are counted alike with and without a prefix");
+        }
+
+        /// A read falls into pieces (the `Received` records) that make it up.
+        #[test]
+        fn a_read_falls_into_pieces_that_make_it_up(input in bytes()) {
+            let mut rest = &input[..];
+            let mut pieces = 0;
+            let mut joined = Vec::new();
+            while !rest.is_empty() {
+                let p = first_piece(rest);
+                prop_assert!(!p.is_empty());
+                prop_assert!(!p[..p.len() - 1].contains(&b'\n'));
+                joined.extend_from_slice(p);
+                rest = &rest[p.len()..];
+                pieces += 1;
+            }
+            prop_assert_eq!(joined, input.clone());
+            prop_assert_eq!(pieces, count_pieces(&input));
+        }
     }
 }

@@ -12,7 +12,7 @@ use crate::config::Config;
 
 /// What the process needs besides its connections, in bytes: the idle server (about 1 MiB of
 /// RSS), its listeners, and slack for the kernel's bookkeeping.
-pub const MEMORY_BASE: u64 = 8 * 1024 * 1024;
+pub(crate) const MEMORY_BASE: u64 = 8 * 1024 * 1024;
 
 /// Memory one connection may hold at worst, counted as a memory cgroup charges it, for a
 /// `--socket-buffer` of `socket_buffer` bytes; `None` when the buffers autotune (no bound).
@@ -23,7 +23,7 @@ pub const MEMORY_BASE: u64 = 8 * 1024 * 1024;
 /// value for its bookkeeping, and charges whole pages). The container test measures it as the
 /// memory cgroup charges it, and `make stress` (case 9) its parts, for the worst a client can
 /// do: flood empty lines with a prefix set and never read.
-pub const fn memory_per_connection(socket_buffer: Option<usize>) -> Option<u64> {
+pub(crate) const fn memory_per_connection(socket_buffer: Option<usize>) -> Option<u64> {
     match socket_buffer {
         Some(b) => Some(240 * 1024 + 4 * b as u64),
         None => None,
@@ -32,17 +32,17 @@ pub const fn memory_per_connection(socket_buffer: Option<usize>) -> Option<u64> 
 
 /// Memory the server may need at its fullest: [`MEMORY_BASE`] plus `max_connections` times
 /// [`memory_per_connection`].
-pub fn memory_needed(max_connections: usize, socket_buffer: Option<usize>) -> Option<u64> {
+pub(crate) fn memory_needed(max_connections: usize, socket_buffer: Option<usize>) -> Option<u64> {
     memory_per_connection(socket_buffer).map(|c| MEMORY_BASE + max_connections as u64 * c)
 }
 
 /// Descriptors the server needs besides one per connection: stdin/stdout/stderr, the socket
 /// of a connection being refused as busy, and slack for the runtime.
-pub const SPARE_DESCRIPTORS: u64 = 16;
+pub(crate) const SPARE_DESCRIPTORS: u64 = 16;
 
 /// Descriptors the server needs for `config` at its fullest: its connections, its listeners,
 /// the admin port's listener and connections (with `--admin-port`), and the spares.
-pub fn descriptors_needed(config: &Config) -> u64 {
+pub(crate) fn descriptors_needed(config: &Config) -> u64 {
     let admin = match config.admin_port {
         Some(_) => 1 + crate::admin::MAX_CONNECTIONS as u64,
         None => 0,
@@ -53,15 +53,15 @@ pub fn descriptors_needed(config: &Config) -> u64 {
 /// What to do with the open-file limit: the soft limit to set (if it changes), and a warning
 /// when the hard limit is below what is needed.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// The new soft limit, when it is raised.
-    pub raise_to: Option<u64>,
+    pub(crate) raise_to: Option<u64>,
     /// Said once at start when even the hard limit is too low.
-    pub warning: Option<String>,
+    pub(crate) warning: Option<String>,
 }
 
 /// Decides about the open-file limit given its `soft` and `hard` values and what is `needed`.
-pub fn plan(soft: u64, hard: u64, needed: u64, max_connections: usize) -> Plan {
+pub(crate) fn plan(soft: u64, hard: u64, needed: u64, max_connections: usize) -> Plan {
     let raise_to = (hard > soft).then_some(hard);
     let limit = soft.max(hard);
     let warning = (limit < needed).then(|| {
@@ -76,18 +76,21 @@ pub fn plan(soft: u64, hard: u64, needed: u64, max_connections: usize) -> Plan {
     Plan { raise_to, warning }
 }
 
-/// Raises the soft open-file limit to the hard one and warns if that is still too low for
-/// `config`. Logs what it did.
-pub fn raise_open_files(config: &Config) {
-    let Some((soft, hard)) = imp::get() else {
+/// Raises the soft open-file limit to the hard one (on macOS, to what the kernel allows a
+/// process when the hard limit is unlimited) and warns if that is still too low for `config`.
+/// Logs what it did.
+pub(crate) fn raise_open_files(config: &Config) {
+    use rlimit::Resource;
+    let Ok((soft, hard)) = Resource::NOFILE.get() else {
         return;
     };
     let needed = descriptors_needed(config);
     let plan = plan(soft, hard, needed, config.max_connections);
-    if let Some(to) = plan.raise_to {
-        match imp::set_soft(to, hard) {
-            Ok(()) => info!("open-file limit raised from {soft} to {to}"),
-            Err(e) => warn!("cannot raise the open-file limit from {soft} to {to}: {e}"),
+    if plan.raise_to.is_some() {
+        match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(to) if to != soft => info!("open-file limit raised from {soft} to {to}"),
+            Ok(_) => {}
+            Err(e) => warn!("cannot raise the open-file limit from {soft}: {e}"),
         }
     }
     if let Some(w) = plan.warning {
@@ -97,7 +100,7 @@ pub fn raise_open_files(config: &Config) {
 
 /// Threads the server needs at its fullest: a worker per connection, an acceptor per port,
 /// the main thread, the signal handler and the watch, and the admin port's thread.
-pub fn threads_needed(config: &Config) -> u64 {
+pub(crate) fn threads_needed(config: &Config) -> u64 {
     let admin = u64::from(config.admin_port.is_some());
     config.max_connections as u64 + config.ports.len() as u64 + 3 + admin
 }
@@ -115,7 +118,7 @@ fn thread_warning(limit: u64, name: &str, needed: u64, max_connections: usize) -
 
 /// Warns once if a limit on this process's threads (the pids cgroup's `pids.max`, or
 /// `RLIMIT_NPROC` for a user other than root) is below what `config` needs.
-pub fn check_threads(config: &Config) {
+pub(crate) fn check_threads(config: &Config) {
     let needed = threads_needed(config);
     let limits = [
         imp::pids_max().map(|n| (n, "pids.max")),
@@ -128,35 +131,8 @@ pub fn check_threads(config: &Config) {
     }
 }
 
-#[cfg(unix)]
 mod imp {
-    use std::io;
-
-    /// (soft, hard); `RLIM_INFINITY` counts as `u64::MAX`.
-    pub fn get() -> Option<(u64, u64)> {
-        let mut rl = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit with a valid pointer to an rlimit.
-        let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
-        // `rlim_t` is u64 on the platforms built here, but not by definition.
-        #[allow(clippy::unnecessary_cast)]
-        (rc == 0).then_some((rl.rlim_cur as u64, rl.rlim_max as u64))
-    }
-
-    pub fn set_soft(soft: u64, hard: u64) -> io::Result<()> {
-        let rl = libc::rlimit {
-            rlim_cur: soft as libc::rlim_t,
-            rlim_max: hard as libc::rlim_t,
-        };
-        // SAFETY: setrlimit with a valid pointer to an rlimit.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) } == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
+    use rlimit::Resource;
 
     /// `RLIMIT_NPROC`, which binds users other than root (threads count as processes).
     pub fn nproc() -> Option<u64> {
@@ -164,14 +140,8 @@ mod imp {
         if unsafe { libc::geteuid() } == 0 {
             return None;
         }
-        let mut rl = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit with a valid pointer to an rlimit.
-        let rc = unsafe { libc::getrlimit(libc::RLIMIT_NPROC, &mut rl) };
-        #[allow(clippy::unnecessary_cast)]
-        (rc == 0 && rl.rlim_cur != libc::RLIM_INFINITY).then_some(rl.rlim_cur as u64)
+        let (soft, _) = Resource::NPROC.get().ok()?;
+        (soft != rlimit::INFINITY).then_some(soft)
     }
 
     /// The `pids.max` of this process's pids cgroup (v1 or v2), `None` when unlimited or
@@ -194,25 +164,6 @@ mod imp {
             .iter()
             .find_map(|d| std::fs::read_to_string(format!("{d}/pids.max")).ok())?;
         text.trim().parse().ok()
-    }
-}
-
-#[cfg(not(unix))]
-mod imp {
-    pub fn get() -> Option<(u64, u64)> {
-        None
-    }
-
-    pub fn nproc() -> Option<u64> {
-        None
-    }
-
-    pub fn pids_max() -> Option<u64> {
-        None
-    }
-
-    pub fn set_soft(_: u64, _: u64) -> std::io::Result<()> {
-        Ok(())
     }
 }
 
@@ -252,7 +203,7 @@ mod tests {
 
     #[test]
     fn the_default_socket_buffer_bounds_a_connection_at_496_kib() {
-        let default = Some(crate::config::DEFAULT_SOCKET_BUFFER);
+        let default = Some(65536);
         assert_eq!(memory_per_connection(default), Some(496 * 1024));
         assert_eq!(memory_per_connection(None), None);
         assert_eq!(

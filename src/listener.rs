@@ -9,6 +9,10 @@
 //! Stopping wakes each blocked `accept` with a connection to the listener itself (portable:
 //! shutting a listening socket wakes `accept` only on Linux, and there it resets the
 //! connections still queued), takes what the accept queue holds, and closes the listener.
+//!
+//! The acceptors write no log record themselves: a refusal or an accept error becomes a
+//! [`Report`] on a bounded channel, which the reporter thread (`tcp-echo-report`) logs. A log
+//! that cannot be written (stderr blocked) holds up that thread, never the accepting.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -17,25 +21,29 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use log::{info, warn};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
-use crate::connection::{self, canonical, Job, Shared};
+use crate::connection::{canonical, Job};
 use crate::error::Error;
-use crate::pool::{Pool, Refused};
+use crate::metrics::Refusal;
+use crate::pool::Pool;
+use crate::server::Context;
+use crate::threads::{self, Background};
 
 /// First pause after a failed accept; it doubles up to [`ACCEPT_BACKOFF_MAX`].
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(1);
 /// Longest pause between accept attempts while accept keeps failing.
-pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(100);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(100);
 /// While accept keeps failing, at most one log line per this interval.
 const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// Binds one listener per port of `config` on its address. With `bind_fallback`, an
 /// unavailable IPv6 (`::`) falls back to `0.0.0.0`. Sockets accepted from them get
 /// `--socket-buffer` send and receive buffers.
-pub fn bind_all(config: &Config) -> Result<Vec<TcpListener>, Error> {
+pub(crate) fn bind_all(config: &Config) -> Result<Vec<TcpListener>, Error> {
     config
         .ports
         .iter()
@@ -49,7 +57,7 @@ fn bind_one(addr: SocketAddr, config: &Config) -> Result<TcpListener, Error> {
 
 /// Binds one listener on `addr`; with `fallback`, an unavailable IPv6 `::` falls back to
 /// `0.0.0.0`. Accepted sockets get `socket_buffer` (`None`: the kernel's autotuning).
-pub fn bind_with(
+pub(crate) fn bind_with(
     addr: SocketAddr,
     fallback: bool,
     buffer: Option<usize>,
@@ -99,7 +107,7 @@ const QUEUE_DRAIN_MAX: Duration = Duration::from_millis(500);
 
 /// The acceptor threads, one per listener. Stopping them, or dropping them (a failed start),
 /// stops accepting on every listener and joins every thread: nothing is left behind.
-pub struct Acceptors {
+pub(crate) struct Acceptors {
     stop: Arc<Stop>,
     running: Vec<Running>,
 }
@@ -127,21 +135,19 @@ impl Stop {
     }
 
     fn is_waker(&self, peer: SocketAddr) -> bool {
-        self.wakers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .contains(&canonical(peer))
+        threads::lock(&self.wakers).contains(&canonical(peer))
     }
 }
 
 impl Acceptors {
     /// Starts one acceptor thread (`tcp-echo-accept-PORT`) per listener; `addrs` are their
-    /// bound addresses, in the same order.
-    pub fn start(
+    /// bound addresses, in the same order. Their refusals go to `reports`.
+    pub(crate) fn start(
         listeners: Vec<TcpListener>,
         addrs: &[SocketAddr],
-        shared: &Arc<Shared>,
+        ctx: &Arc<Context>,
         pool: &Arc<Pool<Job>>,
+        reports: &Reports,
     ) -> Result<Acceptors, Error> {
         let mut acceptors = Acceptors {
             stop: Arc::default(),
@@ -152,16 +158,14 @@ impl Acceptors {
                 .try_clone()
                 .map_err(|source| Error::Bind { addr, source })?;
             let acceptor = Acceptor {
-                shared: Arc::clone(shared),
+                ctx: Arc::clone(ctx),
                 pool: Arc::clone(pool),
                 stop: Arc::clone(&acceptors.stop),
+                reports: reports.sender(),
+                port: addr.port(),
             };
             let name = format!("tcp-echo-accept-{}", addr.port());
-            let join = thread::Builder::new()
-                .name(name.clone())
-                .stack_size(crate::pool::WORKER_STACK)
-                .spawn(move || acceptor.run(listener))
-                .map_err(|source| Error::Thread { name, source })?;
+            let join = threads::spawn(name, move || acceptor.run(listener))?;
             acceptors.running.push(Running {
                 addr,
                 fallback,
@@ -175,7 +179,7 @@ impl Acceptors {
     /// accept queue (they are served like any other, or told `busy`), and closes its
     /// listener, so that later connects are refused. Returns how many queued connections
     /// were taken.
-    pub fn stop(mut self) -> u64 {
+    pub(crate) fn stop(mut self) -> u64 {
         self.stop_all();
         self.stop.taken.load(Ordering::Relaxed)
     }
@@ -241,21 +245,184 @@ fn connect_known(target: SocketAddr, stop: &Stop) -> io::Result<()> {
         .local_addr()?
         .as_socket()
         .ok_or_else(|| io::Error::other("not an IP socket"))?;
-    stop.wakers
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .push(canonical(local));
+    threads::lock(&stop.wakers).push(canonical(local));
     socket.connect_timeout(&target.into(), WAKE_TIMEOUT)
+}
+
+/// What an acceptor does after `accept` failed.
+#[derive(Debug, PartialEq, Eq)]
+enum AfterError {
+    /// Accept again at once: the error was one connection's (it left, or a network error of
+    /// its own that Linux passes on through `accept`, as accept(2) says to treat like
+    /// `EAGAIN`).
+    Retry,
+    /// Pause before the next try (out of descriptors or memory: trying at once would spin).
+    Pause,
+}
+
+/// How the accept loop treats `e`.
+fn after_accept_error(e: &io::Error) -> AfterError {
+    if matches!(
+        e.kind(),
+        ErrorKind::Interrupted | ErrorKind::ConnectionAborted | ErrorKind::WouldBlock
+    ) {
+        return AfterError::Retry;
+    }
+    let network = [
+        libc::ENETDOWN,
+        libc::EPROTO,
+        libc::ENOPROTOOPT,
+        libc::EHOSTDOWN,
+        libc::EHOSTUNREACH,
+        libc::EOPNOTSUPP,
+        libc::ENETUNREACH,
+        #[cfg(target_os = "linux")]
+        libc::ENONET,
+    ];
+    match e.raw_os_error() {
+        Some(code) if network.contains(&code) => AfterError::Retry,
+        _ => AfterError::Pause,
+    }
+}
+
+/// What the reporter thread logs for the acceptors.
+#[derive(Debug)]
+pub(crate) enum Report {
+    /// A client was told the server is full.
+    Busy {
+        /// The client.
+        peer: SocketAddr,
+        /// `--max-connections`.
+        max: usize,
+    },
+    /// A client was refused because no worker thread could be started.
+    NoWorker {
+        /// The client.
+        peer: SocketAddr,
+        /// Connections open at the time.
+        open: usize,
+        /// `--max-connections`.
+        max: usize,
+        /// Why the thread could not be started.
+        error: io::Error,
+    },
+    /// Accept keeps failing.
+    AcceptFailed {
+        /// The listener's port.
+        port: u16,
+        /// Failures in a row.
+        failures: u64,
+        /// The last error.
+        error: io::Error,
+    },
+}
+
+/// Reports the reporter thread has not logged yet, at most.
+const REPORTS_QUEUED: usize = 1024;
+
+/// The reporter thread (`tcp-echo-report`) and its channel. Dropping it stops the thread once
+/// every sender is gone and the queue is logged.
+pub(crate) struct Reports {
+    tx: Sender<Report>,
+    /// Reports dropped because the queue was full.
+    dropped: Arc<AtomicU64>,
+    _thread: Background,
+}
+
+impl Reports {
+    /// Starts the reporter thread.
+    pub(crate) fn start() -> Result<Reports, Error> {
+        let (tx, rx) = crossbeam_channel::bounded(REPORTS_QUEUED);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let seen = Arc::clone(&dropped);
+        let thread = Background::start("tcp-echo-report", move |stop| {
+            report(&rx, &seen, stop.receiver())
+        })?;
+        Ok(Reports {
+            tx,
+            dropped,
+            _thread: thread,
+        })
+    }
+
+    fn sender(&self) -> ReportSender {
+        ReportSender {
+            tx: self.tx.clone(),
+            dropped: Arc::clone(&self.dropped),
+        }
+    }
+}
+
+/// An acceptor's end of the reports: sending never blocks; a full queue drops and counts.
+struct ReportSender {
+    tx: Sender<Report>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl ReportSender {
+    fn send(&self, r: Report) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(r) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The reporter thread: logs each report as it comes, until stopped (then what is queued).
+fn report(rx: &Receiver<Report>, dropped: &AtomicU64, stop: &Receiver<()>) {
+    let log = |r: Report| match r {
+        Report::Busy { peer, max } => {
+            warn!("TCP connection refused: server busy ({max} connections). peer={peer}")
+        }
+        Report::NoWorker {
+            peer,
+            open,
+            max,
+            error,
+        } => warn!(
+            "TCP connection refused: no worker thread could be started ({error}) with {open} \
+             connections open, below --max-connections {max}: a thread or pid limit is lower \
+             than --max-connections. peer={peer}"
+        ),
+        Report::AcceptFailed {
+            port,
+            failures,
+            error,
+        } => warn!(
+            "accept failed on port {port} ({failures} in a row): {error}; retrying in up to {} ms",
+            ACCEPT_BACKOFF_MAX.as_millis()
+        ),
+    };
+    let dropped_since = || dropped.swap(0, Ordering::Relaxed);
+    loop {
+        crossbeam_channel::select! {
+            recv(rx) -> r => match r {
+                Ok(r) => log(r),
+                Err(_) => break,
+            },
+            recv(stop) -> _ => break,
+        }
+        let n = dropped_since();
+        if n > 0 {
+            warn!("{n} refusal or accept-error records were not logged (the log is behind)");
+        }
+    }
+    while let Ok(r) = rx.try_recv() {
+        log(r);
+    }
 }
 
 /// One acceptor: what it shares with the rest of the server.
 struct Acceptor {
     /// Settings, open connections and counters.
-    shared: Arc<Shared>,
+    ctx: Arc<Context>,
     /// The worker pool.
     pool: Arc<Pool<Job>>,
     /// Set when the server stops accepting.
     stop: Arc<Stop>,
+    /// Where refusals and accept errors are reported.
+    reports: ReportSender,
+    /// The listener's port.
+    port: u16,
 }
 
 impl Acceptor {
@@ -263,7 +430,7 @@ impl Acceptor {
     /// the listener.
     fn run(&self, listener: TcpListener) {
         let mut backoff = ACCEPT_BACKOFF_MIN;
-        let mut last_log: Option<Instant> = None;
+        let mut last_report: Option<Instant> = None;
         let mut failures = 0u64;
         loop {
             match listener.accept() {
@@ -277,18 +444,16 @@ impl Acceptor {
                     self.admit(stream, peer);
                 }
                 Err(_) if self.stop.requested() => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == ErrorKind::ConnectionAborted => {
-                    debug!("accept: a client left before it was accepted: {e}");
-                }
-                Err(e) => {
+                Err(e) if after_accept_error(&e) == AfterError::Retry => {}
+                Err(error) => {
                     failures += 1;
-                    if last_log.is_none_or(|t| t.elapsed() >= ACCEPT_LOG_EVERY) {
-                        warn!(
-                            "accept failed ({failures} in a row): {e}; retrying in up to {} ms",
-                            ACCEPT_BACKOFF_MAX.as_millis()
-                        );
-                        last_log = Some(Instant::now());
+                    if last_report.is_none_or(|t| t.elapsed() >= ACCEPT_LOG_EVERY) {
+                        self.reports.send(Report::AcceptFailed {
+                            port: self.port,
+                            failures,
+                            error,
+                        });
+                        last_report = Some(Instant::now());
                     }
                     thread::sleep(backoff);
                     backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
@@ -302,8 +467,8 @@ impl Acceptor {
             while Instant::now() < until {
                 match listener.accept() {
                     Ok((stream, peer)) => self.take(stream, peer),
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(e) if e.kind() == ErrorKind::ConnectionAborted => {}
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if after_accept_error(&e) == AfterError::Retry => {}
                     Err(_) => break,
                 }
             }
@@ -323,7 +488,8 @@ impl Acceptor {
 
     fn admit(&self, stream: TcpStream, peer: SocketAddr) {
         let accepted = Instant::now();
-        match self.shared.registry.admit(stream) {
+        let registry = &self.ctx.registry;
+        match registry.admit(stream) {
             Ok(ticket) => {
                 let job = Job {
                     ticket,
@@ -332,97 +498,91 @@ impl Acceptor {
                 };
                 match self.pool.execute(job) {
                     Ok(()) => {
-                        self.shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                        self.ctx.metrics.accepted.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err((job, why)) => {
+                    Err((job, error)) => {
                         let stream = job.ticket.stream().try_clone();
                         // Unregistered here, so that the count below is of the others.
                         drop(job);
                         if let Ok(stream) = stream {
-                            self.refuse(stream, peer, Refusal::NoWorker(why));
+                            self.ctx.metrics.refused.add(Refusal::NoWorker);
+                            refuse(stream, NO_WORKER_MESSAGE.as_bytes());
+                            self.reports.send(Report::NoWorker {
+                                peer: canonical(peer),
+                                open: registry.len(),
+                                max: registry.max(),
+                                error,
+                            });
                         }
                     }
                 }
             }
-            Err(stream) => self.refuse(stream, peer, Refusal::Busy),
-        }
-    }
-
-    /// Tells the client why it is not served and closes, without ever blocking the acceptor.
-    fn refuse(&self, stream: TcpStream, peer: SocketAddr, why: Refusal) {
-        let max = self.shared.registry.max();
-        let open = self.shared.registry.len();
-        self.shared.stats.refuse(match why {
-            Refusal::Busy => connection::Refusal::Busy,
-            Refusal::NoWorker(_) => connection::Refusal::NoWorker,
-        });
-        let peer = canonical(peer);
-        let message = match &why {
-            Refusal::Busy => {
-                warn!("TCP connection refused: server busy ({max} connections). peer={peer}");
-                busy_message(max)
-            }
-            Refusal::NoWorker(e) => {
-                warn!(
-                    "TCP connection refused: no worker thread could be started ({e}) with \
-                     {open} connections open, below --max-connections {max}: a thread or pid \
-                     limit is lower than --max-connections. peer={peer}"
-                );
-                NO_WORKER_MESSAGE.to_string()
-            }
-        };
-        let _ = stream.set_nonblocking(true);
-        let _ = (&stream).write_all(message.as_bytes());
-        let _ = stream.shutdown(Shutdown::Write);
-        // Read what the client already sent, so that closing sends FIN, not a reset that could
-        // discard the message before the client reads it.
-        let mut sink = [0u8; 4096];
-        for _ in 0..16 {
-            match (&stream).read(&mut sink) {
-                Ok(n) if n > 0 => {}
-                _ => break,
+            Err(stream) => {
+                self.ctx.metrics.refused.add(Refusal::Busy);
+                refuse(stream, busy_message(registry.max()).as_bytes());
+                self.reports.send(Report::Busy {
+                    peer: canonical(peer),
+                    max: registry.max(),
+                });
             }
         }
     }
 }
 
-/// Why a connection is refused.
-enum Refusal {
-    /// `--max-connections` are open.
-    Busy,
-    /// Fewer are open, but no worker thread could be started for this one.
-    NoWorker(Refused),
+/// Tells the client why it is not served and closes, without ever blocking.
+fn refuse(stream: TcpStream, message: &[u8]) {
+    let _ = stream.set_nonblocking(true);
+    let _ = (&stream).write_all(message);
+    let _ = stream.shutdown(Shutdown::Write);
+    // Read what the client already sent, so that closing sends FIN, not a reset that could
+    // discard the message before the client reads it.
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        match (&stream).read(&mut sink) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
 }
 
 /// The line a client gets when no worker thread could be started for it.
-pub const NO_WORKER_MESSAGE: &str =
+pub(crate) const NO_WORKER_MESSAGE: &str =
     "ERROR: server cannot start a worker for this connection (thread limit), try again later\n";
 
 /// The line a client over capacity gets.
-pub fn busy_message(max: usize) -> String {
+pub(crate) fn busy_message(max: usize) -> String {
     format!("ERROR: server busy ({max} connections), try again later\n")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log_budget::ServerBudget;
-    use crate::registry::Registry;
+
+    #[test]
+    fn network_errors_of_one_connection_are_retried_at_once_and_resource_errors_pause() {
+        let os = io::Error::from_raw_os_error;
+        for code in [
+            libc::ENETDOWN,
+            libc::EPROTO,
+            libc::EHOSTUNREACH,
+            libc::ECONNABORTED,
+        ] {
+            assert_eq!(after_accept_error(&os(code)), AfterError::Retry, "{code}");
+        }
+        for code in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert_eq!(after_accept_error(&os(code)), AfterError::Pause, "{code}");
+        }
+    }
 
     #[test]
     fn dropping_the_acceptors_stops_and_joins_them_and_closes_the_listeners() {
         let config = Config::new(&[0, 0]).unwrap();
         let listeners = bind_all(&config).unwrap();
         let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
-        let registry = Registry::new(4);
-        let shared = Arc::new(Shared {
-            config,
-            registry,
-            stats: Default::default(),
-            log_budget: ServerBudget::default(),
-        });
+        let ctx = Arc::new(Context::new(config));
         let pool = Arc::new(Pool::new("t", 4, Duration::from_secs(1), |_job: Job| {}));
-        let acceptors = Acceptors::start(listeners, &addrs, &shared, &pool).unwrap();
+        let reports = Reports::start().unwrap();
+        let acceptors = Acceptors::start(listeners, &addrs, &ctx, &pool, &reports).unwrap();
         for addr in &addrs {
             TcpStream::connect(addr).expect("accepting");
         }

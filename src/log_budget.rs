@@ -13,20 +13,30 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use log::{info, warn};
+use uuid::Uuid;
+
+use crate::echo;
+use crate::logging::{EscapedText, RawBytes};
+
+/// Log target of the per-piece `Received ...` records, so that they can be filtered apart
+/// from the connection records: `RUST_LOG=info,tcp_echo::data=off`.
+pub(crate) const DATA_TARGET: &str = "tcp_echo::data";
+
 /// Pieces logged per connection at most.
-pub const PIECES_PER_CONNECTION: u64 = 1000;
+pub(crate) const PIECES_PER_CONNECTION: u64 = 1000;
 /// Bytes of client data logged per connection at most (each record shows at most 1 KiB).
-pub const BYTES_PER_CONNECTION: u64 = 64 * 1024;
+pub(crate) const BYTES_PER_CONNECTION: u64 = 64 * 1024;
 /// Pieces logged per second, server-wide, in the long run.
-pub const SERVER_RATE: u64 = 100;
+pub(crate) const SERVER_RATE: u64 = 100;
 /// Pieces the server may log at once before the rate applies.
-pub const SERVER_BURST: u64 = 1000;
+pub(crate) const SERVER_BURST: u64 = 1000;
 /// At most one notice per this interval that the server-wide limit is suppressing records.
 const NOTICE_EVERY: Duration = Duration::from_secs(10);
 
 /// The server-wide rate limit on `Received` records.
 #[derive(Debug)]
-pub struct ServerBudget {
+pub(crate) struct ServerBudget {
     start: Instant,
     /// Nanoseconds between two pieces at the sustained rate.
     interval: u64,
@@ -48,7 +58,7 @@ impl Default for ServerBudget {
 
 impl ServerBudget {
     /// A limit of `rate` pieces a second with bursts of `burst` (both at least 1).
-    pub fn new(rate: u64, burst: u64) -> ServerBudget {
+    pub(crate) fn new(rate: u64, burst: u64) -> ServerBudget {
         let interval = 1_000_000_000 / rate.max(1);
         ServerBudget {
             start: Instant::now(),
@@ -85,7 +95,7 @@ impl ServerBudget {
     }
 
     /// Pieces not logged so far, server-wide.
-    pub fn suppressed(&self) -> u64 {
+    pub(crate) fn suppressed(&self) -> u64 {
         self.suppressed.load(Ordering::Relaxed)
     }
 
@@ -96,9 +106,14 @@ impl ServerBudget {
         if !server_wide {
             return false;
         }
-        let now = self.now().max(1);
+        self.notice_due_at(self.now().max(1))
+    }
+
+    /// Whether a notice is due at `now` (ns since start); claims it if so. Another thread may
+    /// have claimed one at a later time than `now` in between: then none is due.
+    fn notice_due_at(&self, now: u64) -> bool {
         let last = self.last_notice.load(Ordering::Relaxed);
-        (last == 0 || now - last >= NOTICE_EVERY.as_nanos() as u64)
+        (last == 0 || now.saturating_sub(last) >= NOTICE_EVERY.as_nanos() as u64)
             && self
                 .last_notice
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
@@ -108,7 +123,7 @@ impl ServerBudget {
 
 /// What the budget says about one piece.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Log it.
     Log,
     /// Do not log it; the connection's own budget just ran out (say so, once).
@@ -121,7 +136,7 @@ pub enum Verdict {
 
 /// One connection's log budget.
 #[derive(Debug)]
-pub struct ConnectionBudget<'a> {
+pub(crate) struct ConnectionBudget<'a> {
     server: &'a ServerBudget,
     pieces: u64,
     bytes: u64,
@@ -131,7 +146,7 @@ pub struct ConnectionBudget<'a> {
 
 impl<'a> ConnectionBudget<'a> {
     /// A fresh budget drawing on `server`.
-    pub fn new(server: &'a ServerBudget) -> ConnectionBudget<'a> {
+    pub(crate) fn new(server: &'a ServerBudget) -> ConnectionBudget<'a> {
         ConnectionBudget {
             server,
             pieces: 0,
@@ -142,14 +157,14 @@ impl<'a> ConnectionBudget<'a> {
     }
 
     /// Whether this connection's own budget is spent: nothing it sends is logged any more.
-    pub fn is_spent(&self) -> bool {
+    pub(crate) fn is_spent(&self) -> bool {
         self.spent
     }
 
     /// Decides about a piece of `len` bytes. The connection's budget counts every piece it
     /// is asked about, logged or held back by the server-wide limit, so that a connection
     /// stops asking (and costs nothing more) after its first pieces whatever the limit says.
-    pub fn admit(&mut self, len: usize) -> Verdict {
+    pub(crate) fn admit(&mut self, len: usize) -> Verdict {
         if self.spent {
             self.skip(1);
             return Verdict::Quiet;
@@ -174,14 +189,69 @@ impl<'a> ConnectionBudget<'a> {
     }
 
     /// Counts `n` pieces not logged (once the budget is spent the caller only counts).
-    pub fn skip(&mut self, n: u64) {
+    pub(crate) fn skip(&mut self, n: u64) {
         self.unlogged += n;
         self.server.suppress(n, false);
     }
 
     /// Pieces not logged on this connection.
-    pub fn unlogged(&self) -> u64 {
+    pub(crate) fn unlogged(&self) -> u64 {
         self.unlogged
+    }
+}
+
+/// The `Received` records of one connection, within its budget: go-echo's two records per
+/// piece (`Received Raw Data` and `Received Data (converted to string)`).
+pub(crate) struct ReceivedLog<'a> {
+    id: &'a Uuid,
+    budget: ConnectionBudget<'a>,
+}
+
+impl<'a> ReceivedLog<'a> {
+    /// The records of connection `id`, drawing on `budget`.
+    pub(crate) fn new(id: &'a Uuid, budget: ConnectionBudget<'a>) -> ReceivedLog<'a> {
+        ReceivedLog { id, budget }
+    }
+
+    /// Logs the pieces of one read, as far as the budget allows; counts the rest.
+    pub(crate) fn record(&mut self, data: &[u8]) {
+        let id = self.id;
+        let mut rest = data;
+        while !rest.is_empty() && !self.budget.is_spent() {
+            let piece = echo::first_piece(rest);
+            rest = &rest[piece.len()..];
+            match self.budget.admit(piece.len()) {
+                Verdict::Log => {
+                    info!(target: DATA_TARGET, "{id} - Received Raw Data: {}", RawBytes(piece));
+                    info!(
+                        target: DATA_TARGET,
+                        "{id} - Received Data (converted to string): {}",
+                        EscapedText(piece)
+                    );
+                }
+                Verdict::ConnectionSpent => info!(
+                    target: DATA_TARGET,
+                    "{id} - Received records stop here: this connection's log budget ({} pieces \
+                     or {} KiB) is spent; its close record counts the pieces not logged",
+                    PIECES_PER_CONNECTION,
+                    BYTES_PER_CONNECTION / 1024
+                ),
+                Verdict::ServerNotice => warn!(
+                    target: DATA_TARGET,
+                    "Received records are being held back: more than {} pieces a second \
+                     server-wide; each connection's close record counts its own",
+                    SERVER_RATE
+                ),
+                Verdict::Quiet => {}
+            }
+        }
+        // Once the budget is spent, pieces are only counted.
+        self.budget.skip(echo::count_pieces(rest));
+    }
+
+    /// Pieces not logged on this connection.
+    pub(crate) fn unlogged(&self) -> u64 {
+        self.budget.unlogged()
     }
 }
 
@@ -202,6 +272,19 @@ mod tests {
         // After a long pause the burst is back, not more.
         let later = t0 + 60_000_000_000;
         assert_eq!((0..50).filter(|_| b.take_at(later)).count(), 10);
+    }
+
+    #[test]
+    fn a_notice_claimed_by_another_thread_at_a_later_time_is_not_repeated() {
+        let b = ServerBudget::new(1, 1);
+        let ten = NOTICE_EVERY.as_nanos() as u64;
+        assert!(b.notice_due_at(5 * ten));
+        // Another thread claims the next notice at a later time than this thread's `now`:
+        // the difference would be negative (a panic in debug builds before the fix, and a
+        // duplicate notice in release).
+        b.last_notice.store(7 * ten, Ordering::Relaxed);
+        assert!(!b.notice_due_at(6 * ten + 1));
+        assert!(b.notice_due_at(8 * ten));
     }
 
     #[test]

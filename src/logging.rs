@@ -11,11 +11,11 @@ use std::fmt::{self, Display, Write as _};
 use std::io::Write as _;
 
 /// At most this many bytes of rendered client data appear in one log record.
-pub const LOG_CAP: usize = 1024;
+pub(crate) const LOG_CAP: usize = 1024;
 
 /// Installs the global logger: `RUST_LOG` filter (default `info`), stderr, one line per record
 /// (`2026-11-21T10:00:00.123Z INFO message`).
-pub fn init() {
+pub(crate) fn init() {
     let env = env_logger::Env::default().default_filter_or("info");
     env_logger::Builder::from_env(env)
         .format(|buf, record| {
@@ -33,7 +33,7 @@ pub fn init() {
 
 /// go-echo's `Received Raw Data` form: `[104 101 108 108 111 10]`, at most [`LOG_CAP`] bytes of
 /// rendered numbers, then how many bytes were left out.
-pub struct RawBytes<'a>(pub &'a [u8]);
+pub(crate) struct RawBytes<'a>(pub &'a [u8]);
 
 impl Display for RawBytes<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -80,7 +80,7 @@ impl Display for RawBytes<'_> {
 /// with control characters, `\`, invalid UTF-8, and the characters that change how text reads
 /// without showing (bidirectional controls, zero-width ones) escaped; at most [`LOG_CAP`] bytes
 /// of rendered text, then how many bytes were left out.
-pub struct EscapedText<'a>(pub &'a [u8]);
+pub(crate) struct EscapedText<'a>(pub &'a [u8]);
 
 /// How `c` is written in the log: `None` as itself, or its escape.
 fn escape(c: char, buf: &mut [u8; 12]) -> Option<&str> {

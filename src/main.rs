@@ -1,5 +1,5 @@
 //! The `tcp-echo` binary; everything lives in the library (see `cli`).
 
 fn main() -> std::process::ExitCode {
-    tcp_echo::cli::main(std::env::args_os())
+    tcp_echo::main(std::env::args_os())
 }

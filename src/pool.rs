@@ -11,40 +11,21 @@
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::warn;
 
-/// Stack size of worker threads: the echo path needs little, and each connection may hold one.
-pub const WORKER_STACK: usize = 256 * 1024;
-
-/// Why [`Pool::execute`] gave a job back.
-#[derive(Debug)]
-pub enum Refused {
-    /// No worker thread could be started (a thread or pid limit, say), and none is idle.
-    NoThread(io::Error),
-    /// The queue is full (callers that bound their jobs never see this).
-    Full,
-}
-
-impl std::fmt::Display for Refused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Refused::NoThread(e) => write!(f, "cannot start a thread: {e}"),
-            Refused::Full => f.write_str("the queue is full"),
-        }
-    }
-}
+use crate::error::Error;
+use crate::threads;
 
 /// A pool running `handler` on each job.
-pub struct Pool<J: Send + 'static> {
+pub(crate) struct Pool<J: Send + 'static> {
     tx: Sender<J>,
-    shared: Arc<Shared<J>>,
+    shared: Arc<Inner<J>>,
 }
 
-struct Shared<J> {
+struct Inner<J> {
     rx: Receiver<J>,
     state: Mutex<State>,
     handler: Box<dyn Fn(J) + Send + Sync>,
@@ -67,7 +48,7 @@ struct State {
 impl<J: Send + 'static> Pool<J> {
     /// A pool of at most `max_threads` threads named `{name}-{n}`, each ending after `idle_exit`
     /// without work.
-    pub fn new(
+    pub(crate) fn new(
         name: &str,
         max_threads: usize,
         idle_exit: Duration,
@@ -77,7 +58,7 @@ impl<J: Send + 'static> Pool<J> {
         let (tx, rx) = crossbeam_channel::bounded(max_threads);
         Pool {
             tx,
-            shared: Arc::new(Shared {
+            shared: Arc::new(Inner {
                 rx,
                 state: Mutex::new(State::default()),
                 handler: Box::new(handler),
@@ -89,16 +70,16 @@ impl<J: Send + 'static> Pool<J> {
     }
 
     /// Runs `job` on a worker without blocking. Gives the job back, with the reason, when no
-    /// worker can take it: no thread could be started and none is idle, or the queue is full.
-    /// Callers keep at most `max_threads` jobs outstanding (the server's registry does), so the
-    /// queue is never full.
-    pub fn execute(&self, job: J) -> Result<(), (J, Refused)> {
+    /// worker can take it: no thread could be started and none is idle. Callers keep at most
+    /// `max_threads` jobs outstanding (the server's registry does), so the queue, bounded
+    /// by that number, never fills; if it did, the job would be given back too.
+    pub(crate) fn execute(&self, job: J) -> Result<(), (J, io::Error)> {
         let mut state = self.shared.lock();
         if state.available <= 0 && state.threads < self.shared.max_threads {
             match self.spawn(&mut state) {
                 // The new worker takes this job: it is not counted as available.
                 Ok(()) => state.available += 1,
-                Err(e) => return Err((job, Refused::NoThread(e))),
+                Err(e) => return Err((job, e)),
             }
         }
         match self.tx.try_send(job) {
@@ -106,7 +87,7 @@ impl<J: Send + 'static> Pool<J> {
                 state.available -= 1;
                 Ok(())
             }
-            Err(e) => Err((e.into_inner(), Refused::Full)),
+            Err(e) => Err((e.into_inner(), io::Error::other("the job queue is full"))),
         }
     }
 
@@ -117,17 +98,17 @@ impl<J: Send + 'static> Pool<J> {
     }
 
     /// A gauge of the worker threads alive, for the metrics. It does not keep the pool open.
-    pub fn gauge(&self) -> Gauge<J> {
+    pub(crate) fn gauge(&self) -> Gauge<J> {
         Gauge(Arc::clone(&self.shared))
     }
 
     fn spawn(&self, state: &mut State) -> io::Result<()> {
         let shared = Arc::clone(&self.shared);
         let name = format!("{}-{}", self.shared.name, state.started);
-        thread::Builder::new()
-            .name(name)
-            .stack_size(WORKER_STACK)
-            .spawn(move || shared.work())?;
+        threads::spawn(name, move || shared.work()).map_err(|e| match e {
+            Error::Thread { source, .. } => source,
+            other => io::Error::other(other.to_string()),
+        })?;
         state.threads += 1;
         state.started += 1;
         Ok(())
@@ -135,20 +116,18 @@ impl<J: Send + 'static> Pool<J> {
 }
 
 /// Reads how many worker threads a pool has alive; see [`Pool::gauge`].
-pub struct Gauge<J>(Arc<Shared<J>>);
+pub(crate) struct Gauge<J>(Arc<Inner<J>>);
 
 impl<J> Gauge<J> {
     /// Worker threads alive now.
-    pub fn threads(&self) -> usize {
+    pub(crate) fn threads(&self) -> usize {
         self.0.lock().threads
     }
 }
 
-impl<J> Shared<J> {
+impl<J> Inner<J> {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        threads::lock(&self.state)
     }
 
     fn work(&self) {
@@ -184,6 +163,7 @@ impl<J> Shared<J> {
 mod tests {
     use super::*;
     use std::sync::mpsc;
+    use std::thread;
     use std::time::Instant;
 
     fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {

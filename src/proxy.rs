@@ -53,24 +53,30 @@ const V1_SIGNATURE: &[u8] = b"PROXY ";
 /// How a version 2 header starts.
 const V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
 /// The longest version 1 header, CRLF included (the specification's bound).
-pub const MAX_V1: usize = 107;
+pub(crate) const MAX_V1: usize = 107;
 /// The longest header read: a version 2 header of 16 bytes and at most 520 of addresses and
 /// TLVs, so that a header fits in one TCP segment of the minimum size the specification has in
 /// mind (536 bytes). Longer ones are refused rather than waited for.
-pub const MAX_HEADER: usize = 536;
+pub(crate) const MAX_HEADER: usize = 536;
 /// The time a header has to arrive in full: a slow header is a slowloris.
-pub const HEADER_DEADLINE: Duration = Duration::from_secs(3);
+pub(crate) const HEADER_DEADLINE: Duration = Duration::from_secs(3);
+
+/// How long, since the last byte arrived, bytes that are only the beginning of a signature
+/// (`P`, `\r\n`, ...) wait for more before they are taken for data. A proxy writes its header
+/// in one piece, so its signature arrives whole; a client that typed `P` or an empty line and
+/// waits for its echo gets it after this, not after [`HEADER_DEADLINE`].
+pub(crate) const SIGNATURE_WAIT: Duration = Duration::from_millis(200);
 
 /// What the start of a connection held.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Start {
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Start {
     /// The header that came, if one did: `v1`, `v1 UNKNOWN`, `v2`, `v2 LOCAL`, ...
-    pub header: Option<&'static str>,
+    pub(crate) header: Option<&'static str>,
     /// The client it names (`None`: no header, or one that names none, such as a proxy's own
     /// health check: the peer is the client).
-    pub client: Option<SocketAddr>,
+    pub(crate) client: Option<SocketAddr>,
     /// The bytes read after the header (all of them without one): the client's first data.
-    pub rest: Vec<u8>,
+    pub(crate) rest: Vec<u8>,
 }
 
 /// What the bytes read so far are.
@@ -86,12 +92,43 @@ enum Verdict {
     Malformed(String),
 }
 
-/// Reads the start of a connection from `r` for `mode` (not [`Mode::Off`]): the header, if
-/// any, and the bytes after it. An error says why the connection must be closed. Reads stop
-/// at [`MAX_HEADER`] bytes; time is the reader's to bound (see [`Deadline`]).
-pub fn read_start(r: &mut impl Read, mode: Mode) -> Result<Start, String> {
+/// A source of a connection's first bytes whose every read waits at most until a given time.
+pub(crate) trait ReadUntil {
+    /// Reads into `buf`, waiting at most until `until` (`WouldBlock` or `TimedOut` then).
+    fn read_until(&mut self, buf: &mut [u8], until: Instant) -> io::Result<usize>;
+}
+
+impl ReadUntil for &TcpStream {
+    fn read_until(&mut self, buf: &mut [u8], until: Instant) -> io::Result<usize> {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ErrorKind::TimedOut.into());
+        }
+        self.set_read_timeout(Some(left))?;
+        self.read(buf)
+    }
+}
+
+/// Reads the start of a connection for `mode` (not [`Mode::Off`]) from its socket: the
+/// header, if any, and the bytes after it, within [`HEADER_DEADLINE`]. An error says why the
+/// connection must be closed. The socket has no read timeout afterwards.
+pub(crate) fn read_start(socket: &TcpStream, mode: Mode) -> Result<Start, String> {
+    let start = read_start_from(&mut { socket }, mode, Instant::now());
+    let _ = socket.set_read_timeout(None);
+    start
+}
+
+/// [`read_start`] over any [`ReadUntil`], starting at `begun`. Reads stop at [`MAX_HEADER`]
+/// bytes.
+pub(crate) fn read_start_from(
+    r: &mut impl ReadUntil,
+    mode: Mode,
+    begun: Instant,
+) -> Result<Start, String> {
+    let deadline = begun + HEADER_DEADLINE;
     let mut buf = [0u8; MAX_HEADER];
     let mut filled = 0;
+    let mut last_arrival = begun;
     loop {
         let verdict = classify(&buf[..filled]);
         let data = |rest: &[u8]| {
@@ -120,17 +157,27 @@ pub fn read_start(r: &mut impl Read, mode: Mode) -> Result<Start, String> {
             }
             Verdict::More => {}
         }
-        // Bytes that are only the start of a signature are data if nothing more comes.
-        let undecided = filled < V1_SIGNATURE.len().min(V2_SIGNATURE.len())
-            || (filled < V2_SIGNATURE.len() && V2_SIGNATURE.starts_with(&buf[..filled]));
-        match r.read(&mut buf[filled..]) {
+        // Bytes that are only the beginning of a signature are data if nothing more comes
+        // soon (a proxy sends its signature whole).
+        let undecided = filled > 0
+            && (filled < V1_SIGNATURE.len().min(V2_SIGNATURE.len())
+                || (filled < V2_SIGNATURE.len() && V2_SIGNATURE.starts_with(&buf[..filled])));
+        let until = if undecided {
+            deadline.min(last_arrival + SIGNATURE_WAIT)
+        } else {
+            deadline
+        };
+        match r.read_until(&mut buf[filled..], until) {
             Ok(0) if filled == 0 || undecided => return data(&buf[..filled]),
             Ok(0) => return Err("the connection ended in the middle of a PROXY header".into()),
-            Ok(n) => filled += n,
+            Ok(n) => {
+                filled += n;
+                last_arrival = Instant::now();
+            }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                 // A silent client (one waiting for the banner) or one whose first bytes only
-                // look like the start of a signature: not a header.
+                // look like the beginning of a signature: not a header.
                 return if filled == 0 || undecided {
                     data(&buf[..filled])
                 } else {
@@ -224,27 +271,6 @@ fn classify(bytes: &[u8]) -> Verdict {
     Verdict::Data
 }
 
-/// A connection's socket read against one overall deadline: each read may wait only for
-/// what is left of it.
-pub struct Deadline<'a> {
-    /// The socket.
-    pub stream: &'a TcpStream,
-    /// When reading must be over.
-    pub until: Instant,
-}
-
-impl Read for Deadline<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(ErrorKind::TimedOut.into());
-        }
-        self.stream.set_read_timeout(Some(left))?;
-        let mut stream = self.stream;
-        stream.read(buf)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,8 +281,8 @@ mod tests {
         pub then_timeout: bool,
     }
 
-    impl Read for Chunks {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    impl ReadUntil for Chunks {
+        fn read_until(&mut self, buf: &mut [u8], _: Instant) -> io::Result<usize> {
             if self.chunks.is_empty() {
                 return if self.then_timeout {
                     Err(ErrorKind::WouldBlock.into())
@@ -276,13 +302,17 @@ mod tests {
     }
 
     fn start(input: &[u8], mode: Mode) -> Result<Start, String> {
-        read_start(
+        read(
             &mut Chunks {
                 chunks: vec![input.to_vec()],
                 then_timeout: true,
             },
             mode,
         )
+    }
+
+    fn read(chunks: &mut Chunks, mode: Mode) -> Result<Start, String> {
+        read_start_from(chunks, mode, Instant::now())
     }
 
     fn v2(command: u8, family: u8, body: &[u8]) -> Vec<u8> {
@@ -349,7 +379,7 @@ mod tests {
         let s = start(b"PING", Mode::Optional).unwrap();
         assert_eq!(s.rest, b"PING");
         // Nothing at all before the end: nothing to echo.
-        let s = read_start(
+        let s = read(
             &mut Chunks {
                 chunks: vec![],
                 then_timeout: false,
@@ -388,9 +418,9 @@ mod tests {
             chunks: vec![],
             then_timeout: true,
         };
-        let s = read_start(&mut silent(), Mode::Optional).unwrap();
+        let s = read(&mut silent(), Mode::Optional).unwrap();
         assert!(s.header.is_none() && s.rest.is_empty());
-        assert!(read_start(&mut silent(), Mode::Required).is_err());
+        assert!(read(&mut silent(), Mode::Required).is_err());
     }
 
     #[test]
@@ -399,7 +429,7 @@ mod tests {
         assert!(start(half, Mode::Optional)
             .unwrap_err()
             .contains("did not arrive within"));
-        let e = read_start(
+        let e = read(
             &mut Chunks {
                 chunks: vec![half.to_vec()],
                 then_timeout: false,
@@ -462,7 +492,7 @@ mod tests {
                 let input = [header.clone(), data.clone()].concat();
                 let whole = start(&input, Mode::Required).unwrap();
                 let mut split = Chunks { chunks: chunks(&input, &cuts), then_timeout: true };
-                let parts = read_start(&mut split, Mode::Required).unwrap();
+                let parts = read(&mut split, Mode::Required).unwrap();
                 prop_assert_eq!(&parts.header, &whole.header);
                 prop_assert_eq!(parts.client, whole.client);
                 // The header is never part of the data; what follows it comes first, whole
@@ -483,9 +513,19 @@ mod tests {
                 input[i] = byte;
                 input.truncate(1 + cut % input.len());
                 for mode in [Mode::Optional, Mode::Required] {
-                    if let Ok(s) = start(&input, mode) {
-                        // Parsed: what is left is a tail of what was sent.
-                        prop_assert!(input.ends_with(&s.rest));
+                    match start(&input, mode) {
+                        // Data: all of it is the client's, nothing lost.
+                        Ok(s) if s.header.is_none() => {
+                            prop_assert_eq!(mode, Mode::Optional);
+                            prop_assert_eq!(&s.rest, &input);
+                        }
+                        // A header: it was consumed, and it came first.
+                        Ok(s) => {
+                            prop_assert!(s.rest.len() < input.len());
+                            let head = &input[..input.len() - s.rest.len()];
+                            prop_assert!(head.starts_with(V1_SIGNATURE) || head.starts_with(V2_SIGNATURE));
+                        }
+                        Err(_) => {}
                     }
                 }
             }

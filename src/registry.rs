@@ -7,24 +7,26 @@
 //! write. The watch (one thread) ends a connection that made no progress for the idle timeout,
 //! or that has been open for the maximum duration, by shutting its read side, which wakes the
 //! worker's blocked `read`. (A receive timeout on the socket would do the idle part, but arms
-//! and cancels a kernel timer on every blocking read.)
+//! and cancels a kernel timer on every blocking read.) A connection ended for its maximum
+//! duration gets `--drain-timeout` to deliver what it had received; if it is still open then
+//! (a client that reads a little every few minutes keeps a write going), the watch shuts
+//! both directions, which ends any blocked write.
 
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::debug;
 
 use crate::error::Error;
+use crate::threads::{self, Background, Stop};
 
 /// Open connections, shared by the acceptors, the workers and the shutdown sequence.
 #[derive(Debug)]
-pub struct Registry {
+pub(crate) struct Registry {
     max: usize,
     inner: Mutex<Inner>,
     emptied: Condvar,
@@ -48,11 +50,14 @@ struct Entry {
     seen: u64,
     /// ...and when that was (or when the connection was admitted).
     quiet_since: Instant,
+    /// When the watch ended it for its maximum duration, and whether it has since shut both
+    /// directions because the drain that follows took too long.
+    ended_at: Option<(Instant, bool)>,
 }
 
 /// Why the server ended a connection (its read side, or at the drain deadline both sides).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ended {
+pub(crate) enum Ended {
     /// It moved no data for `--idle-timeout`.
     Idle,
     /// It was open for `--max-duration`.
@@ -94,7 +99,7 @@ impl Conn {
 /// Proof that a connection was admitted; dropping it removes the connection from the registry.
 /// The socket closes when both the ticket and the registry have let go of it.
 #[derive(Debug)]
-pub struct Ticket {
+pub(crate) struct Ticket {
     registry: Arc<Registry>,
     key: u64,
     conn: Arc<Conn>,
@@ -103,27 +108,27 @@ pub struct Ticket {
 
 impl Ticket {
     /// The connection's socket.
-    pub fn stream(&self) -> &TcpStream {
+    pub(crate) fn stream(&self) -> &TcpStream {
         &self.conn.stream
     }
 
     /// Records that the connection moved data (called by its worker after a read or a write;
     /// one relaxed store).
-    pub fn made_progress(&self) {
+    pub(crate) fn made_progress(&self) {
         let n = self.progress.get().wrapping_add(1);
         self.progress.set(n);
         self.conn.progress.store(n, Ordering::Relaxed);
     }
 
     /// Why the server ended this connection, if it did.
-    pub fn ended(&self) -> Option<Ended> {
+    pub(crate) fn ended(&self) -> Option<Ended> {
         Ended::from_u8(self.conn.ended.load(Ordering::Acquire))
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let mut inner = self.registry.lock();
+        let mut inner = threads::lock(&self.registry.inner);
         inner.open.remove(&self.key);
         if inner.open.is_empty() {
             self.registry.emptied.notify_all();
@@ -133,18 +138,21 @@ impl Drop for Ticket {
 
 /// The time limits the watch enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// `--idle-timeout` (`None`: never).
-    pub idle: Option<Duration>,
+    pub(crate) idle: Option<Duration>,
     /// `--max-duration` (`None`: never).
-    pub max_duration: Option<Duration>,
+    pub(crate) max_duration: Option<Duration>,
+    /// `--drain-timeout`: how long a connection ended for its maximum duration has to
+    /// deliver its replies.
+    pub(crate) drain: Duration,
 }
 
 impl Limits {
     /// How often the watch looks: a tenth of the shorter limit, between 10 ms and 1 s (`None`
     /// when there is no limit to watch). A connection is ended between its limit and its
     /// limit plus one tick.
-    pub fn tick(&self) -> Option<Duration> {
+    pub(crate) fn tick(&self) -> Option<Duration> {
         let shortest = match (self.idle, self.max_duration) {
             (Some(a), Some(b)) => a.min(b),
             (a, b) => a.or(b)?,
@@ -155,7 +163,7 @@ impl Limits {
 
 impl Registry {
     /// A registry admitting at most `max` connections at once.
-    pub fn new(max: usize) -> Arc<Registry> {
+    pub(crate) fn new(max: usize) -> Arc<Registry> {
         Arc::new(Registry {
             max,
             inner: Mutex::new(Inner::default()),
@@ -165,16 +173,13 @@ impl Registry {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding this lock leaves the map consistent; keep serving.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        threads::lock(&self.inner)
     }
 
     /// Admits `stream` if fewer than `max` connections are open; gives it back otherwise.
     /// A connection admitted during shutdown has its read side shut at once, so that whatever
     /// it already sent is echoed and it is closed without waiting for more.
-    pub fn admit(self: &Arc<Self>, stream: TcpStream) -> Result<Ticket, TcpStream> {
+    pub(crate) fn admit(self: &Arc<Self>, stream: TcpStream) -> Result<Ticket, TcpStream> {
         let mut inner = self.lock();
         if inner.open.len() >= self.max {
             return Err(stream);
@@ -195,6 +200,7 @@ impl Registry {
             admitted: now,
             seen: 0,
             quiet_since: now,
+            ended_at: None,
         };
         inner.open.insert(key, entry);
         Ok(Ticket {
@@ -206,13 +212,21 @@ impl Registry {
     }
 
     /// One tick of the watch: ends (shuts the read side of) every connection that has made no
-    /// progress for the idle timeout, or has been open for the maximum duration, as of `now`;
-    /// returns how many it ended. A connection is never ended early: its quiet time is counted
-    /// from the tick that last saw it move.
-    pub fn end_overdue(&self, limits: Limits, now: Instant) -> usize {
+    /// progress for the idle timeout, or has been open for the maximum duration, as of `now`,
+    /// and shuts both directions of one still open the drain timeout after its maximum
+    /// duration; returns how many it ended. A connection is never ended early: its quiet time
+    /// is counted from the tick that last saw it move.
+    pub(crate) fn end_overdue(&self, limits: Limits, now: Instant) -> usize {
         let mut inner = self.lock();
         let mut ended = 0;
         for entry in inner.open.values_mut() {
+            if let Some((at, false)) = entry.ended_at {
+                if now.saturating_duration_since(at) >= limits.drain {
+                    let _ = entry.conn.stream.shutdown(Shutdown::Both);
+                    entry.ended_at = Some((at, true));
+                }
+                continue;
+            }
             let progress = entry.conn.progress.load(Ordering::Relaxed);
             if progress != entry.seen {
                 entry.seen = progress;
@@ -230,6 +244,9 @@ impl Registry {
             };
             if entry.conn.end(why) {
                 let _ = entry.conn.stream.shutdown(Shutdown::Read);
+                if why == Ended::MaxDuration {
+                    entry.ended_at = Some((now, false));
+                }
                 ended += 1;
             }
         }
@@ -237,28 +254,28 @@ impl Registry {
     }
 
     /// Connections open now.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.lock().open.len()
     }
 
     /// The configured maximum.
-    pub fn max(&self) -> usize {
+    pub(crate) fn max(&self) -> usize {
         self.max
     }
 
     /// Whether shutdown has begun (a cheap check, made once per read by the workers).
-    pub fn is_shutting_down(&self) -> bool {
+    pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
     }
 
     /// When shutdown gives up on open connections (`None` before shutdown).
-    pub fn drain_deadline(&self) -> Option<Instant> {
+    pub(crate) fn drain_deadline(&self) -> Option<Instant> {
         self.lock().drain_deadline
     }
 
     /// Begins shutdown: every open connection's read side is shut, which wakes a worker
     /// blocked in `read`. What the client already sent can still be read and echoed.
-    pub fn begin_shutdown(&self, deadline: Instant) {
+    pub(crate) fn begin_shutdown(&self, deadline: Instant) {
         let mut inner = self.lock();
         inner.drain_deadline = Some(deadline);
         self.shutting_down.store(true, Ordering::Release);
@@ -268,24 +285,23 @@ impl Registry {
     }
 
     /// Waits until no connection is open or `deadline` passes; returns how many remain open.
-    pub fn wait_until_empty(&self, deadline: Instant) -> usize {
+    pub(crate) fn wait_until_empty(&self, deadline: Instant) -> usize {
         let mut inner = self.lock();
         loop {
             let now = Instant::now();
             if inner.open.is_empty() || now >= deadline {
                 return inner.open.len();
             }
-            inner = self
-                .emptied
-                .wait_timeout(inner, deadline - now)
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .0;
+            inner = match self.emptied.wait_timeout(inner, deadline - now) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
         }
     }
 
     /// Shuts both directions of every open connection, ending any blocked read or write; each
     /// is marked [`Ended::Forced`] first, so that its worker reports the shutdown, not a reset.
-    pub fn force_close(&self) -> usize {
+    pub(crate) fn force_close(&self) -> usize {
         let inner = self.lock();
         for entry in inner.open.values() {
             entry.conn.end(Ended::Forced);
@@ -297,46 +313,28 @@ impl Registry {
 
 /// The watch thread (`tcp-echo-watch`): ends connections over their time limits once per
 /// tick. Dropping it stops and joins the thread.
-pub struct Watch {
-    stop: Option<Sender<()>>,
-    join: Option<JoinHandle<()>>,
+pub(crate) struct Watch {
+    _thread: Option<Background>,
 }
 
 impl Watch {
     /// Starts the watch over `registry` if `limits` has anything to watch.
-    pub fn start(registry: &Arc<Registry>, limits: Limits) -> Result<Watch, Error> {
+    pub(crate) fn start(registry: &Arc<Registry>, limits: Limits) -> Result<Watch, Error> {
         let Some(tick) = limits.tick() else {
-            return Ok(Watch {
-                stop: None,
-                join: None,
-            });
+            return Ok(Watch { _thread: None });
         };
-        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
-        let name = "tcp-echo-watch".to_string();
         let registry = Arc::clone(registry);
-        let join = thread::Builder::new()
-            .name(name.clone())
-            .stack_size(crate::pool::WORKER_STACK)
-            .spawn(move || watch(&registry, limits, tick, &stopped))
-            .map_err(|source| Error::Thread { name, source })?;
+        let thread = Background::start("tcp-echo-watch", move |stop| {
+            watch(&registry, limits, tick, &stop)
+        })?;
         Ok(Watch {
-            stop: Some(stop),
-            join: Some(join),
+            _thread: Some(thread),
         })
     }
 }
 
-impl Drop for Watch {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(join) = self.join.take() {
-            let _ = join.join();
-        }
-    }
-}
-
-fn watch(registry: &Registry, limits: Limits, tick: Duration, stop: &Receiver<()>) {
-    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(tick) {
+fn watch(registry: &Registry, limits: Limits, tick: Duration, stop: &Stop) {
+    while !stop.wait(tick) {
         let ended = registry.end_overdue(limits, Instant::now());
         if ended > 0 {
             debug!("time limits: ended {ended} connections");
@@ -362,6 +360,7 @@ mod tests {
     const IDLE: Limits = Limits {
         idle: Some(Duration::from_secs(10)),
         max_duration: None,
+        drain: Duration::from_secs(5),
     };
 
     #[test]
@@ -405,6 +404,7 @@ mod tests {
         let limits = Limits {
             idle: Some(Duration::from_secs(10)),
             max_duration: Some(Duration::from_secs(15)),
+            drain: Duration::from_secs(5),
         };
         let now = Instant::now();
         for s in [5, 10, 14] {
@@ -420,6 +420,32 @@ mod tests {
             1
         );
         assert_eq!(ticket.ended(), Some(Ended::MaxDuration));
+    }
+
+    #[test]
+    fn a_connection_still_open_a_drain_after_its_maximum_duration_is_shut_both_ways() {
+        let registry = Registry::new(4);
+        let (ticket, mut client) = admitted(&registry);
+        let limits = Limits {
+            idle: None,
+            max_duration: Some(Duration::from_secs(2)),
+            drain: Duration::from_secs(1),
+        };
+        let now = Instant::now();
+        assert_eq!(
+            registry.end_overdue(limits, now + Duration::from_secs(2)),
+            1
+        );
+        // The write side is still open for the drain: the server can still send.
+        let mut stream = ticket.stream();
+        std::io::Write::write_all(&mut stream, b"x").expect("write during the drain");
+        let mut b = [0u8; 1];
+        assert_eq!(client.read(&mut b).unwrap(), 1);
+        registry.end_overdue(limits, now + Duration::from_millis(2500));
+        std::io::Write::write_all(&mut stream, b"y").expect("still within the drain");
+        registry.end_overdue(limits, now + Duration::from_secs(3));
+        // Past the drain: both directions are shut, so a blocked write would fail now.
+        assert!(std::io::Write::write_all(&mut stream, b"z").is_err());
     }
 
     #[test]
@@ -441,6 +467,7 @@ mod tests {
             Limits {
                 idle: idle.map(Duration::from_millis),
                 max_duration: max.map(Duration::from_millis),
+                drain: Duration::from_secs(5),
             }
             .tick()
         };

@@ -5,13 +5,14 @@
 //! unhandled SIGTERM is ignored and the pod waits its whole grace period for SIGKILL.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::Error;
 
 /// Exit code of a second signal's immediate exit.
-pub const FORCED_EXIT_CODE: i32 = 130;
+pub(crate) const FORCED_EXIT_CODE: i32 = 130;
 
 /// Asks a running server to shut down. Cheap to clone; triggering twice is harmless.
 #[derive(Debug, Clone)]
@@ -21,12 +22,12 @@ pub struct ShutdownHandle {
 
 /// The server's end of the shutdown request.
 #[derive(Debug)]
-pub struct ShutdownSignal {
+pub(crate) struct ShutdownSignal {
     rx: Receiver<()>,
 }
 
 /// A connected handle and signal.
-pub fn channel() -> (ShutdownHandle, ShutdownSignal) {
+pub(crate) fn channel() -> (ShutdownHandle, ShutdownSignal) {
     let (tx, rx) = crossbeam_channel::bounded(1);
     (ShutdownHandle { tx }, ShutdownSignal { rx })
 }
@@ -40,14 +41,19 @@ impl ShutdownHandle {
 
 impl ShutdownSignal {
     /// Blocks until shutdown is requested (or every handle is gone).
-    pub fn wait(&self) {
+    pub(crate) fn wait(&self) {
         let _ = self.rx.recv();
+    }
+
+    /// Blocks until shutdown is requested again, or `d` passes.
+    pub(crate) fn wait_timeout(&self, d: Duration) {
+        let _ = self.rx.recv_timeout(d);
     }
 }
 
 /// Routes SIGINT and SIGTERM to `handle`; a second signal logs and exits the process at once
 /// with [`FORCED_EXIT_CODE`].
-pub fn install_signal_handler(handle: ShutdownHandle) -> Result<(), Error> {
+pub(crate) fn install_signal_handler(handle: ShutdownHandle) -> Result<(), Error> {
     let received = AtomicUsize::new(0);
     ctrlc::set_handler(move || {
         if received.fetch_add(1, Ordering::SeqCst) == 0 {

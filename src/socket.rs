@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 
 /// Bytes received by the kernel and not yet read (`FIONREAD`, Linux's `SIOCINQ`).
-pub fn queued_input(stream: &TcpStream) -> Option<u64> {
+pub(crate) fn queued_input(stream: &TcpStream) -> Option<u64> {
     let mut n: libc::c_int = 0;
     // SAFETY: a valid socket descriptor and a pointer to an int, as FIONREAD expects.
     let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::FIONREAD, &mut n) };
@@ -18,13 +18,13 @@ pub fn queued_input(stream: &TcpStream) -> Option<u64> {
 
 /// Bytes written and not yet acknowledged by the peer (Linux's `SIOCOUTQ`, macOS's
 /// `SO_NWRITE`); `None` where unknown.
-pub fn unacknowledged_output(stream: &TcpStream) -> Option<u64> {
+pub(crate) fn unacknowledged_output(stream: &TcpStream) -> Option<u64> {
     imp::unacknowledged_output(stream)
 }
 
 /// Whether the connection is closed in the kernel (after a reset, say): nothing written can
 /// be acknowledged any more. `false` where unknown.
-pub fn is_closed(stream: &TcpStream) -> bool {
+pub(crate) fn is_closed(stream: &TcpStream) -> bool {
     imp::is_closed(stream)
 }
 

@@ -35,7 +35,7 @@ fn lines_sent_together_come_back_in_order() {
     let input: Vec<u8> = (0..20_000)
         .flat_map(|i| format!("{i}\n").into_bytes())
         .collect();
-    let expected = tcp_echo::echo::expected_echo(&input, Some("two"));
+    let expected = support::expected_echo(&input, Some("two"));
     assert_eq!(exchange(s.addrs[0], &input), expected);
 }
 

@@ -173,7 +173,7 @@ fn a_v2_local_header_is_served_with_the_peer_address() {
     let open = s
         .log
         .wait_for("open", DEADLINE, |l| l.contains("TCP connection open."));
-    assert_eq!(field(&open, "proxy="), "v2");
+    assert_eq!(field(&open, "proxy="), "v2 LOCAL", "{open}");
     assert_eq!(field(&open, "client="), me.to_string());
 }
 

@@ -466,7 +466,7 @@ fn s4_binary_noise() {
     input.extend_from_slice(&noise);
     input.extend(std::iter::repeat_n(b'\n', 10_000));
     input.extend_from_slice(b"tail without newline \x00\x01\x02");
-    let expected = tcp_echo::echo::expected_echo(&input, Some("n"));
+    let expected = support::expected_echo(&input, Some("n"));
     let got = support::exchange(s.addrs[0], &input);
     assert!(
         got == expected,
@@ -955,11 +955,10 @@ fn s8_resets() {
 /// The per-connection memory ceiling stated in ARCHITECTURE.md, in kB, for the default
 /// `--socket-buffer`: user-space buffers and stack, the thread's kernel stack, and the kernel's
 /// socket buffers, for the worst a client can do (flood empty lines with a prefix, never read).
-const CEILING_KB_PER_CONNECTION: u64 =
-    match tcp_echo::limits::memory_per_connection(Some(tcp_echo::config::DEFAULT_SOCKET_BUFFER)) {
-        Some(bytes) => bytes / 1024,
-        None => 0,
-    };
+fn ceiling_kb_per_connection() -> u64 {
+    let config = tcp_echo::Config::new(&[0]).expect("the defaults");
+    config.memory_per_connection().expect("a bounded ceiling") / 1024
+}
 
 /// Writes `chunk` to each non-blocking client until every one of them blocks for two rounds
 /// in a row (the server, blocked on replies nobody reads, stopped reading), or 30 s pass.
@@ -1043,15 +1042,16 @@ fn s9_non_reading_clients_flooding_empty_lines() {
         &format!("{n} clients send empty lines as fast as they can and never read (each input byte asks for 5 output bytes with the prefix `one `), `--max-connections 257`"),
         &usage,
         &format!(
-            "{:.0} MB sent before every flooder stalled; per connection: {:.1} kB RSS + {:.1} kB kernel stack + {:.1} kB kernel socket memory = {total:.0} kB (ceiling {CEILING_KB_PER_CONNECTION} kB); a newcomer was echoed and the next told busy; served normally after",
+            "{:.0} MB sent before every flooder stalled; per connection: {:.1} kB RSS + {:.1} kB kernel stack + {:.1} kB kernel socket memory = {total:.0} kB (ceiling {} kB); a newcomer was echoed and the next told busy; served normally after",
             sent as f64 / 1e6,
             per_conn(rss_kb),
             per_conn(stack),
             per_conn(socket_kb),
+            ceiling_kb_per_connection(),
         ),
     );
     assert!(
-        total <= CEILING_KB_PER_CONNECTION as f64,
+        total <= ceiling_kb_per_connection() as f64,
         "{total:.0} kB per connection"
     );
 }

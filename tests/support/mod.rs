@@ -609,13 +609,33 @@ pub fn results_dir() -> std::path::PathBuf {
     dir
 }
 
-/// The value of `name` (e.g. `bytes=`) in a log line.
+/// The value of `name` (e.g. `bytes=`) in a log line: up to the next space, or a whole
+/// double-quoted value (`proxy="v2 LOCAL"`), without its quotes.
 pub fn field<'a>(line: &'a str, name: &str) -> &'a str {
     let start = line
         .find(name)
         .unwrap_or_else(|| panic!("no {name} in {line}"))
         + name.len();
-    line[start..].split_whitespace().next().unwrap_or_default()
+    let rest = &line[start..];
+    match rest.strip_prefix('"') {
+        Some(quoted) => quoted.split('"').next().unwrap_or_default(),
+        None => rest.split_whitespace().next().unwrap_or_default(),
+    }
+}
+
+/// The echo a client should get for `input`, per the specification: every line (the final
+/// one may lack `\n`) preceded by the prefix and one space. Written here, apart from the
+/// server's code, so that the tests do not share its mistakes.
+pub fn expected_echo(input: &[u8], prefix: Option<&str>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    for line in input.split_inclusive(|&b| b == b'\n') {
+        if let Some(p) = prefix.filter(|p| !p.is_empty()) {
+            out.extend_from_slice(p.as_bytes());
+            out.push(b' ');
+        }
+        out.extend_from_slice(line);
+    }
+    out
 }
 
 /// The connection id (uuid) of a `<uuid> - ...` log line.

@@ -527,9 +527,16 @@ fn resolve_port(port: &IntOrString, c: &Container) -> Option<i32> {
     }
 }
 
-/// The container's admin port (`ECHO_ADMIN_PORT`), if it sets one.
+/// The settings the container runs tcp-echo with: its literal environment read by the
+/// server's own parser (values from the downward API are not literal and left out), so that
+/// the checks see exactly what the server would, defaults included.
+pub fn server_config(c: &Container) -> Result<tcp_echo::Config, tcp_echo::ConfigError> {
+    tcp_echo::Config::from_env(&literal_env(c))
+}
+
+/// The container's admin port (`ECHO_ADMIN_PORT`), if its settings are valid and set one.
 fn admin_port(c: &Container) -> Option<i32> {
-    env_value(c, "ECHO_ADMIN_PORT")?.trim().parse().ok()
+    server_config(c).ok()?.admin_port().map(i32::from)
 }
 
 /// The admin port and what uses it: `ECHO_ADMIN_PORT` is a declared containerPort other than
@@ -549,12 +556,6 @@ fn admin_problems(name: &str, c: &Container, template: &PodTemplateSpec) -> Vec<
     if !ports.contains(&admin) {
         p.push(format!(
             "Deployment {name}: ECHO_ADMIN_PORT={admin} is not a containerPort ({ports:?})"
-        ));
-    }
-    if env_value(c, "TCP_PORT").is_some_and(|t| t.split(',').any(|t| t.trim().parse() == Ok(admin)))
-    {
-        p.push(format!(
-            "Deployment {name}: ECHO_ADMIN_PORT={admin} is also in TCP_PORT"
         ));
     }
     for (kind, probe, path) in [
@@ -630,28 +631,38 @@ pub fn cross_check(set: &Set) -> Vec<String> {
             continue;
         };
         for c in &pod.containers {
+            let config = match server_config(c) {
+                Ok(config) => config,
+                Err(e) => {
+                    p.push(format!(
+                        "Deployment {name}: container {}: tcp-echo would not start: {e}",
+                        c.name
+                    ));
+                    continue;
+                }
+            };
             let ports: Vec<i32> = c.ports.iter().flatten().map(|p| p.container_port).collect();
-            let tcp_port = env_value(c, "TCP_PORT");
-            match tcp_port.as_deref().map(str::parse::<i32>) {
-                Some(Ok(port)) if ports.contains(&port) => {}
-                Some(_) => p.push(format!(
-                    "Deployment {name}: TCP_PORT={} is not a containerPort ({ports:?})",
-                    tcp_port.unwrap_or_default()
-                )),
-                None => p.push(format!(
+            if env_value(c, "TCP_PORT").is_none() {
+                p.push(format!(
                     "Deployment {name}: container {} sets no literal TCP_PORT",
                     c.name
-                )),
+                ));
+            }
+            for port in config.ports() {
+                if !ports.contains(&i32::from(*port)) {
+                    p.push(format!(
+                        "Deployment {name}: TCP_PORT port {port} is not a containerPort ({ports:?})"
+                    ));
+                }
             }
             p.extend(admin_problems(&name, c, &spec.template));
-            p.extend(memory_problems(&name, c));
-            let drain = env_value(c, "ECHO_DRAIN_TIMEOUT")
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(DEFAULT_DRAIN_SECONDS);
+            p.extend(memory_problems(&name, c, &config));
+            let drain =
+                config.drain_timeout().as_secs_f64() + config.shutdown_delay().as_secs_f64();
             let grace = pod.termination_grace_period_seconds.unwrap_or(30) as f64;
             if grace <= drain {
                 p.push(format!(
-                    "Deployment {name}: terminationGracePeriodSeconds {grace} does not exceed the drain timeout {drain}s"
+                    "Deployment {name}: terminationGracePeriodSeconds {grace} does not exceed the shutdown delay and the drain timeout ({drain}s in all)"
                 ));
             }
         }
@@ -1065,24 +1076,6 @@ pub struct Route {
     pub backends: Vec<Backend>,
 }
 
-/// `ECHO_MAX_CONNECTIONS` of a container (the server's default when unset or not a number).
-pub fn max_connections(c: &Container) -> usize {
-    env_value(c, "ECHO_MAX_CONNECTIONS")
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(tcp_echo::config::DEFAULT_MAX_CONNECTIONS)
-}
-
-/// `ECHO_SOCKET_BUFFER` of a container: `None` for 0 (autotuning), the server's default when
-/// unset.
-pub fn socket_buffer(c: &Container) -> Option<usize> {
-    match env_value(c, "ECHO_SOCKET_BUFFER").map(|v| v.trim().parse::<usize>()) {
-        None => Some(tcp_echo::config::DEFAULT_SOCKET_BUFFER),
-        Some(Ok(0)) => None,
-        Some(Ok(n)) => Some(n),
-        Some(Err(_)) => Some(tcp_echo::config::DEFAULT_SOCKET_BUFFER),
-    }
-}
-
 /// A container's memory limit in bytes, if it has one.
 pub fn memory_limit(c: &Container) -> Option<u64> {
     let limits = c.resources.as_ref()?.limits.as_ref()?;
@@ -1112,9 +1105,9 @@ pub fn quantity_bytes(q: &str) -> Option<u64> {
 
 /// The memory limit must hold the server at its fullest: every connection at its worst
 /// (tcp-echo's stated ceiling) plus the base.
-fn memory_problems(name: &str, c: &Container) -> Vec<String> {
-    let max = max_connections(c);
-    let Some(needed) = tcp_echo::limits::memory_needed(max, socket_buffer(c)) else {
+fn memory_problems(name: &str, c: &Container, config: &tcp_echo::Config) -> Vec<String> {
+    let max = config.max_connections();
+    let Some(needed) = config.memory_needed() else {
         return vec![format!(
             "Deployment {name}: ECHO_SOCKET_BUFFER=0 (autotuning) leaves a connection's memory \
              unbounded (megabytes per client that stops reading)"
@@ -1135,7 +1128,7 @@ fn memory_problems(name: &str, c: &Container) -> Vec<String> {
 }
 
 /// What the container test runs: one Deployment's container as its pods run it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Pod {
     /// The Deployment's name.
     pub deployment: String,
@@ -1143,10 +1136,8 @@ pub struct Pod {
     pub env: BTreeMap<String, String>,
     /// Its memory limit in bytes.
     pub memory_limit: Option<u64>,
-    /// Its `ECHO_MAX_CONNECTIONS`.
-    pub max_connections: usize,
-    /// Its `ECHO_SOCKET_BUFFER` (`None`: autotuning).
-    pub socket_buffer: Option<usize>,
+    /// The settings tcp-echo runs with there.
+    pub config: tcp_echo::Config,
     /// Its HTTP probes, as the kubelet sends them: (port, path) of readiness and liveness.
     pub http_probes: Vec<(u16, String)>,
 }
@@ -1168,8 +1159,7 @@ pub fn pods(set: &Set) -> Vec<Pod> {
                 deployment: name_of(&d.metadata),
                 env: literal_env(c),
                 memory_limit: memory_limit(c),
-                max_connections: max_connections(c),
-                socket_buffer: socket_buffer(c),
+                config: server_config(c).ok()?,
                 http_probes: http_probes(c),
             })
         })

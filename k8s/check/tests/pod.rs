@@ -19,6 +19,9 @@ use tcp_echo_k8s::{check, pods};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
+/// Connections the admin port holds at once (README, "Admin port": 128).
+const ADMIN_SLOTS: usize = 128;
+
 fn docker(args: &[&str]) -> Output {
     let out = Command::new("docker")
         .args(args)
@@ -184,7 +187,7 @@ fn the_image_under_its_deployment_limits_survives_as_many_flooders_as_it_admits(
         .find(|p| p.deployment == "tcp-echo-v1")
         .expect("Deployment tcp-echo-v1");
     let limit = pod.memory_limit.expect("a memory limit");
-    let n = pod.max_connections;
+    let n = pod.config.max_connections();
     let name = format!("tcp-echo-pod-test-{}", std::process::id());
     let mut args: Vec<String> = [
         "run",
@@ -246,7 +249,7 @@ fn the_image_under_its_deployment_limits_survives_as_many_flooders_as_it_admits(
     let admin_port: u16 = pod.env["ECHO_ADMIN_PORT"].parse().unwrap();
     let admin: SocketAddr = format!("{ip}:{admin_port}").parse().unwrap();
     let hog = format!("GET /metrics HTTP/1.1\r\nX-Hog: {}\r\n", "h".repeat(8000));
-    let hogs: Vec<TcpStream> = (0..tcp_echo::ADMIN_MAX_CONNECTIONS)
+    let hogs: Vec<TcpStream> = (0..ADMIN_SLOTS)
         .map(|_| {
             let mut s = TcpStream::connect_timeout(&admin, DEADLINE).expect("admin connect");
             s.write_all(hog.as_bytes()).unwrap();
@@ -289,7 +292,7 @@ fn the_image_under_its_deployment_limits_survives_as_many_flooders_as_it_admits(
     );
     // Each connection within tcp-echo's stated ceiling, and the whole well under the limit.
     let per_connection = (peak - idle) / n as u64;
-    let ceiling = tcp_echo::limits::memory_per_connection(pod.socket_buffer).expect("a ceiling");
+    let ceiling = pod.config.memory_per_connection().expect("a ceiling");
     assert!(
         per_connection <= ceiling,
         "{per_connection} bytes per connection, over the stated {ceiling}"

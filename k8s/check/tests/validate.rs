@@ -264,7 +264,7 @@ fn disagreeing_ports_fail() {
     let e = broken("", "Deployment", "tcp-echo-v2", |v| {
         at(v, "spec.template.spec.containers.0.env.0")["value"] = "9000".into()
     });
-    assert_fails(&e, "TCP_PORT=9000 is not a containerPort");
+    assert_fails(&e, "TCP_PORT port 9000 is not a containerPort");
 }
 
 #[test]
@@ -313,7 +313,10 @@ fn an_admin_port_undeclared_missing_or_in_the_service_fails() {
     let e = broken("", "Deployment", "tcp-echo-v1", |v| {
         at(v, "spec.template.spec.containers.0.env.0")["value"] = "3333,9090".into()
     });
-    assert_fails(&e, "ECHO_ADMIN_PORT=9090 is also in TCP_PORT");
+    assert_fails(
+        &e,
+        "tcp-echo would not start: invalid value \"9090\" for --admin-port (ECHO_ADMIN_PORT): port 9090 is an echo port",
+    );
     let e = broken("", "Deployment", "tcp-echo-v1", |v| {
         at(v, "spec.template.metadata.annotations")["prometheus.io/port"] = "3333".into()
     });
@@ -425,8 +428,35 @@ fn a_grace_period_not_longer_than_the_drain_timeout_fails() {
     });
     assert_fails(
         &e,
-        "terminationGracePeriodSeconds 5 does not exceed the drain timeout 5s",
+        "terminationGracePeriodSeconds 5 does not exceed the shutdown delay and the drain timeout (5s in all)",
     );
+}
+
+#[test]
+fn a_setting_the_server_would_reject_fails_as_the_server_would() {
+    // The server exits 2 on these; a second parser in the checker used to fall back to the
+    // default instead.
+    for (name, value, message) in [
+        (
+            "ECHO_SOCKET_BUFFER",
+            "lots",
+            "for --socket-buffer (ECHO_SOCKET_BUFFER)",
+        ),
+        (
+            "ECHO_BANNER_CLIENT",
+            "maybe",
+            "for --banner-client (ECHO_BANNER_CLIENT)",
+        ),
+        (
+            "ECHO_MAX_CONNECTIONS",
+            "0",
+            "for --max-connections (ECHO_MAX_CONNECTIONS)",
+        ),
+    ] {
+        let e = broken("", "Deployment", "tcp-echo-v1", |v| set_env(v, name, value));
+        assert_fails(&e, "tcp-echo would not start: invalid value");
+        assert_fails(&e, message);
+    }
 }
 
 /// Sets (or adds) a literal environment variable of the first container.
