@@ -99,10 +99,11 @@ pub(crate) fn raise_open_files(config: &Config) {
 }
 
 /// Threads the server needs at its fullest: a worker per connection, an acceptor per port,
-/// the main thread, the signal handler and the watch, and the admin port's thread.
+/// the main thread, the signal handler, the watch and the reporter, and the admin port's
+/// thread.
 pub(crate) fn threads_needed(config: &Config) -> u64 {
     let admin = u64::from(config.admin_port.is_some());
-    config.max_connections as u64 + config.ports.len() as u64 + 3 + admin
+    config.max_connections as u64 + config.ports.len() as u64 + 4 + admin
 }
 
 /// The warning when a thread limit (`limit`, named `name`) is below what is `needed`.
@@ -231,6 +232,6 @@ mod tests {
         assert_eq!(descriptors_needed(&c), 100 + 2 + SPARE_DESCRIPTORS);
         let c = c.with_admin_port(0).unwrap();
         assert_eq!(descriptors_needed(&c), 100 + 2 + 129 + SPARE_DESCRIPTORS);
-        assert_eq!(threads_needed(&c), 100 + 2 + 3 + 1);
+        assert_eq!(threads_needed(&c), 100 + 2 + 4 + 1);
     }
 }

@@ -337,6 +337,50 @@ fn other_paths_404_other_methods_405_and_malformed_requests_400() {
 }
 
 #[test]
+fn a_response_reaches_a_client_whose_extra_bytes_the_server_never_reads() {
+    // The client reads slowly (a small window) and sent more than its request: closing with
+    // that input unread would reset the connection and throw away the rest of the response.
+    let server = Server::with(&["--admin-port", "0"]);
+    let admin = server.admin();
+    for extra in [
+        // A second, pipelined request after the first.
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n".to_vec(),
+        // A request far over the limit: answered 431, the rest never read.
+        [
+            b"GET /metrics HTTP/1.1\r\nX-Big: ".to_vec(),
+            vec![b'a'; 20_000],
+            b"\r\n\r\n".to_vec(),
+        ]
+        .concat(),
+    ] {
+        let mut s = support::connect_small_window(admin, 1024);
+        s.write_all(&extra).unwrap();
+        std::thread::sleep(Duration::from_millis(300)); // the slow client's pace
+        let mut got = Vec::new();
+        let result = s.read_to_end(&mut got);
+        assert!(result.is_ok(), "{result:?} after {} bytes", got.len());
+        let r = parse_response(&got);
+        assert!([200, 431].contains(&r.status), "{}", r.status);
+    }
+}
+
+#[test]
+fn requests_with_bare_line_feeds_are_answered_at_once() {
+    let server = Server::with(&["--admin-port", "0"]);
+    let admin = server.admin();
+    let start = Instant::now();
+    let mut s = connect(admin);
+    s.write_all(b"GET /healthz HTTP/1.1\nHost: x\n\n").unwrap();
+    let r = parse(&read_to_eof(&mut s), false);
+    assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
+    assert!(
+        start.elapsed() < Duration::from_millis(500),
+        "answered after {:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
 fn oversized_and_slow_requests_are_cut_off() {
     let server = Server::with(&["--admin-port", "0"]);
     let admin = server.admin();

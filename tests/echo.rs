@@ -251,20 +251,27 @@ fn logged_text_is_escaped_and_capped() {
 }
 
 #[test]
-fn received_lines_are_not_logged_when_the_filter_drops_them() {
+fn received_lines_are_not_logged_nor_budgeted_when_the_filter_drops_them() {
     let s = Server::start(
         &["--port", "0"],
         &[("RUST_LOG", "info,tcp_echo::data=warn")],
     );
-    assert_eq!(exchange(s.addrs[0], b"secret\n"), b"secret\n");
-    // The close record is written after anything logged for the line.
-    s.log
+    // Far past the log budget of 1,000 pieces: were the records prepared and only dropped by
+    // the logger, the budget would count the pieces past it as not logged.
+    let input: Vec<u8> = (0..3000)
+        .flat_map(|i| format!("secret {i}\n").into_bytes())
+        .collect();
+    assert_eq!(exchange(s.addrs[0], &input), input);
+    // The close record is written after anything logged for the lines.
+    let closed = s
+        .log
         .wait_for("close", DEADLINE, |l| l.contains("TCP connection closed."));
     assert!(
         s.log.matching("Received").is_empty(),
         "{:#?}",
         s.log.lines()
     );
+    assert_eq!(support::field(&closed, "unlogged="), "0", "{closed}");
     assert_eq!(s.log.matching("TCP connection open.").len(), 1);
 }
 

@@ -404,3 +404,121 @@ fn max_duration_ends_a_streaming_client_without_losing_replies() {
     let read: usize = support::field(&closed, "bytes=").parse().unwrap();
     assert_eq!(got.len(), read, "the client got every byte the server read");
 }
+
+#[test]
+fn max_duration_closes_a_slow_reader_within_the_drain_timeout() {
+    // A client that reads a little every 300 ms: every write of the server's makes some
+    // progress, so neither the idle timeout nor the write timeout ever fires. The maximum
+    // duration must still end it: what it sent is echoed for at most --drain-timeout, then
+    // the connection closes.
+    let s = Server::with(&[
+        "--max-duration",
+        "2",
+        "--drain-timeout",
+        "1",
+        "--idle-timeout",
+        "600",
+        "--socket-buffer",
+        "4096",
+    ]);
+    let mut c = s.connect();
+    let opened = Instant::now();
+    c.set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let block = vec![b'w'; 64 * 1024];
+    loop {
+        match c.write(&block) {
+            Ok(_) => assert!(opened.elapsed() < DEADLINE, "buffers never filled"),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = vec![0u8; 512];
+    while opened.elapsed() < Duration::from_millis(4500) {
+        std::thread::sleep(Duration::from_millis(300)); // the slow reader's pace
+        match c.read(&mut buf) {
+            Ok(n) if n > 0 => {}
+            other => panic!("{other:?} while replies were still due"),
+        }
+    }
+    // What the client's own receive buffer holds still comes, then the end.
+    buf.resize(1 << 16, 0);
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the connection was not closed: {e}"),
+        }
+    }
+    let closed = s
+        .log
+        .wait_for("close", DEADLINE, |l| l.contains("TCP connection closed."));
+    assert!(closed.contains("reason=max duration"), "{closed}");
+    // 2 s of maximum duration, 1 s of drain, and a tick of the watch (0.2 s).
+    let held: f64 = support::field(&closed, "duration=")
+        .trim_end_matches('s')
+        .parse()
+        .unwrap();
+    assert!(held < 3.5, "the slow reader held its slot {held} s");
+}
+
+#[test]
+fn the_acceptor_answers_busy_while_the_log_is_blocked() {
+    // stderr is a pipe nobody reads once the server has started: when it fills, every log
+    // record blocks its writer. Refusals must not be written by the acceptor, or one
+    // refusal would stop all accepting.
+    let mut child = support::command(
+        &["--port", "0", "--max-connections", "1", "--banner", "off"],
+        &[],
+    )
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("start tcp-echo");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut port = None;
+    loop {
+        let mut line = String::new();
+        assert!(
+            std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0,
+            "exited"
+        );
+        if let Some(a) = line
+            .trim()
+            .rsplit("listening on ")
+            .next()
+            .filter(|_| line.contains("listening on "))
+        {
+            port = a.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+        }
+        if line.contains("settings:") {
+            break;
+        }
+    }
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port.expect("a listening line")));
+    // Fill the pipe: 3,000 lines make 2,000 records of about 90 bytes, past its 64 KiB, and
+    // the worker serving them blocks on the log with its connection (the only slot) open.
+    let mut filler = support::connect(addr);
+    let lines: Vec<u8> = (0..3000)
+        .flat_map(|i| format!("{i}\n").into_bytes())
+        .collect();
+    filler.write_all(&lines).unwrap();
+    std::thread::sleep(Duration::from_millis(300)); // let the worker reach its blocked write
+                                                    // Every newcomer is told busy at once, although the log cannot take a single record.
+    for i in 0..20 {
+        let mut c = support::connect(addr);
+        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut got = Vec::new();
+        let result = c.read_to_end(&mut got);
+        assert!(
+            String::from_utf8_lossy(&got).starts_with("ERROR: server busy"),
+            "newcomer {i}: {result:?} {:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -191,6 +191,26 @@ fn a_server_that_never_answers_fails_within_the_timeout() {
 }
 
 #[test]
+fn a_server_that_trickles_bytes_cannot_stretch_the_timeout() {
+    // A byte every 100 ms, never a newline: each read returns well within the timeout, so a
+    // timeout armed per line (not per connection) never fires.
+    let a = fake_server(|mut c| {
+        let mut b = [0u8; 256];
+        let _ = c.read(&mut b);
+        for _ in 0..200 {
+            if c.write_all(b"o").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100)); // the trickle's pace
+        }
+    });
+    let (code, out, _, took) = probe(&[&a.to_string(), "--connections", "1", "--timeout", "1"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("timed out after 1.0s"), "{out}");
+    assert!(took < Duration::from_secs(3), "the probe took {took:?}");
+}
+
+#[test]
 fn nothing_listening_fails_with_a_clear_line() {
     let free = TcpListener::bind("127.0.0.1:0")
         .unwrap()

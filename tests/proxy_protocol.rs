@@ -158,6 +158,27 @@ fn malformed_headers_close_the_connection_with_a_reason_and_echo_nothing() {
 }
 
 #[test]
+fn bytes_that_only_begin_a_signature_are_echoed_without_waiting_for_the_header_deadline() {
+    // An empty CRLF line and a lone `P` could be the start of a v2 or v1 signature: a proxy
+    // sends its signature whole, so a pause after them means data (optional mode).
+    let s = Server::with(&["--proxy-protocol", "optional", "--banner", "off"]);
+    for first in [&b"\r\n"[..], b"P", b"PRO"] {
+        let mut c = connect(s.addrs[0]);
+        let start = Instant::now();
+        c.write_all(first).unwrap();
+        assert_eq!(read_exactly(&mut c, first.len()), first);
+        let took = start.elapsed();
+        assert!(
+            took < Duration::from_secs(1),
+            "{first:?} echoed after {took:?} (the header deadline is 3 s)"
+        );
+        // The connection goes on as any other.
+        c.write_all(b"OXY\n").unwrap();
+        assert_eq!(read_exactly(&mut c, 4), b"OXY\n");
+    }
+}
+
+#[test]
 fn a_v2_local_header_is_served_with_the_peer_address() {
     let s = Server::with(&["--proxy-protocol", "required", "--banner-client"]);
     let mut c = connect(s.addrs[0]);

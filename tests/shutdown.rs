@@ -118,14 +118,21 @@ fn no_new_connection_is_accepted_after_the_signal() {
     s.log.wait_for("stopped accepting", DEADLINE, |l| {
         l.contains("stopped accepting")
     });
-    // The listener is closed while the drain goes on: connecting fails or is closed at once.
+    // The listener is closed while the drain goes on: connecting fails, or the connection
+    // (queued before the listener closed) is closed at once. A listener left open with
+    // nothing accepting would queue the connection and never answer: a read that times out
+    // fails the test.
     match TcpStream::connect(s.addrs[0]) {
         Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}"),
         Ok(mut c) => {
-            c.set_read_timeout(Some(DEADLINE)).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
             let _ = c.write_all(b"x\n");
             let mut buf = Vec::new();
-            let _ = std::io::Read::read_to_end(&mut c, &mut buf);
+            match std::io::Read::read_to_end(&mut c, &mut buf) {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+                Err(e) => panic!("the connection was left hanging: {e}"),
+            }
             assert!(
                 buf.is_empty(),
                 "a connection was served after the signal: {buf:?}"
@@ -133,6 +140,63 @@ fn no_new_connection_is_accepted_after_the_signal() {
         }
     }
     assert!(s.running(), "still draining");
+}
+
+#[test]
+fn with_a_shutdown_delay_readiness_turns_503_at_once_and_it_keeps_accepting_until_the_delay_ends() {
+    let mut s = Server::with(&[
+        "--admin-port",
+        "0",
+        "--shutdown-delay",
+        "2",
+        "--prefix",
+        "d",
+    ]);
+    let admin = s.admin();
+    assert_eq!(support::http_get(admin, "/readyz").map(|r| r.0), Some(200));
+    let signalled = Instant::now();
+    s.signal(libc::SIGTERM);
+    support::wait_until("/readyz to answer 503", DEADLINE, || {
+        support::http_get(admin, "/readyz") == Some((503, "draining\n".to_string()))
+    });
+    assert_eq!(support::http_get(admin, "/healthz").map(|r| r.0), Some(200));
+    // Readiness is off, and new connections are still served: the endpoints have the delay
+    // to drop this server before it stops accepting.
+    for i in 0..3 {
+        let line = format!("late {i}\n");
+        assert_eq!(
+            support::exchange(s.addrs[0], line.as_bytes()),
+            format!("d {line}").into_bytes()
+        );
+    }
+    let late = signalled.elapsed();
+    assert!(
+        late < Duration::from_millis(1500),
+        "the checks above took {late:?}: too slow to show anything"
+    );
+    s.log.wait_for("stopped accepting", DEADLINE, |l| {
+        l.contains("stopped accepting")
+    });
+    let stopped = signalled.elapsed();
+    assert!(
+        stopped >= Duration::from_millis(1900),
+        "stopped accepting after {stopped:?}, before the 2 s delay"
+    );
+    assert_eq!(s.wait_exit(DEADLINE).code(), Some(0));
+    assert!(TcpStream::connect_timeout(&s.addrs[0], Duration::from_secs(1)).is_err());
+}
+
+#[test]
+fn a_second_signal_during_the_shutdown_delay_exits_at_once() {
+    let mut s = Server::with(&["--shutdown-delay", "30"]);
+    s.signal(libc::SIGTERM);
+    s.log.wait_for("delay", DEADLINE, |l| {
+        l.contains("still accepting for 30.0s")
+    });
+    let start = Instant::now();
+    s.signal(libc::SIGTERM);
+    assert_eq!(s.wait_exit(DEADLINE).code(), Some(130));
+    assert!(start.elapsed() < Duration::from_secs(2));
 }
 
 #[test]

@@ -37,18 +37,9 @@ fn record(order: u32, case: &str, load: &str, usage: &Usage, outcome: &str) {
 }
 
 /// Threads the server may have: workers up to `max_connections`, plus main, one acceptor per
-/// port, the watch and the signal handler.
+/// port, the watch, the reporter and the signal handler.
 fn thread_bound(max_connections: usize, ports: usize) -> usize {
-    max_connections + ports + 3
-}
-
-/// Connects a socket with a small receive buffer (set before connecting, so the window stays
-/// small): the server's writes to it block early.
-fn connect_small_window(addr: SocketAddr, rcvbuf: usize) -> TcpStream {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(rcvbuf).unwrap();
-    sock.connect_timeout(&addr.into(), DEADLINE).unwrap();
-    sock.into()
+    max_connections + ports + 4
 }
 
 /// xorshift64*: a reproducible byte stream.
@@ -247,7 +238,9 @@ fn s2_slow_silent_and_non_reading_clients() {
             (c, Instant::now(), None)
         })
         .collect();
-    let mut stuck: Vec<TcpStream> = (0..100).map(|_| connect_small_window(addr, 4096)).collect();
+    let mut stuck: Vec<TcpStream> = (0..100)
+        .map(|_| support::connect_small_window(addr, 4096))
+        .collect();
     for c in stuck.iter_mut() {
         c.set_nonblocking(true).unwrap();
     }

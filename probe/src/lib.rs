@@ -16,7 +16,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 
@@ -173,7 +173,7 @@ fn parse(args: &[OsString]) -> Result<Result<Probe, String>, String> {
             ))
         }
         Some(t) => t,
-        None => date(SystemTime::now()),
+        None => date(jiff::Timestamp::now()),
     };
     let expect = cli.expect.as_deref().map(parse_expect).transpose()?;
     // The shape is checked here; the name is resolved when the probe runs.
@@ -320,19 +320,16 @@ fn connection(
         _ => format!("{what}: {e}"),
     };
     let _ = stream.set_nodelay(true);
-    stream
-        .set_write_timeout(Some(left()?))
-        .map_err(|e| e.to_string())?;
+    let mut io = Deadline {
+        stream: &stream,
+        until: deadline,
+    };
     let sent = Instant::now();
-    (&stream)
-        .write_all(format!("{text}\n").as_bytes())
+    io.write_all(format!("{text}\n").as_bytes())
         .map_err(|e| failed("sending the line", e))?;
-    let mut reader = BufReader::new(&stream);
+    let mut reader = BufReader::new(io);
     let mut pod = None;
     let (version, round_trip) = loop {
-        stream
-            .set_read_timeout(Some(left()?))
-            .map_err(|e| e.to_string())?;
         let mut line = Vec::new();
         let n = (&mut reader)
             .take(MAX_LINE)
@@ -360,9 +357,6 @@ fn connection(
     stream
         .shutdown(Shutdown::Write)
         .map_err(|e| failed("half-closing", e))?;
-    stream
-        .set_read_timeout(Some(left()?))
-        .map_err(|e| e.to_string())?;
     let mut rest = Vec::new();
     (&mut reader)
         .take(MAX_LINE)
@@ -380,6 +374,42 @@ fn connection(
         connect,
         round_trip,
     })
+}
+
+/// A connection's socket read and written against one deadline: each call waits only for
+/// what is left of it, so a server that trickles bytes cannot stretch `--timeout`.
+struct Deadline<'a> {
+    stream: &'a TcpStream,
+    until: Instant,
+}
+
+impl Deadline<'_> {
+    /// What is left of the time, set as the socket's timeout for the next call.
+    fn arm(&self, set: impl Fn(&TcpStream, Option<Duration>) -> io::Result<()>) -> io::Result<()> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ErrorKind::TimedOut.into());
+        }
+        set(self.stream, Some(left))
+    }
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.arm(TcpStream::set_read_timeout)?;
+        (&mut &*self.stream).read(buf)
+    }
+}
+
+impl Write for Deadline<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.arm(TcpStream::set_write_timeout)?;
+        (&mut &*self.stream).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The version of a line if it is the echo of `text`: the prefix before it (`one` in
@@ -401,29 +431,8 @@ fn banner_line<'a>(banner: &BannerLines, line: &'a str) -> Option<Option<&'a str
 }
 
 /// `date`'s output in UTC: `Mon Nov 30 10:12:01 UTC 2026`.
-fn date(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let days = (secs / 86_400) as i64;
-    let (h, m, s) = (secs / 3600 % 24, secs / 60 % 60, secs % 60);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    format!(
-        "{} {} {day:2} {h:02}:{m:02}:{s:02} UTC {year}",
-        DAYS[days.rem_euclid(7) as usize],
-        MONTHS[(month - 1) as usize]
-    )
+fn date(t: jiff::Timestamp) -> String {
+    t.strftime("%a %b %e %H:%M:%S UTC %Y").to_string()
 }
 
 /// The answers tallied.
@@ -692,11 +701,10 @@ mod tests {
 
     #[test]
     fn the_default_line_is_the_date_as_date_prints_it() {
-        let t = UNIX_EPOCH + Duration::from_secs(1_796_033_521);
-        assert_eq!(date(t), "Mon Nov 30 10:12:01 UTC 2026");
-        assert_eq!(date(UNIX_EPOCH), "Thu Jan  1 00:00:00 UTC 1970");
-        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
-        assert_eq!(date(leap), "Tue Feb 29 00:00:00 UTC 2000");
+        let at = |s: i64| jiff::Timestamp::from_second(s).unwrap();
+        assert_eq!(date(at(1_796_033_521)), "Mon Nov 30 10:12:01 UTC 2026");
+        assert_eq!(date(at(0)), "Thu Jan  1 00:00:00 UTC 1970");
+        assert_eq!(date(at(951_782_400)), "Tue Feb 29 00:00:00 UTC 2000");
     }
 
     #[test]

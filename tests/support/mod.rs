@@ -310,6 +310,23 @@ pub fn stuck_client(s: &Server) -> TcpStream {
     stuck
 }
 
+/// Connects a socket with a small receive buffer (set before connecting, so the window stays
+/// small): the server's writes to it block early.
+pub fn connect_small_window(addr: SocketAddr, rcvbuf: usize) -> TcpStream {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .unwrap();
+    sock.set_recv_buffer_size(rcvbuf).unwrap();
+    sock.connect_timeout(&addr.into(), DEADLINE).unwrap();
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.set_write_timeout(Some(DEADLINE)).unwrap();
+    s
+}
+
 /// Connects with read and write timeouts of [`DEADLINE`].
 pub fn connect(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect_timeout(&addr, DEADLINE)
@@ -354,6 +371,21 @@ pub fn exchange(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
     s.write_all(data).unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
     read_to_eof(&mut s)
+}
+
+/// `GET path` over HTTP/1.1 as a probe sends it; the status and body, or `None` when the
+/// request fails (refused, reset, no answer within a second).
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: tcp-echo\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw);
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
 }
 
 /// Asserts that nothing arrives on `s` within `quiet` (used to check that the server does NOT
