@@ -185,15 +185,37 @@ impl Envoy {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// The `health_flags` of the one host of `cluster`, and its passed checks.
-    fn health(&self, cluster: &str) -> (String, u64) {
-        let clusters = self.get("/clusters");
-        let flags = clusters
+    /// The address of listener `name`, once Envoy has bound it.
+    fn listener(&self, name: &str) -> Option<SocketAddr> {
+        let json = self.get("/listeners?format=json");
+        let rest = &json[json.find(&format!("\"{name}\""))?..];
+        let p = rest.find("\"port_value\":")? + 13;
+        let port = rest[p..]
+            .trim_start()
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse::<u16>()
+            .ok()?;
+        Some(SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    /// The `health_flags` of the host of `cluster` at `port` (the only one when `None`).
+    fn host_health(&self, cluster: &str, port: Option<u16>) -> String {
+        let prefix = match port {
+            Some(port) => format!("{cluster}::127.0.0.1:{port}::health_flags::"),
+            None => format!("{cluster}::"),
+        };
+        self.get("/clusters")
             .lines()
-            .find(|l| l.starts_with(&format!("{cluster}::")) && l.contains("::health_flags::"))
+            .find(|l| l.starts_with(&prefix) && l.contains("::health_flags::"))
             .and_then(|l| l.rsplit("::").next())
             .unwrap_or_default()
-            .to_string();
+            .to_string()
+    }
+
+    /// The `health_flags` of the one host of `cluster`, and its passed checks.
+    fn health(&self, cluster: &str) -> (String, u64) {
+        let flags = self.host_health(cluster, None);
         let stats = self.get(&format!(
             "/stats?filter=^cluster\\.{cluster}\\.health_check\\.success$"
         ));
@@ -437,25 +459,10 @@ fn envoy_sending_proxy(backend: SocketAddr) -> (Envoy, BTreeMap<String, SocketAd
     let listeners = poll(
         "Envoy's listeners",
         || {
-            let json = envoy.get("/listeners?format=json");
-            let mut out = BTreeMap::new();
-            for v in ["V1", "V2"] {
-                let at = json.find(&format!("\"pp_{v}\""));
-                let port = at.and_then(|i| {
-                    let rest = &json[i..];
-                    let p = rest.find("\"port_value\":")? + 13;
-                    rest[p..]
-                        .trim_start()
-                        .split(|c: char| !c.is_ascii_digit())
-                        .next()?
-                        .parse::<u16>()
-                        .ok()
-                });
-                if let Some(port) = port {
-                    out.insert(v.to_string(), SocketAddr::from(([127, 0, 0, 1], port)));
-                }
-            }
-            out
+            ["V1", "V2"]
+                .iter()
+                .filter_map(|v| Some((v.to_string(), envoy.listener(&format!("pp_{v}"))?)))
+                .collect::<BTreeMap<_, _>>()
         },
         |m| m.len() == 2,
     );
@@ -522,4 +529,151 @@ fn with_proxy_protocol_off_the_proxys_header_comes_back_as_data() {
         front.port()
     );
     assert_eq!(got, format!("{header}hello\n"));
+}
+
+// ---- A rolling update through Envoy --------------------------------------------------------
+
+/// What the client of the rollout rehearsal saw: connections answered, and the failures.
+#[derive(Debug, Default)]
+struct Traffic {
+    answered: BTreeMap<String, usize>,
+    failures: Vec<String>,
+}
+
+/// One connection through `front`: a line, its echo, the half-close, the end.
+fn one_connection(front: SocketAddr, i: usize) -> Result<String, String> {
+    let mut c = std::net::TcpStream::connect_timeout(&front, Duration::from_secs(2))
+        .map_err(|e| format!("connect: {e}"))?;
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let line = format!("rollout {i}\n");
+    c.write_all(line.as_bytes())
+        .map_err(|e| format!("send: {e}"))?;
+    c.shutdown(std::net::Shutdown::Write)
+        .map_err(|e| format!("half-close: {e}"))?;
+    let mut got = Vec::new();
+    c.read_to_end(&mut got)
+        .map_err(|e| format!("read: {e} after {:?}", String::from_utf8_lossy(&got)))?;
+    let got = String::from_utf8_lossy(&got).into_owned();
+    match got.strip_suffix(&line) {
+        Some(version) if !version.is_empty() => Ok(version.trim().to_string()),
+        _ => Err(format!("no echo: {got:?}")),
+    }
+}
+
+/// Two tcp-echo backends (`one`, `two`) with `--shutdown-delay delay`, behind an Envoy that
+/// health-checks `/readyz` on their admin ports (every second, as a kubelet would every few);
+/// a client opens connections through Envoy without pause while `one` gets SIGTERM. Returns
+/// what the client saw and `one`'s exit code.
+fn rollout(delay: &str) -> (Traffic, Option<i32>) {
+    let backend = |prefix: &str| {
+        Server::start(
+            &[
+                "--port",
+                "0",
+                "--admin-port",
+                "0",
+                "--prefix",
+                prefix,
+                "--banner",
+                "off",
+                "--shutdown-delay",
+                delay,
+                "--drain-timeout",
+                "5",
+            ],
+            &[("RUST_LOG", "info,tcp_echo::data=off")],
+        )
+    };
+    let (mut one, two) = (backend("one"), backend("two"));
+    let endpoint = |s: &Server| {
+        format!(
+            "        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }}, \
+             health_check_config: {{ port_value: {} }} }}\n",
+            s.addrs[0].port(),
+            s.admin().port()
+        )
+    };
+    let y = format!(
+        "admin:\n  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}\n\
+         static_resources:\n  listeners:\n  - name: rollout\n    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}\n    \
+         filter_chains:\n    - filters:\n      - name: envoy.filters.network.tcp_proxy\n        \
+         typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n          \
+         stat_prefix: rollout\n          cluster: echo\n  clusters:\n  - name: echo\n    type: STATIC\n    \
+         connect_timeout: 1s\n    common_lb_config: {{ healthy_panic_threshold: {{ value: 0 }} }}\n    \
+         load_assignment:\n      cluster_name: echo\n      endpoints:\n      - lb_endpoints:\n{}{}    \
+         health_checks:\n    - timeout: 1s\n      interval: 1s\n      no_traffic_interval: 1s\n      \
+         unhealthy_threshold: 1\n      healthy_threshold: 1\n      http_health_check: {{ path: /readyz }}\n",
+        endpoint(&one),
+        endpoint(&two)
+    );
+    let envoy = Envoy::with_config(&format!("envoy-rollout-{delay}"), &y);
+    for s in [&one, &two] {
+        poll(
+            "Envoy to find both backends ready",
+            || envoy.host_health("echo", Some(s.addrs[0].port())),
+            |flags| flags == "healthy",
+        );
+    }
+    let front = poll(
+        "the rollout listener",
+        || envoy.listener("rollout"),
+        Option::is_some,
+    )
+    .unwrap();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut t = Traffic::default();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match one_connection(front, i) {
+                    Ok(version) => *t.answered.entry(version).or_default() += 1,
+                    Err(e) => t.failures.push(e),
+                }
+                i += 1;
+                std::thread::sleep(Duration::from_millis(5)); // a steady stream, not a flood
+            }
+            t
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500)); // traffic to both before the rollout
+    one.signal(libc::SIGTERM);
+    let code = one.wait_exit(Duration::from_secs(30)).code();
+    std::thread::sleep(Duration::from_millis(500)); // and to the survivor after it
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    (client.join().unwrap(), code)
+}
+
+#[test]
+fn a_rolling_update_with_a_shutdown_delay_refuses_no_connection() {
+    let (traffic, code) = rollout("3");
+    assert_eq!(code, Some(0), "the stopped backend's exit");
+    assert!(
+        traffic.failures.is_empty(),
+        "{} connections failed, e.g. {:?}; answered {:?}",
+        traffic.failures.len(),
+        traffic.failures.first(),
+        traffic.answered
+    );
+    assert!(
+        traffic.answered.get("one").copied().unwrap_or(0) > 10
+            && traffic.answered.get("two").copied().unwrap_or(0) > 10,
+        "both backends answered before the rollout: {:?}",
+        traffic.answered
+    );
+}
+
+#[test]
+fn without_the_delay_the_same_rollout_loses_connections() {
+    // The rehearsal's own check: with --shutdown-delay 0 the stopped backend closes its
+    // listener while Envoy still routes to it (until its next health check).
+    let (traffic, code) = rollout("0");
+    assert_eq!(code, Some(0));
+    assert!(
+        !traffic.failures.is_empty(),
+        "no connection failed without a delay: the rehearsal cannot tell; answered {:?}",
+        traffic.answered
+    );
 }

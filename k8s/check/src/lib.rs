@@ -33,8 +33,10 @@ const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 /// The `gatewayClassName` the manifests are written for.
 pub const GATEWAY_CLASS: &str = "istio";
 
-/// tcp-echo's default `--drain-timeout`, in seconds, when a Deployment does not set it.
-pub const DEFAULT_DRAIN_SECONDS: f64 = 5.0;
+/// The shortest shutdown delay a Deployment may set: Kubernetes takes a terminating pod out
+/// of the endpoints asynchronously (the endpoints controller, then kube-proxy or the mesh's
+/// EDS), which takes seconds.
+pub const MIN_SHUTDOWN_DELAY: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// One YAML document and the file it came from.
 #[derive(Debug, Clone)]
@@ -657,6 +659,13 @@ pub fn cross_check(set: &Set) -> Vec<String> {
             }
             p.extend(admin_problems(&name, c, &spec.template));
             p.extend(memory_problems(&name, c, &config));
+            if config.shutdown_delay() < MIN_SHUTDOWN_DELAY {
+                p.push(format!(
+                    "Deployment {name}: ECHO_SHUTDOWN_DELAY is {}s, under {}s: during a rollout the pod would stop accepting before the endpoints drop it, and connections routed to it meanwhile would be refused",
+                    config.shutdown_delay().as_secs_f64(),
+                    MIN_SHUTDOWN_DELAY.as_secs()
+                ));
+            }
             let drain =
                 config.drain_timeout().as_secs_f64() + config.shutdown_delay().as_secs_f64();
             let grace = pod.termination_grace_period_seconds.unwrap_or(30) as f64;

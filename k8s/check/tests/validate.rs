@@ -428,7 +428,22 @@ fn a_grace_period_not_longer_than_the_drain_timeout_fails() {
     });
     assert_fails(
         &e,
-        "terminationGracePeriodSeconds 5 does not exceed the shutdown delay and the drain timeout (5s in all)",
+        "terminationGracePeriodSeconds 5 does not exceed the shutdown delay and the drain timeout (10s in all)",
+    );
+}
+
+#[test]
+fn a_deployment_without_a_shutdown_delay_or_with_a_grace_period_below_delay_and_drain_fails() {
+    let e = broken("", "Deployment", "tcp-echo-v1", |v| {
+        set_env(v, "ECHO_SHUTDOWN_DELAY", "0")
+    });
+    assert_fails(&e, "ECHO_SHUTDOWN_DELAY is 0s, under 3s");
+    let e = broken("", "Deployment", "tcp-echo-v2", |v| {
+        set_env(v, "ECHO_SHUTDOWN_DELAY", "12")
+    });
+    assert_fails(
+        &e,
+        "terminationGracePeriodSeconds 15 does not exceed the shutdown delay and the drain timeout (17s in all)",
     );
 }
 
