@@ -18,15 +18,19 @@ pub(crate) const BANNER_VARS: [(&str, &str, &str); 5] = [
 /// The line `--banner-client` adds at the end of the banner: (before the address, after it).
 pub(crate) const CLIENT_LINE: (&str, &str) = ("Your address is ", ".");
 
+/// The line a TLS port's banner ends with: (before what the handshake agreed, after it).
+pub(crate) const TLS_LINE: (&str, &str) = ("TLS: ", "");
+
 /// Every banner line a client may see, as (name, text before the value, text after): the
-/// variables' lines and the client line. `tcp-echo probe` recognises them.
-pub(crate) const BANNER_LINES: [(&str, &str, &str); 6] = [
+/// variables' lines, the client line and the TLS line. `tcp-echo probe` recognises them.
+pub(crate) const BANNER_LINES: [(&str, &str, &str); 7] = [
     BANNER_VARS[0],
     BANNER_VARS[1],
     BANNER_VARS[2],
     BANNER_VARS[3],
     BANNER_VARS[4],
     ("CLIENT", CLIENT_LINE.0, CLIENT_LINE.1),
+    ("TLS", TLS_LINE.0, TLS_LINE.1),
 ];
 
 /// The client line: `Your address is 192.0.2.7:56324.`
@@ -86,15 +90,22 @@ pub(crate) fn build(lookup: impl Fn(&str) -> Option<String>) -> Vec<u8> {
     banner.into_bytes()
 }
 
-/// The banner `client` gets (`None`: none): go-echo's lines, and with `--banner-client` its
-/// address.
-pub(crate) fn for_client(config: &Config, client: SocketAddr) -> Option<Vec<u8>> {
+/// The banner `client` gets (`None`: none): go-echo's lines, with `--banner-client` its
+/// address, and on a TLS port what the handshake agreed (`end`).
+pub(crate) fn for_client(
+    config: &Config,
+    client: SocketAddr,
+    end: Option<&[u8]>,
+) -> Option<Vec<u8>> {
     if config.banner_mode == BannerMode::Off {
         return None;
     }
     let mut banner = config.banner.clone();
     if config.banner_client {
         banner.extend_from_slice(client_line(client).as_bytes());
+    }
+    if let Some(end) = end {
+        banner.extend_from_slice(end);
     }
     (!banner.is_empty()).then_some(banner)
 }

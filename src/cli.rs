@@ -54,6 +54,10 @@ where
             info!("tcp-echo stopped: {summary}");
             ExitCode::SUCCESS
         }
+        Err(e @ crate::Error::Setting(_)) => {
+            eprintln!("tcp-echo: {e}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("tcp-echo: {e}");
             ExitCode::FAILURE

@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+#[cfg(feature = "tls")]
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::parser::ValueSource;
@@ -77,6 +79,11 @@ pub struct Config {
     pub(crate) banner_client: bool,
     /// The admin port (health, readiness, metrics), if any; 0 asks for a free port.
     pub(crate) admin_port: Option<u16>,
+    /// The ports that speak TLS (one listener each; 0 asks for a free port).
+    pub(crate) tls_ports: Vec<u16>,
+    /// The TLS settings, with TLS ports.
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<crate::tls::Settings>,
 }
 
 /// The command line. Each field's attribute is the one definition of its flag, variable,
@@ -100,7 +107,8 @@ struct Cli {
     #[arg(value_name = "PREFIX", value_parser = parse_prefix)]
     prefix_arg: Option<Prefix>,
 
-    /// Comma-separated ports, one listener each, at most 64 (0: any free port)
+    /// Comma-separated ports, one listener each, at most 64 (0: any free port); "none" for no
+    /// plain port (a server with only --tls-port ports)
     #[arg(short = 'p', long = "port", env = "TCP_PORT", allow_negative_numbers = true,
           default_value = "3333", value_name = "PORTS", value_parser = parse_ports)]
     port: Ports,
@@ -178,6 +186,107 @@ struct Cli {
     #[arg(long, env = "ECHO_BANNER", default_value = "connect", value_name = "MODE",
           value_parser = parse_from_str::<BannerMode>)]
     banner: BannerMode,
+
+    /// Comma-separated ports that speak TLS, one listener each (inside, the echo is as on a
+    /// plain port); the banner ends with what the handshake agreed
+    #[cfg(feature = "tls")]
+    #[arg(long, env = "ECHO_TLS_PORT", value_name = "PORTS", value_parser = parse_optional_ports,
+          help_heading = "TLS")]
+    tls_port: Option<Ports>,
+
+    /// PEM certificate chain of the TLS ports, reloaded when the file changes (without it: a
+    /// self-signed certificate made at start for --tls-names)
+    #[cfg(feature = "tls")]
+    #[arg(long, env = "ECHO_TLS_CERT", value_name = "FILE", help_heading = "TLS")]
+    tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert: PKCS#8, PKCS#1 or SEC1; RSA, ECDSA or Ed25519
+    #[cfg(feature = "tls")]
+    #[arg(long, env = "ECHO_TLS_KEY", value_name = "FILE", help_heading = "TLS")]
+    tls_key: Option<PathBuf>,
+
+    /// Comma-separated names of the self-signed certificate [default: POD_NAME when set, the
+    /// hostname, localhost]
+    #[cfg(feature = "tls")]
+    #[arg(long, env = "ECHO_TLS_NAMES", value_name = "NAMES", value_parser = parse_names,
+          help_heading = "TLS")]
+    tls_names: Option<Names>,
+
+    /// PEM CA certificates: clients must present a certificate signed by one of them (mTLS)
+    #[cfg(feature = "tls")]
+    #[arg(
+        long,
+        env = "ECHO_TLS_CLIENT_CA",
+        value_name = "FILE",
+        help_heading = "TLS"
+    )]
+    tls_client_ca: Option<PathBuf>,
+
+    /// With --tls-client-ca: required, or optional (clients without a certificate are served)
+    #[cfg(feature = "tls")]
+    #[arg(long, env = "ECHO_TLS_CLIENT_AUTH", default_value = "required", value_name = "MODE",
+          value_parser = parse_from_str::<crate::tls::ClientAuth>, help_heading = "TLS")]
+    tls_client_auth: crate::tls::ClientAuth,
+
+    /// Comma-separated ALPN protocols the server agrees to, in its order of preference (no
+    /// overlap: the handshake fails with no_application_protocol) [default: the client's
+    /// first offered]
+    #[cfg(feature = "tls")]
+    #[arg(long, env = "ECHO_TLS_ALPN", value_name = "LIST", value_parser = parse_alpn,
+          help_heading = "TLS")]
+    tls_alpn: Option<Alpn>,
+
+    /// Seconds a TLS handshake may take from accept; a client that sends nothing, or
+    /// trickles its hello, is closed then
+    #[cfg(feature = "tls")]
+    #[arg(long, env = "ECHO_TLS_HANDSHAKE_TIMEOUT", default_value = "10", value_name = "SECONDS",
+          value_parser = parse_seconds, help_heading = "TLS")]
+    tls_handshake_timeout: Duration,
+}
+
+/// Names (of a certificate).
+#[cfg(feature = "tls")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Names(Vec<String>);
+
+/// ALPN protocol names.
+#[cfg(feature = "tls")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Alpn(Vec<Vec<u8>>);
+
+/// A comma-separated list of names, none empty.
+#[cfg(feature = "tls")]
+fn parse_names(text: &str) -> Result<Names, String> {
+    let names: Vec<String> = text.split(',').map(|n| n.trim().to_string()).collect();
+    if names
+        .iter()
+        .any(|n| n.is_empty() || n.chars().any(|c| c.is_control() || c == ' '))
+    {
+        return Err("expected comma-separated names such as tcp-echo,localhost".to_string());
+    }
+    Ok(Names(names))
+}
+
+/// A comma-separated list of ALPN protocol names (1 to 255 bytes each).
+#[cfg(feature = "tls")]
+fn parse_alpn(text: &str) -> Result<Alpn, String> {
+    let protocols: Vec<Vec<u8>> = text
+        .split(',')
+        .map(|p| p.trim().as_bytes().to_vec())
+        .collect();
+    if protocols.iter().any(|p| p.is_empty() || p.len() > 255) {
+        return Err("expected comma-separated protocols such as h2,http/1.1".to_string());
+    }
+    Ok(Alpn(protocols))
+}
+
+/// Ports, or none when the value is empty.
+#[cfg(feature = "tls")]
+fn parse_optional_ports(text: &str) -> Result<Ports, String> {
+    if text.trim().is_empty() {
+        return Ok(Ports(Vec::new()));
+    }
+    parse_ports(text)
 }
 
 /// A list of ports.
@@ -199,6 +308,9 @@ struct OptionalPort(Option<u16>);
 /// Parses a comma-separated list of ports (`9000,9001`): at most [`MAX_PORTS`]; 0 may appear
 /// more than once, another port only once.
 fn parse_ports(text: &str) -> Result<Ports, String> {
+    if text.trim() == "none" {
+        return Ok(Ports(Vec::new()));
+    }
     let mut ports = Vec::new();
     for part in text.split(',') {
         let part = part.trim();
@@ -215,9 +327,6 @@ fn parse_ports(text: &str) -> Result<Ports, String> {
 }
 
 fn check_ports(ports: &[u16]) -> Result<(), String> {
-    if ports.is_empty() {
-        return Err("expected at least one port".to_string());
-    }
     if ports.len() > MAX_PORTS {
         return Err(format!("at most {MAX_PORTS} ports (got {})", ports.len()));
     }
@@ -339,7 +448,11 @@ pub struct ConfigError {
 impl ConfigError {
     /// The error for the setting whose clap id is `id` (its flag and variable are read from
     /// its definition in [`Cli`]).
-    fn new(id: &str, value: impl fmt::Display, reason: impl Into<String>) -> ConfigError {
+    pub(crate) fn new(
+        id: &str,
+        value: impl fmt::Display,
+        reason: impl Into<String>,
+    ) -> ConfigError {
         let cmd = Cli::command();
         let arg = cmd.get_arguments().find(|a| a.get_id() == id);
         let flag = arg
@@ -534,9 +647,36 @@ impl Cli {
                 "prefix is also given as PREFIX; give one",
             ));
         }
+        #[cfg(feature = "tls")]
+        let (tls_ports, tls) = self.tls_settings()?;
         let ports = self.ports_arg.unwrap_or(self.port).0;
+        #[cfg(not(feature = "tls"))]
+        let tls_ports: Vec<u16> = Vec::new();
+        if ports.is_empty() && tls_ports.is_empty() {
+            return Err(ConfigError::new(
+                "port",
+                "none",
+                "no port to listen on: --port none needs --tls-port",
+            ));
+        }
+        for &port in &tls_ports {
+            if port != 0 && ports.contains(&port) {
+                return Err(ConfigError::new(
+                    "tls_port",
+                    port,
+                    format!("port {port} is also a plain port (--port)"),
+                ));
+            }
+        }
+        if ports.len() + tls_ports.len() > MAX_PORTS {
+            return Err(ConfigError::new(
+                "port",
+                ports.len() + tls_ports.len(),
+                format!("at most {MAX_PORTS} ports with --tls-port"),
+            ));
+        }
         let admin_port = match self.admin_port.and_then(|p| p.0) {
-            Some(port) if port != 0 && ports.contains(&port) => {
+            Some(port) if port != 0 && (ports.contains(&port) || tls_ports.contains(&port)) => {
                 return Err(ConfigError::new(
                     "admin_port",
                     port,
@@ -562,8 +702,83 @@ impl Cli {
             proxy_protocol: self.proxy_protocol,
             banner_client: self.banner_client,
             admin_port,
+            tls_ports,
+            #[cfg(feature = "tls")]
+            tls,
         }
         .with_bind(self.bind))
+    }
+
+    /// The TLS ports and settings; settings without TLS ports are mistakes.
+    #[cfg(feature = "tls")]
+    fn tls_settings(&self) -> Result<(Vec<u16>, Option<crate::tls::Settings>), ConfigError> {
+        let ports = self.tls_port.clone().map(|p| p.0).unwrap_or_default();
+        let given: [(&str, bool); 5] = [
+            ("tls_cert", self.tls_cert.is_some()),
+            ("tls_key", self.tls_key.is_some()),
+            ("tls_names", self.tls_names.is_some()),
+            ("tls_client_ca", self.tls_client_ca.is_some()),
+            ("tls_alpn", self.tls_alpn.is_some()),
+        ];
+        if ports.is_empty() {
+            if let Some((id, _)) = given.iter().find(|(_, set)| *set) {
+                return Err(ConfigError::new(
+                    id,
+                    "",
+                    "has no effect without --tls-port (ECHO_TLS_PORT)",
+                ));
+            }
+            return Ok((ports, None));
+        }
+        let files = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            (Some(cert), None) => {
+                return Err(ConfigError::new(
+                    "tls_key",
+                    "",
+                    format!("--tls-cert {} needs its key", cert.display()),
+                ))
+            }
+            (None, Some(key)) => {
+                return Err(ConfigError::new(
+                    "tls_cert",
+                    "",
+                    format!("--tls-key {} needs its certificate", key.display()),
+                ))
+            }
+        };
+        if files.is_some() && self.tls_names.is_some() {
+            return Err(ConfigError::new(
+                "tls_names",
+                self.tls_names
+                    .clone()
+                    .map(|n| n.0.join(","))
+                    .unwrap_or_default(),
+                "names the self-signed certificate, which --tls-cert replaces",
+            ));
+        }
+        let settings = crate::tls::Settings {
+            files,
+            names: self
+                .tls_names
+                .clone()
+                .map_or_else(crate::tls::default_names, |n| n.0),
+            client_ca: self
+                .tls_client_ca
+                .clone()
+                .map(|ca| (ca, self.tls_client_auth)),
+            alpn: self.tls_alpn.clone().map(|a| a.0),
+            handshake_timeout: self.tls_handshake_timeout,
+        };
+        if settings.handshake_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "tls_handshake_timeout",
+                0,
+                "expected more than 0 seconds",
+            ));
+        }
+        Ok((ports, Some(settings)))
     }
 }
 
@@ -572,6 +787,13 @@ impl Config {
     /// ports, none (but 0) twice.
     pub fn new(ports: &[u16]) -> Result<Config, ConfigError> {
         let shown = format!("{ports:?}");
+        if ports.is_empty() {
+            return Err(ConfigError::new(
+                "port",
+                &shown,
+                "expected at least one port",
+            ));
+        }
         check_ports(ports).map_err(|reason| ConfigError::new("port", &shown, reason))?;
         let (cli, matches) =
             parse(without_env(), ["tcp-echo"]).map_err(|_| ConfigError::new("port", &shown, ""))?;
@@ -696,6 +918,49 @@ impl Config {
         &self.ports
     }
 
+    /// The ports that speak TLS.
+    pub fn tls_ports(&self) -> &[u16] {
+        &self.tls_ports
+    }
+
+    /// Serves TLS on `ports` (0: a free one) with a self-signed certificate for `localhost`
+    /// (see [`Config::with_tls_certificate`]).
+    #[cfg(feature = "tls")]
+    pub fn with_tls_ports(mut self, ports: &[u16]) -> Result<Config, ConfigError> {
+        check_ports(ports)
+            .map_err(|reason| ConfigError::new("tls_port", format!("{ports:?}"), reason))?;
+        self.tls_ports = ports.to_vec();
+        self.tls.get_or_insert_with(|| crate::tls::Settings {
+            files: None,
+            names: vec!["localhost".to_string()],
+            client_ca: None,
+            alpn: None,
+            handshake_timeout: Duration::from_secs(10),
+        });
+        Ok(self)
+    }
+
+    /// The TLS ports use this PEM certificate chain and key (instead of a self-signed
+    /// certificate); they are read when the server binds.
+    #[cfg(feature = "tls")]
+    pub fn with_tls_certificate(
+        mut self,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> Result<Config, ConfigError> {
+        match self.tls.as_mut() {
+            Some(tls) => tls.files = Some((cert.into(), key.into())),
+            None => {
+                return Err(ConfigError::new(
+                    "tls_cert",
+                    "",
+                    "has no effect without TLS ports (Config::with_tls_ports)",
+                ))
+            }
+        }
+        Ok(self)
+    }
+
     /// The admin port, if any.
     pub fn admin_port(&self) -> Option<u16> {
         self.admin_port
@@ -753,7 +1018,7 @@ impl fmt::Display for Config {
             f,
             "prefix={:?} max_connections={} idle_timeout={} max_duration={} drain_timeout={}s \
              shutdown_delay={}s socket_buffer={} banner={} ({} lines{}) proxy_protocol={} \
-             admin_port={}",
+             admin_port={} tls_ports={}",
             self.prefix.as_deref().unwrap_or(""),
             self.max_connections,
             seconds_or_never(self.idle_timeout),
@@ -774,6 +1039,15 @@ impl fmt::Display for Config {
             self.proxy_protocol,
             self.admin_port
                 .map_or_else(|| "off".to_string(), |p| p.to_string()),
+            if self.tls_ports.is_empty() {
+                "none".to_string()
+            } else {
+                self.tls_ports
+                    .iter()
+                    .map(u16::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
         )
     }
 }

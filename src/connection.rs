@@ -58,6 +58,9 @@ pub(crate) struct Job {
     pub(crate) peer: SocketAddr,
     /// When the acceptor accepted it.
     pub(crate) accepted: Instant,
+    /// Whether it came in on a TLS port.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) tls: bool,
 }
 
 /// Why a connection ended, as its close record says it.
@@ -108,18 +111,38 @@ pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
 pub(crate) enum Stream<'a> {
     /// The socket itself.
     Plain(&'a TcpStream),
+    /// TLS over the socket.
+    #[cfg(feature = "tls")]
+    Tls(&'a crate::tls::Session<'a>),
 }
 
 impl<'a> Stream<'a> {
     fn socket(self) -> &'a TcpStream {
         match self {
             Stream::Plain(s) => s,
+            #[cfg(feature = "tls")]
+            Stream::Tls(t) => t.socket(),
         }
     }
 
-    /// Bytes that have arrived and are not read yet.
+    /// Bytes that have arrived and are not read yet (with TLS: records not yet decrypted,
+    /// and plaintext decrypted and not yet read).
     fn queued(self) -> u64 {
-        socket::queued_input(self.socket()).unwrap_or(0)
+        let socket = socket::queued_input(self.socket()).unwrap_or(0);
+        match self {
+            Stream::Plain(_) => socket,
+            #[cfg(feature = "tls")]
+            Stream::Tls(t) => socket + t.buffered(),
+        }
+    }
+
+    /// Ends the stream from the server's side: with TLS, `close_notify` first; then FIN.
+    fn finish(self) {
+        #[cfg(feature = "tls")]
+        if let Stream::Tls(t) = self {
+            t.close_notify();
+        }
+        let _ = self.socket().shutdown(Shutdown::Write);
     }
 }
 
@@ -127,20 +150,22 @@ impl Read for Stream<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(s) => s.read(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(t) => t.read(buf),
         }
     }
 }
 
 impl Write for Stream<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.write(buf),
-        }
+        self.write_vectored(&[IoSlice::new(buf)])
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         match self {
             Stream::Plain(s) => s.write_vectored(bufs),
+            #[cfg(feature = "tls")]
+            Stream::Tls(t) => t.write_vectored(bufs),
         }
     }
 
@@ -179,6 +204,52 @@ pub(crate) fn serve(job: Job, ctx: &Context) {
             start.header.unwrap_or("none")
         );
     }
+    #[cfg(feature = "tls")]
+    let outcome = match (&ctx.tls, job.tls) {
+        (Some(tls), true) => match tls.handshake(socket, &start.rest, job.accepted) {
+            Ok((session, seen)) => {
+                ctx.metrics.handshakes.add(crate::tls::Handshake::Ok);
+                info!("{id} - TLS handshake done. {seen}");
+                let banner_end = format!("TLS: {seen}\n");
+                let outcome = echo_connection(
+                    &job.ticket,
+                    ctx,
+                    &id,
+                    client,
+                    &[],
+                    Stream::Tls(&session),
+                    Some(banner_end.as_bytes()),
+                );
+                // The session drops before the ticket: the socket closes after its last record.
+                drop(session);
+                outcome
+            }
+            Err(failure) => {
+                ctx.metrics.handshakes.add(failure.kind);
+                warn!(
+                    "{id} - TLS handshake failed: {}. peer={peer} local={local}",
+                    failure.reason
+                );
+                let _ = socket.shutdown(Shutdown::Both);
+                Outcome {
+                    reason: Close::Handshake.into(),
+                    bytes: 0,
+                    lines: 0,
+                    unlogged: 0,
+                }
+            }
+        },
+        _ => echo_connection(
+            &job.ticket,
+            ctx,
+            &id,
+            client,
+            &start.rest,
+            Stream::Plain(socket),
+            None,
+        ),
+    };
+    #[cfg(not(feature = "tls"))]
     let outcome = echo_connection(
         &job.ticket,
         ctx,
@@ -186,6 +257,7 @@ pub(crate) fn serve(job: Job, ctx: &Context) {
         client,
         &start.rest,
         Stream::Plain(socket),
+        None,
     );
     info!(
         "{id} - TCP connection closed. reason={} bytes={} lines={} duration={:.3}s unlogged={}",
@@ -340,8 +412,9 @@ impl Echo<'_> {
 }
 
 /// The echo loop over an admitted connection, whose client is `client` and whose first bytes,
-/// read with its PROXY header, are `first`. Returns once the connection is finished (replies
-/// written, write side shut, and when the server ended it, acknowledged or out of time).
+/// read with its PROXY header, are `first`; the banner ends with `banner_end` (what the TLS
+/// handshake agreed). Returns once the connection is finished (replies written, write side
+/// shut, and when the server ended it, acknowledged or out of time).
 fn echo_connection(
     ticket: &Ticket,
     ctx: &Context,
@@ -349,6 +422,7 @@ fn echo_connection(
     client: SocketAddr,
     first: &[u8],
     stream: Stream<'_>,
+    banner_end: Option<&[u8]>,
 ) -> Outcome {
     let config = &ctx.config;
     let registry = &ctx.registry;
@@ -373,7 +447,7 @@ fn echo_connection(
         return echo.outcome(classify_read(e));
     }
 
-    let banner = banner::for_client(config, client);
+    let banner = banner::for_client(config, client, banner_end);
     if config.banner_mode == BannerMode::FirstRead {
         echo.banner_due = banner;
     } else if let Some(banner) = banner {
@@ -449,7 +523,7 @@ fn echo_connection(
             reason = failed(ticket, classify_read(kind.into()));
         }
     }
-    let _ = socket.shutdown(Shutdown::Write);
+    stream.finish();
     echo.outcome(reason)
 }
 

@@ -23,6 +23,8 @@ pub enum Error {
     },
     /// The signal handler could not be installed.
     Signal(ctrlc::Error),
+    /// A setting that could be read, but not used (a certificate file that is bad).
+    Setting(crate::config::ConfigError),
 }
 
 impl fmt::Display for Error {
@@ -31,6 +33,7 @@ impl fmt::Display for Error {
             Error::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             Error::Thread { name, source } => write!(f, "cannot start thread {name}: {source}"),
             Error::Signal(e) => write!(f, "cannot install the SIGINT/SIGTERM handler: {e}"),
+            Error::Setting(e) => write!(f, "{e}"),
         }
     }
 }
@@ -40,6 +43,7 @@ impl std::error::Error for Error {
         match self {
             Error::Bind { source, .. } | Error::Thread { source, .. } => Some(source),
             Error::Signal(e) => Some(e),
+            Error::Setting(e) => Some(e),
         }
     }
 }

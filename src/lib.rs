@@ -40,6 +40,8 @@ mod server;
 mod shutdown;
 mod socket;
 mod threads;
+#[cfg(feature = "tls")]
+mod tls;
 
 pub use crate::banner::BannerMode;
 pub use crate::cli::main;

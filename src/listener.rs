@@ -40,13 +40,14 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(100);
 /// While accept keeps failing, at most one log line per this interval.
 const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(1);
 
-/// Binds one listener per port of `config` on its address. With `bind_fallback`, an
-/// unavailable IPv6 (`::`) falls back to `0.0.0.0`. Sockets accepted from them get
-/// `--socket-buffer` send and receive buffers.
+/// Binds one listener per port of `config` on its address, the plain ports' then the TLS
+/// ports'. With `bind_fallback`, an unavailable IPv6 (`::`) falls back to `0.0.0.0`. Sockets
+/// accepted from them get `--socket-buffer` send and receive buffers.
 pub(crate) fn bind_all(config: &Config) -> Result<Vec<TcpListener>, Error> {
     config
         .ports
         .iter()
+        .chain(&config.tls_ports)
         .map(|&port| bind_one(SocketAddr::new(config.bind, port), config))
         .collect()
 }
@@ -141,10 +142,12 @@ impl Stop {
 
 impl Acceptors {
     /// Starts one acceptor thread (`tcp-echo-accept-PORT`) per listener; `addrs` are their
-    /// bound addresses, in the same order. Their refusals go to `reports`.
+    /// bound addresses, in the same order, the first `plain` of them plain, the others TLS.
+    /// Their refusals go to `reports`.
     pub(crate) fn start(
         listeners: Vec<TcpListener>,
         addrs: &[SocketAddr],
+        plain: usize,
         ctx: &Arc<Context>,
         pool: &Arc<Pool<Job>>,
         reports: &Reports,
@@ -153,7 +156,7 @@ impl Acceptors {
             stop: Arc::default(),
             running: Vec::with_capacity(listeners.len()),
         };
-        for (listener, &addr) in listeners.into_iter().zip(addrs) {
+        for (i, (listener, &addr)) in listeners.into_iter().zip(addrs).enumerate() {
             let fallback = listener
                 .try_clone()
                 .map_err(|source| Error::Bind { addr, source })?;
@@ -163,6 +166,7 @@ impl Acceptors {
                 stop: Arc::clone(&acceptors.stop),
                 reports: reports.sender(),
                 port: addr.port(),
+                tls: i >= plain,
             };
             let name = format!("tcp-echo-accept-{}", addr.port());
             let join = threads::spawn(name, move || acceptor.run(listener))?;
@@ -423,6 +427,8 @@ struct Acceptor {
     reports: ReportSender,
     /// The listener's port.
     port: u16,
+    /// Whether its connections speak TLS.
+    tls: bool,
 }
 
 impl Acceptor {
@@ -495,6 +501,7 @@ impl Acceptor {
                     ticket,
                     peer,
                     accepted,
+                    tls: self.tls,
                 };
                 match self.pool.execute(job) {
                     Ok(()) => {
@@ -582,7 +589,7 @@ mod tests {
         let ctx = Arc::new(Context::new(config));
         let pool = Arc::new(Pool::new("t", 4, Duration::from_secs(1), |_job: Job| {}));
         let reports = Reports::start().unwrap();
-        let acceptors = Acceptors::start(listeners, &addrs, &ctx, &pool, &reports).unwrap();
+        let acceptors = Acceptors::start(listeners, &addrs, 2, &ctx, &pool, &reports).unwrap();
         for addr in &addrs {
             TcpStream::connect(addr).expect("accepting");
         }

@@ -49,6 +49,9 @@ macro_rules! labelled {
     };
 }
 
+#[cfg(feature = "tls")]
+pub(crate) use labelled;
+
 /// One counter per variant of `L`.
 #[derive(Debug)]
 pub(crate) struct Counters<L> {
@@ -121,6 +124,8 @@ labelled! {
         Reset => "reset",
         /// Another I/O error.
         Error => "error",
+        /// The TLS handshake failed (see `tcp_echo_tls_handshakes_total` for why).
+        Handshake => "tls_handshake",
     }
 }
 
@@ -136,6 +141,7 @@ impl Close {
             Close::DrainDeadline => "shutdown (closed at the drain deadline)",
             Close::Reset => "reset by peer",
             Close::Error => "error",
+            Close::Handshake => "TLS handshake failed",
         }
     }
 }
@@ -153,6 +159,9 @@ pub(crate) struct Metrics {
     pub(crate) closed: Counters<Close>,
     /// Bytes received and echoed.
     pub(crate) bytes: AtomicU64,
+    /// TLS handshakes, by how they ended.
+    #[cfg(feature = "tls")]
+    pub(crate) handshakes: Counters<crate::tls::Handshake>,
 }
 
 /// The gauges `/metrics` shows besides the counters, read when it is asked.
@@ -221,6 +230,14 @@ impl Metrics {
             "counter",
             "Bytes received and echoed.",
             &one(load(&self.bytes)),
+        );
+        #[cfg(feature = "tls")]
+        family(
+            o,
+            "tcp_echo_tls_handshakes_total",
+            "counter",
+            "TLS handshakes on --tls-port ports, by result: ok, timeout, closed (by the client), not_tls, client_certificate (missing or refused), no_application_protocol, incompatible (no version or cipher in common), error.",
+            &self.handshakes.samples("result"),
         );
         family(
             o,

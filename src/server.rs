@@ -40,10 +40,13 @@ pub(crate) struct Context {
     pub(crate) metrics: Metrics,
     /// The server-wide limit on `Received` records.
     pub(crate) log_budget: ServerBudget,
+    /// The TLS side, with TLS ports.
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<crate::tls::Tls>,
 }
 
 impl Context {
-    /// A fresh context for `config`.
+    /// A fresh context for `config` (without TLS).
     pub(crate) fn new(config: Config) -> Context {
         Context {
             prefix: echo::line_prefix(config.prefix.as_deref()),
@@ -51,6 +54,8 @@ impl Context {
             config,
             metrics: Metrics::default(),
             log_budget: ServerBudget::default(),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -58,8 +63,13 @@ impl Context {
 /// A bound server, ready to [`run`](Server::run).
 pub struct Server {
     config: Config,
+    /// The plain ports' listeners, then the TLS ports'.
     listeners: Vec<TcpListener>,
+    /// Their addresses, in the same order.
     addrs: Vec<SocketAddr>,
+    /// The TLS side, with TLS ports.
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::Tls>,
     /// The admin port's listener and address, with `--admin-port`.
     admin: Option<(TcpListener, SocketAddr)>,
     handle: ShutdownHandle,
@@ -92,10 +102,21 @@ impl fmt::Display for Summary {
 impl Server {
     /// Binds every listener. Fails, naming the address, if any port cannot be bound.
     pub fn bind(config: Config) -> Result<Server, Error> {
+        // The certificate first: a bad file is a setting to fix, found before any port is
+        // taken.
+        #[cfg(feature = "tls")]
+        let tls = match &config.tls {
+            None => None,
+            Some(settings) => Some(crate::tls::Tls::new(settings).map_err(|e| {
+                Error::Setting(crate::config::ConfigError::new(
+                    e.setting, e.value, e.reason,
+                ))
+            })?),
+        };
         let listeners = listener::bind_all(&config)?;
         let addrs = listeners
             .iter()
-            .zip(&config.ports)
+            .zip(config.ports.iter().chain(&config.tls_ports))
             .map(|(l, &port)| {
                 l.local_addr().map_err(|source| Error::Bind {
                     addr: SocketAddr::new(config.bind, port),
@@ -119,15 +140,23 @@ impl Server {
             config,
             listeners,
             addrs,
+            #[cfg(feature = "tls")]
+            tls,
             admin,
             handle,
             signal,
         })
     }
 
-    /// The addresses actually bound (with port 0, the port the OS chose), in `--port` order.
+    /// The plain ports' addresses actually bound (with port 0, the port the OS chose), in
+    /// `--port` order.
     pub fn local_addrs(&self) -> &[SocketAddr] {
-        &self.addrs
+        &self.addrs[..self.config.ports.len()]
+    }
+
+    /// The TLS ports' addresses actually bound, in `--tls-port` order.
+    pub fn tls_addrs(&self) -> &[SocketAddr] {
+        &self.addrs[self.config.ports.len()..]
     }
 
     /// The admin port's address (with port 0, the port the OS chose), with `--admin-port`.
@@ -161,6 +190,9 @@ struct Running {
     watch: Watch,
     /// Serves `/readyz` and friends until the server returns.
     _admin: Option<Admin>,
+    /// Reloads the certificate files when they change.
+    #[cfg(feature = "tls")]
+    _certificates: Option<crate::threads::Background>,
     /// False from the moment shutdown begins: `/readyz` answers 503.
     ready: Arc<AtomicBool>,
     signal: ShutdownSignal,
@@ -176,6 +208,8 @@ impl Running {
             config,
             listeners,
             addrs,
+            #[cfg(feature = "tls")]
+            tls,
             admin,
             handle,
             signal,
@@ -185,7 +219,14 @@ impl Running {
             max_duration: config.max_duration,
             drain: config.drain_timeout,
         };
-        let ctx = Arc::new(Context::new(config));
+        let plain = config.ports.len();
+        #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
+        let mut ctx = Context::new(config);
+        #[cfg(feature = "tls")]
+        {
+            ctx.tls = tls;
+        }
+        let ctx = Arc::new(ctx);
         let pool = {
             let ctx = Arc::clone(&ctx);
             Arc::new(Pool::new(
@@ -211,12 +252,39 @@ impl Running {
                 Some(admin)
             }
         };
-        for addr in &addrs {
-            info!("listening on {addr}");
+        for (i, addr) in addrs.iter().enumerate() {
+            if i < plain {
+                info!("listening on {addr}");
+            } else {
+                info!("listening on {addr} (TLS)");
+            }
         }
+        #[cfg(feature = "tls")]
+        let certificates = match &ctx.tls {
+            None => None,
+            Some(tls) => {
+                if tls.self_signed() {
+                    warn!(
+                        "TLS: no --tls-cert given; serving a self-signed certificate made at \
+                         start: {}",
+                        tls.describe()
+                    );
+                } else {
+                    info!("TLS certificate: {}", tls.describe());
+                }
+                (!tls.self_signed())
+                    .then(|| {
+                        crate::threads::Background::start("tcp-echo-certs", {
+                            let ctx = Arc::clone(&ctx);
+                            move |stop| reload_certificates(&ctx, &stop)
+                        })
+                    })
+                    .transpose()?
+            }
+        };
         info!("settings: {}", ctx.config);
         let reports = Reports::start()?;
-        let acceptors = match Acceptors::start(listeners, &addrs, &ctx, &pool, &reports) {
+        let acceptors = match Acceptors::start(listeners, &addrs, plain, &ctx, &pool, &reports) {
             Ok(acceptors) => acceptors,
             Err(e) => {
                 // The acceptors already started are stopped and joined (dropped); close what
@@ -233,6 +301,8 @@ impl Running {
             _reports: reports,
             watch,
             _admin: admin,
+            #[cfg(feature = "tls")]
+            _certificates: certificates,
             ready,
             signal,
             _own_handle: handle,
@@ -248,6 +318,8 @@ impl Running {
             _reports,
             watch,
             _admin,
+            #[cfg(feature = "tls")]
+            _certificates,
             ready,
             signal,
             _own_handle,
@@ -290,6 +362,26 @@ impl Running {
             refused: metrics.refused.total(),
             bytes: metrics.bytes.load(Ordering::Relaxed),
             forced,
+        }
+    }
+}
+
+/// How often the certificate files are looked at.
+#[cfg(feature = "tls")]
+const CERTIFICATE_POLL: Duration = Duration::from_secs(1);
+
+/// The certificate watcher (`tcp-echo-certs`): loads the certificate files again when they
+/// change, for new connections; a bad new version is logged and the old certificate stays.
+#[cfg(feature = "tls")]
+fn reload_certificates(ctx: &Context, stop: &crate::threads::Stop) {
+    let Some(tls) = &ctx.tls else { return };
+    while !stop.wait(CERTIFICATE_POLL) {
+        match tls.reload_if_changed() {
+            Ok(None) => {}
+            Ok(Some(loaded)) => info!("TLS certificate reloaded: {loaded}"),
+            Err(why) => {
+                log::error!("TLS certificate not reloaded, the previous one stays in use: {why}")
+            }
         }
     }
 }

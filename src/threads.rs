@@ -2,7 +2,7 @@
 //! stacks, background threads stopped and joined when their handle drops, and locks that
 //! survive a panic elsewhere.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -31,6 +31,18 @@ pub(crate) fn spawn<T: Send + 'static>(
 /// server.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Reads `l`, also after a panic in a writer (see [`lock`]).
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+pub(crate) fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Writes `l`, also after a panic in another holder (see [`lock`]).
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+pub(crate) fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// What a background thread sees of its stop request.

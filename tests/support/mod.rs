@@ -14,7 +14,16 @@ use std::time::{Duration, Instant};
 pub const DEADLINE: Duration = Duration::from_secs(15);
 
 /// Variables the server reads; tests start from none of them set.
-pub const SERVER_VARS: [&str; 20] = [
+pub const SERVER_VARS: [&str; 29] = [
+    "ECHO_SHUTDOWN_DELAY",
+    "ECHO_TLS_PORT",
+    "ECHO_TLS_CERT",
+    "ECHO_TLS_KEY",
+    "ECHO_TLS_NAMES",
+    "ECHO_TLS_CLIENT_CA",
+    "ECHO_TLS_CLIENT_AUTH",
+    "ECHO_TLS_ALPN",
+    "ECHO_TLS_HANDSHAKE_TIMEOUT",
     "TCP_PORT",
     "ECHO_PREFIX",
     "ECHO_BIND",
@@ -169,6 +178,8 @@ pub struct Server {
     child: Child,
     /// Where it listens (from its `listening on` lines, port 0 resolved), in `--port` order.
     pub addrs: Vec<SocketAddr>,
+    /// Where its TLS ports listen (`listening on ADDR (TLS)`), in `--tls-port` order.
+    pub tls_addrs: Vec<SocketAddr>,
     /// Its stderr.
     pub log: Arc<Log>,
 }
@@ -189,18 +200,29 @@ impl Server {
             .expect("start tcp-echo");
         let log = Log::collect(child.stderr.take().expect("stderr"));
         log.wait_for("settings line", DEADLINE, |l| l.contains("settings:"));
-        let addrs = log
-            .matching("listening on ")
-            .iter()
-            .map(|l| {
-                let addr = l.rsplit("listening on ").next().unwrap().trim();
-                let addr: SocketAddr = addr
-                    .parse()
-                    .unwrap_or_else(|_| panic!("bad address in {l:?}"));
-                SocketAddr::new("127.0.0.1".parse().unwrap(), addr.port())
-            })
-            .collect();
-        Server { child, addrs, log }
+        let (mut addrs, mut tls_addrs) = (Vec::new(), Vec::new());
+        for l in log.matching("listening on ") {
+            let text = l.rsplit("listening on ").next().unwrap().trim();
+            let (text, tls) = match text.strip_suffix(" (TLS)") {
+                Some(t) => (t, true),
+                None => (text, false),
+            };
+            let addr: SocketAddr = text
+                .parse()
+                .unwrap_or_else(|_| panic!("bad address in {l:?}"));
+            let addr = SocketAddr::new("127.0.0.1".parse().unwrap(), addr.port());
+            if tls {
+                tls_addrs.push(addr);
+            } else {
+                addrs.push(addr);
+            }
+        }
+        Server {
+            child,
+            addrs,
+            tls_addrs,
+            log,
+        }
     }
 
     /// Starts on one free port with these extra arguments.
