@@ -158,8 +158,13 @@ fn a_server_closing_without_an_answer_fails_with_a_clear_line() {
     assert_eq!(json_field(&out, "failed"), "2");
     assert!(
         out.contains("closed the connection without echoing the line")
-            || out.contains("Connection reset"),
+            || out.contains("connection reset"),
         "{out}"
+    );
+    let kinds = json_field(&out, "failure_kinds");
+    assert!(
+        kinds.contains("\"closed_early\":") || kinds.contains("\"reset\":"),
+        "{kinds}"
     );
     assert!(took < Duration::from_secs(5), "{took:?}");
 }

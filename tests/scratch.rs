@@ -73,6 +73,21 @@ fn the_static_binary_needs_no_interpreter_and_no_shared_library() {
 }
 
 #[test]
+fn the_static_binary_with_tls_stays_under_2_5_mib() {
+    let size = std::fs::metadata(static_binary()).unwrap().len();
+    assert!(
+        size < 5 << 19,
+        "the static binary is {size} bytes, over 2.5 MiB"
+    );
+    // It is the TLS build: the flags are there.
+    let out = Command::new(static_binary())
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--tls-port"));
+}
+
+#[test]
 fn the_static_binary_echoes_in_an_empty_root() {
     let root = std::env::temp_dir().join(format!("tcp-echo-scratch-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);

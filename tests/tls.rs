@@ -1140,3 +1140,122 @@ fn openssl_s_client_sees_the_banner_and_its_echo() {
         Some("one hello from openssl")
     );
 }
+
+/// Runs `tcp-echo probe ARGS`; (exit code, stdout).
+fn probe(args: &[&str]) -> (Option<i32>, String) {
+    let mut all = vec!["probe"];
+    all.extend_from_slice(args);
+    let out = support::command(&all, &[])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tcp-echo probe");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn the_probe_speaks_tls_and_shows_what_each_version_was_offered() {
+    let pki = Pki::new("probe");
+    let (cert, key) = pki.server();
+    let client_id = pki.issue("probe", Key::EcdsaSec1, &["probe-client"], true);
+    let v1 = Server::start(
+        &[
+            "--port",
+            "none",
+            "--tls-port",
+            "0",
+            "--prefix",
+            "one",
+            "--tls-cert",
+            path(&cert),
+            "--tls-key",
+            path(&key),
+            "--tls-client-ca",
+            path(&pki.ca()),
+        ],
+        &[("POD_NAME", "tcp-echo-v1-abc")],
+    );
+    let addr = v1.tls_addrs[0].to_string();
+    let (code, out) = probe(&[
+        &addr,
+        "--tls",
+        "--sni",
+        "v1.example.com",
+        "--alpn",
+        "h2,http/1.1",
+        "--ca",
+        path(&pki.ca()),
+        "--cert",
+        path(&client_id.0),
+        "--key",
+        path(&client_id.1),
+        "--connections",
+        "6",
+        "--expect",
+        "one=1",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("one "))
+        .unwrap_or_else(|| panic!("{out}"));
+    for cell in ["tcp-echo-v1-abc", "TLSv1.3", "v1.example.com", "h2"] {
+        assert!(row.contains(cell), "{cell} missing: {out}");
+    }
+    let (code, json) = probe(&[
+        &addr,
+        "--tls",
+        "--sni",
+        "v1.example.com",
+        "--ca",
+        path(&pki.ca()),
+        "--cert",
+        path(&client_id.0),
+        "--key",
+        path(&client_id.1),
+        "--connections",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(code, Some(0), "{json}");
+    assert!(
+        json.contains(
+            "\"tls\":{\"one\":{\"version\":\"TLSv1.3\",\"sni\":\"v1.example.com\",\"alpn\":\"none\"}}"
+        ),
+        "{json}"
+    );
+    // Without the client certificate the server refuses the handshake: a TLS failure.
+    let (code, json) = probe(&[
+        &addr,
+        "--tls",
+        "--ca",
+        path(&pki.ca()),
+        "--connections",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(code, Some(1), "{json}");
+    assert!(
+        json.contains("\"failure_kinds\":{\"(unknown)\":{\"tls\":2}}"),
+        "{json}"
+    );
+    // A self-signed server, accepted with --insecure; without --ca or --insecure, a usage error.
+    let s = tls_server(&["--prefix", "two"]);
+    let (code, out) = probe(&[
+        &s.tls_addrs[0].to_string(),
+        "--tls",
+        "--insecure",
+        "--connections",
+        "2",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("two ") && l.contains("TLSv1.3")),
+        "{out}"
+    );
+    let (code, _) = probe(&[&s.tls_addrs[0].to_string(), "--tls"]);
+    assert_eq!(code, Some(2));
+}
