@@ -200,7 +200,7 @@ impl<'a> Report<'a> {
                 let mut line = String::new();
                 for (c, cell) in row.iter().enumerate() {
                     // Text columns to the left, numbers to the right.
-                    if c < 2 || c >= 8 {
+                    if !(2..8).contains(&c) {
                         let _ = write!(line, "{cell:<w$}  ", w = widths[c]);
                     } else {
                         let _ = write!(line, "{cell:>w$}  ", w = widths[c]);
