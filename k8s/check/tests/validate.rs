@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use serde_yaml::Value;
-use tcp_echo_k8s::{build, check, cross_check, parse_all, routes, Doc};
+use tcp_echo_k8s::{build, check, check_docs, routes, schema, Doc};
 
 fn k8s(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -33,9 +33,9 @@ fn broken(dir: &str, kind: &str, name: &str, edit: impl FnOnce(&mut Value)) -> V
         })
         .unwrap_or_else(|| panic!("no {kind}/{name} in {dir}"));
     edit(&mut doc.value);
-    match parse_all(&docs) {
+    match check_docs(&docs) {
         Err(e) => e,
-        Ok(set) => cross_check(&set),
+        Ok(_) => Vec::new(),
     }
 }
 
@@ -726,23 +726,69 @@ fn services_not_dual_stack_fail() {
 }
 
 #[test]
-fn tcproutes_switched_to_v1_as_the_readme_says_pass() {
-    for (dir, route) in [
-        ("gateway-api", "tcp-echo-v1"),
-        ("gateway-api/weighted", "tcp-echo"),
-    ] {
-        let e = broken(dir, "TCPRoute", route, |v| {
-            v["apiVersion"] = "gateway.networking.k8s.io/v1".into();
-        });
-        assert!(e.is_empty(), "{e:#?}");
+fn tcproutes_are_v1_and_the_component_makes_them_v1alpha2_for_older_istio() {
+    for dir in ["gateway-api", "gateway-api/weighted"] {
+        let docs = build(&k8s(dir)).unwrap();
+        let routes: Vec<&Doc> = docs
+            .iter()
+            .filter(|d| d.value["kind"].as_str() == Some("TCPRoute"))
+            .collect();
+        assert!(!routes.is_empty());
+        for r in routes {
+            assert_eq!(
+                r.value["apiVersion"].as_str(),
+                Some("gateway.networking.k8s.io/v1")
+            );
+        }
+        // v1 is served by both channels of Gateway API 1.6.1, and validates in both.
+        assert_eq!(
+            schema::channels("gateway.networking.k8s.io/v1", "TCPRoute"),
+            vec!["Standard", "Experimental"]
+        );
+        check(&k8s(dir)).unwrap_or_else(|e| panic!("{e:#?}"));
     }
+    let docs = build(&k8s("gateway-api-v1alpha2")).unwrap();
+    let versions: Vec<&str> = docs
+        .iter()
+        .filter(|d| d.value["kind"].as_str() == Some("TCPRoute"))
+        .map(|d| d.value["apiVersion"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, vec!["gateway.networking.k8s.io/v1alpha2"; 2]);
+    // Only the Experimental channel still serves v1alpha2, and it validates there.
+    assert_eq!(
+        schema::channels("gateway.networking.k8s.io/v1alpha2", "TCPRoute"),
+        vec!["Experimental"]
+    );
+    check(&k8s("gateway-api-v1alpha2")).unwrap_or_else(|e| panic!("{e:#?}"));
+    // A version no channel serves is an error.
     let e = broken("gateway-api", "TCPRoute", "tcp-echo-v1", |v| {
         v["apiVersion"] = "gateway.networking.k8s.io/v1beta1".into();
     });
-    assert_fails(
-        &e,
-        "unsupported apiVersion/kind gateway.networking.k8s.io/v1beta1/TCPRoute",
-    );
+    assert_fails(&e, "served by no channel of Gateway API 1.6.1");
+}
+
+#[test]
+fn routes_are_validated_against_the_crd_schema_of_their_version() {
+    // A misspelt field, a weight out of range, a port out of range: each names the field.
+    let e = broken("gateway-api/weighted", "TCPRoute", "tcp-echo", |v| {
+        let b = at(v, "spec.rules.0.backendRefs.0");
+        b["wieght"] = b["weight"].clone();
+    });
+    assert_fails(&e, "/spec/rules/0/backendRefs/0");
+    assert_fails(&e, "wieght");
+    let e = broken("gateway-api/weighted", "TCPRoute", "tcp-echo", |v| {
+        at(v, "spec.rules.0.backendRefs.1")["weight"] = (-5).into();
+    });
+    assert_fails(&e, "(Standard channel): /spec/rules/0/backendRefs/1/weight");
+    let e = broken("gateway-api", "Gateway", "tcp-echo-gateway", |v| {
+        at(v, "spec.listeners.0")["port"] = 70000.into();
+    });
+    assert_fails(&e, "/spec/listeners/0/port");
+    // Istio's kinds too.
+    let e = broken("weighted", "VirtualService", "tcp-echo", |v| {
+        at(v, "spec.tcp.0.route.0")["weight"] = "eighty".into();
+    });
+    assert_fails(&e, "(Istio channel): /spec/tcp/0/route/0/weight");
 }
 
 #[test]
@@ -781,42 +827,145 @@ fn the_proxy_protocol_example_turns_it_on_for_every_pod() {
         .any(|s| s.metadata.name.as_deref() == Some("tcp-echo-nlb")));
 }
 
+/// A scratch copy of `k8s/` (kustomize refuses files outside a kustomization's root, so
+/// overlays of the repository's manifests are written inside a copy of them).
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("tcp-echo-k8s-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        copy(&k8s(""), &dir.join("k8s"));
+        Scratch(dir)
+    }
+
+    /// Writes `files` (name, contents) into a new overlay `k8s/{name}`; its directory.
+    fn overlay(&self, name: &str, files: &[(&str, &str)]) -> std::path::PathBuf {
+        let dir = self.0.join("k8s").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (file, text) in files {
+            std::fs::write(dir.join(file), text).unwrap();
+        }
+        dir
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn copy(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let path = entry.path();
+        if path.file_name().is_some_and(|n| n == "check") {
+            continue;
+        }
+        let target = to.join(entry.file_name());
+        if path.is_dir() {
+            copy(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+const KUSTOMIZATION: &str = "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n";
+
 #[test]
-fn patches_that_miss_or_are_not_understood_fail() {
-    let dir = std::env::temp_dir().join(format!("tcp-echo-patch-{}", std::process::id()));
-    let component = dir.join("component");
-    let overlay = dir.join("overlay");
-    std::fs::create_dir_all(&component).unwrap();
-    std::fs::create_dir_all(&overlay).unwrap();
-    std::fs::write(
-        overlay.join("kustomization.yaml"),
-        format!(
-            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {}\ncomponents:\n  - ../component\n",
-            k8s("base").display()
-        ),
-    )
-    .unwrap();
-    let component_with = |patch: &str| {
-        std::fs::write(
-            component.join("kustomization.yaml"),
-            format!(
-                "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\npatches:\n{patch}"
+fn the_overlays_a_user_writes_next_are_rendered_as_a_cluster_would() {
+    let s = Scratch::new("overlays");
+    // The obvious patch of the NLB's scheme: an escaped `/` in the path is the annotation.
+    let dir = s.overlay(
+        "internal-nlb",
+        &[(
+            "kustomization.yaml",
+            &format!(
+                "{KUSTOMIZATION}resources:\n  - ../proxy-protocol\npatches:\n  - target: {{ kind: Service, name: tcp-echo-nlb }}\n    patch: |-\n      - op: replace\n        path: /metadata/annotations/service.beta.kubernetes.io~1aws-load-balancer-scheme\n        value: internal\n"
             ),
-        )
+        )],
+    );
+    let set = check(&dir).unwrap_or_else(|e| panic!("{e:#?}"));
+    let nlb = set
+        .services
+        .iter()
+        .find(|svc| svc.metadata.name.as_deref() == Some("tcp-echo-nlb"))
         .unwrap();
-        build(&overlay).map(|_| ()).unwrap_err()
-    };
-    let e = component_with(
-        "  - target: {kind: Deployment, labelSelector: app=nothing}\n    patch: \"[]\"\n",
+    let annotations = nlb.metadata.annotations.clone().unwrap();
+    assert_eq!(
+        annotations["service.beta.kubernetes.io/aws-load-balancer-scheme"],
+        "internal"
     );
-    assert!(e.contains("matches no document"), "{e}");
-    let e = component_with(
-        "  - target: {kind: Deployment}\n    patch: \"[{op: move, path: /spec, from: /x}]\"\n",
+    assert!(
+        !annotations.keys().any(|k| k.contains("~1")),
+        "{annotations:?}"
     );
-    assert!(e.contains("unsupported operation"), "{e}");
-    let e = component_with("  - target: {kind: Deployment}\n    patch: \"[{op: replace, path: /spec/nope, value: 1}]\"\n");
-    assert!(e.contains("nothing to replace"), "{e}");
-    let e = component_with("  - target: {group: apps}\n    patch: \"[]\"\n");
-    assert!(e.contains("target field `group` is not supported"), "{e}");
-    let _ = std::fs::remove_dir_all(&dir);
+
+    // `value: on` is YAML 1.1's true: a boolean where the API server wants a string.
+    let dir = s.overlay(
+        "bool-env",
+        &[(
+            "kustomization.yaml",
+            &format!(
+                "{KUSTOMIZATION}resources:\n  - ../base\npatches:\n  - target: {{ kind: Deployment, name: tcp-echo-v1 }}\n    patch: |-\n      - op: add\n        path: /spec/template/spec/containers/0/env/-\n        value: {{ name: ECHO_BANNER_CLIENT, value: on }}\n"
+            ),
+        )],
+    );
+    let e = check(&dir).unwrap_err();
+    assert_fails(&e, "Deployment/tcp-echo-v1");
+    assert_fails(&e, "invalid type: boolean `true`, expected a string");
+
+    // The same resource twice.
+    let dup = std::fs::read_to_string(k8s("base/service.yml")).unwrap();
+    let dir = s.overlay(
+        "duplicate",
+        &[
+            (
+                "kustomization.yaml",
+                &format!("{KUSTOMIZATION}resources:\n  - ../base\n  - service.yml\n"),
+            ),
+            ("service.yml", &dup),
+        ],
+    );
+    let e = check(&dir).unwrap_err();
+    assert_fails(&e, "already registered id");
+    assert_fails(&e, "duplicate");
+
+    // A file outside the kustomization's root.
+    let dir = s.overlay(
+        "outside",
+        &[(
+            "kustomization.yaml",
+            &format!("{KUSTOMIZATION}resources:\n  - ../base/service.yml\n"),
+        )],
+    );
+    let e = check(&dir).unwrap_err();
+    assert_fails(&e, "is not in or below");
+
+    // `kustomize edit set image tcp-echo=registry.example.com/tcp-echo:1.1.0` writes this.
+    let dir = s.overlay(
+        "registry",
+        &[(
+            "kustomization.yaml",
+            &format!("{KUSTOMIZATION}resources:\n  - ../gateway-api\nimages:\n  - name: tcp-echo\n    newName: registry.example.com/tcp-echo\n    newTag: 1.1.0\n"),
+        )],
+    );
+    let set = check(&dir).unwrap_or_else(|e| panic!("{e:#?}"));
+    for d in &set.deployments {
+        let c = &d
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0];
+        assert_eq!(
+            c.image.as_deref(),
+            Some("registry.example.com/tcp-echo:1.1.0")
+        );
+    }
 }
