@@ -79,6 +79,8 @@ pub struct Config {
     pub(crate) banner_client: bool,
     /// The admin port (health, readiness, metrics), if any; 0 asks for a free port.
     pub(crate) admin_port: Option<u16>,
+    /// Whether every plain port also echoes UDP datagrams.
+    pub(crate) udp: bool,
     /// The ports that speak TLS (one listener each; 0 asks for a free port).
     pub(crate) tls_ports: Vec<u16>,
     /// The TLS settings, with TLS ports.
@@ -186,6 +188,12 @@ struct Cli {
     #[arg(long, env = "ECHO_BANNER", default_value = "connect", value_name = "MODE",
           value_parser = parse_from_str::<BannerMode>)]
     banner: BannerMode,
+
+    /// Also echo UDP datagrams on every plain port (same number and address): one reply per
+    /// datagram, the prefix and a space then the data, never larger than that: true or false
+    #[arg(long, env = "ECHO_UDP", default_value = "false", value_name = "BOOL",
+          num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
+    udp: bool,
 
     /// Comma-separated ports that speak TLS, one listener each (inside, the echo is as on a
     /// plain port); the banner ends with what the handshake agreed
@@ -702,6 +710,7 @@ impl Cli {
             proxy_protocol: self.proxy_protocol,
             banner_client: self.banner_client,
             admin_port,
+            udp: self.udp,
             tls_ports,
             #[cfg(feature = "tls")]
             tls,
@@ -923,6 +932,17 @@ impl Config {
         &self.tls_ports
     }
 
+    /// Whether the plain ports also echo UDP.
+    pub fn udp(&self) -> bool {
+        self.udp
+    }
+
+    /// Also echoes UDP datagrams on every plain port.
+    pub fn with_udp(mut self, on: bool) -> Config {
+        self.udp = on;
+        self
+    }
+
     /// Serves TLS on `ports` (0: a free one) with a self-signed certificate for `localhost`
     /// (see [`Config::with_tls_certificate`]).
     #[cfg(feature = "tls")]
@@ -987,16 +1007,20 @@ impl Config {
     }
 
     /// The memory the server may need at its fullest, as a memory cgroup charges it: its base
-    /// and `max_connections` times the ceiling of one connection at its worst; `None` when
-    /// the socket buffers autotune (no bound).
+    /// and `max_connections` times the ceiling of one connection at its worst (a TLS one, with
+    /// TLS ports); `None` when the socket buffers autotune (no bound).
     pub fn memory_needed(&self) -> Option<u64> {
-        crate::limits::memory_needed(self.max_connections, self.socket_buffer)
+        crate::limits::memory_needed(
+            self.max_connections,
+            self.socket_buffer,
+            !self.tls_ports.is_empty(),
+        )
     }
 
     /// The ceiling of one connection's memory at its worst, as a memory cgroup charges it;
     /// `None` when the socket buffers autotune.
     pub fn memory_per_connection(&self) -> Option<u64> {
-        crate::limits::memory_per_connection(self.socket_buffer)
+        crate::limits::memory_per_connection(self.socket_buffer, !self.tls_ports.is_empty())
     }
 
     /// How long one blocked write of replies may take before the client is disconnected.

@@ -14,26 +14,42 @@ use crate::config::Config;
 /// RSS), its listeners, and slack for the kernel's bookkeeping.
 pub(crate) const MEMORY_BASE: u64 = 8 * 1024 * 1024;
 
+/// User space and the thread of one connection at worst: a read buffer of at most 64 KiB,
+/// the slices of a prefixed write (16 KiB), the worker's touched stack and its heap, the
+/// thread's 16 KiB kernel stack and task. Measured: 72-78 kB of RSS per connection for
+/// clients that flood empty lines and never read (`make stress`, case 9), 16 kB of kernel
+/// stack.
+pub(crate) const CONNECTION_BASE: u64 = 112 * 1024;
+
+/// What TLS adds to a connection at worst: rustls' record buffers (one record in, at most
+/// 16 KiB of plaintext decrypted, one record's worth of encrypted output) and its state.
+/// Measured: 42 kB more RSS than a plain connection for TLS clients that flood and never read,
+/// 32 kB for an idle TLS connection (`make stress`, case 12).
+pub(crate) const TLS_EXTRA: u64 = 64 * 1024;
+
 /// Memory one connection may hold at worst, counted as a memory cgroup charges it, for a
-/// `--socket-buffer` of `socket_buffer` bytes; `None` when the buffers autotune (no bound).
-///
-/// User space: a read buffer of at most 64 KiB, an output buffer of at most 72 KiB and the
-/// worker's touched stack; the kernel: the thread's 16 KiB stack and task, the socket's
-/// structures, and its two queues, each at most twice `socket_buffer` (the kernel doubles the
-/// value for its bookkeeping, and charges whole pages). The container test measures it as the
-/// memory cgroup charges it, and `make stress` (case 9) its parts, for the worst a client can
-/// do: flood empty lines with a prefix set and never read.
-pub(crate) const fn memory_per_connection(socket_buffer: Option<usize>) -> Option<u64> {
+/// `--socket-buffer` of `socket_buffer` bytes (`tls`: on a TLS port); `None` when the buffers
+/// autotune (no bound). [`CONNECTION_BASE`] (and [`TLS_EXTRA`]), and the socket's two kernel
+/// queues, each at most twice `socket_buffer` (the kernel doubles the value for its
+/// bookkeeping, and charges whole pages). The container test measures it as the memory cgroup
+/// charges it, and `make stress` its parts, for the worst a client can do: flood empty lines
+/// with a prefix set and never read.
+pub(crate) const fn memory_per_connection(socket_buffer: Option<usize>, tls: bool) -> Option<u64> {
+    let tls = if tls { TLS_EXTRA } else { 0 };
     match socket_buffer {
-        Some(b) => Some(240 * 1024 + 4 * b as u64),
+        Some(b) => Some(CONNECTION_BASE + tls + 4 * b as u64),
         None => None,
     }
 }
 
 /// Memory the server may need at its fullest: [`MEMORY_BASE`] plus `max_connections` times
 /// [`memory_per_connection`].
-pub(crate) fn memory_needed(max_connections: usize, socket_buffer: Option<usize>) -> Option<u64> {
-    memory_per_connection(socket_buffer).map(|c| MEMORY_BASE + max_connections as u64 * c)
+pub(crate) fn memory_needed(
+    max_connections: usize,
+    socket_buffer: Option<usize>,
+    tls: bool,
+) -> Option<u64> {
+    memory_per_connection(socket_buffer, tls).map(|c| MEMORY_BASE + max_connections as u64 * c)
 }
 
 /// Descriptors the server needs besides one per connection: stdin/stdout/stderr, the socket
@@ -203,14 +219,13 @@ mod tests {
     }
 
     #[test]
-    fn the_default_socket_buffer_bounds_a_connection_at_496_kib() {
-        let default = Some(65536);
-        assert_eq!(memory_per_connection(default), Some(496 * 1024));
-        assert_eq!(memory_per_connection(None), None);
-        assert_eq!(
-            memory_needed(256, default),
-            Some(MEMORY_BASE + 256 * 496 * 1024)
-        );
+    fn the_deployments_socket_buffer_bounds_a_connection_at_240_kib() {
+        let deployment = Some(32 * 1024);
+        assert_eq!(memory_per_connection(deployment, false), Some(240 * 1024));
+        assert_eq!(memory_per_connection(deployment, true), Some(304 * 1024));
+        assert_eq!(memory_per_connection(None, false), None);
+        // 1,024 connections fit 256 MiB.
+        assert!(memory_needed(1024, deployment, false).unwrap() <= 256 << 20);
     }
 
     #[test]

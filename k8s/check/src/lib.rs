@@ -23,13 +23,17 @@ use kcr_networking_istio_io::v1::destinationrules::DestinationRule;
 use kcr_networking_istio_io::v1::gateways::Gateway;
 use kcr_networking_istio_io::v1::virtualservices::VirtualService;
 
-/// Gateway API's TCPRoute (`gateway.networking.k8s.io/v1alpha2`, experimental channel).
+/// Gateway API's TCPRoute (v1 and v1alpha2 have the same schema).
 pub use gateway_api::apis::experimental::tcproutes::TCPRoute;
+/// Gateway API's TLSRoute (`gateway.networking.k8s.io/v1`).
+pub use gateway_api::apis::standard::tlsroutes::TLSRoute;
+/// Gateway API's UDPRoute (v1 and v1alpha2 have the same schema).
+pub use gateway_api::apis::experimental::udproutes::UDPRoute;
 /// Gateway API's Gateway (`gateway.networking.k8s.io/v1`).
 pub use gateway_api::apis::standard::gateways::Gateway as ApiGateway;
 
 /// The API group of Gateway API kinds.
-const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+pub(crate) const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
 /// The `gatewayClassName` the manifests are written for.
 pub const GATEWAY_CLASS: &str = "istio";
@@ -66,7 +70,10 @@ impl Doc {
 }
 
 pub mod render;
+mod routing;
 pub mod schema;
+
+pub use routing::{routes, Protocol, Route};
 
 /// Renders the kustomization in `dir` with the real kustomize (see [`render::render`]).
 pub fn build(dir: &Path) -> Result<Vec<Doc>, String> {
@@ -90,8 +97,12 @@ pub enum Object {
     DestinationRule(Box<DestinationRule>),
     /// `gateway.networking.k8s.io/v1/Gateway`
     ApiGateway(Box<ApiGateway>),
-    /// `gateway.networking.k8s.io/v1alpha2/TCPRoute`
+    /// `gateway.networking.k8s.io/v1/TCPRoute` (or `v1alpha2`)
     TcpRoute(Box<TCPRoute>),
+    /// `gateway.networking.k8s.io/v1/TLSRoute`
+    TlsRoute(Box<TLSRoute>),
+    /// `gateway.networking.k8s.io/v1/UDPRoute` (or `v1alpha2`)
+    UdpRoute(Box<UDPRoute>),
 }
 
 /// Deserializes `value` into `T`, failing on any field `T` does not know.
@@ -246,6 +257,14 @@ pub fn parse(doc: &Doc) -> Result<Object, Vec<String>> {
                 .map(|o| Object::TcpRoute(Box::new(o)))
                 .map_err(errors)
         }
+        ("gateway.networking.k8s.io/v1", "TLSRoute") => strict_except(v, KUBE_TOP)
+            .map(|o| Object::TlsRoute(Box::new(o)))
+            .map_err(errors),
+        ("gateway.networking.k8s.io/v1alpha2" | "gateway.networking.k8s.io/v1", "UDPRoute") => {
+            strict_except(v, KUBE_TOP)
+                .map(|o| Object::UdpRoute(Box::new(o)))
+                .map_err(errors)
+        }
         (api, kind) => Err(vec![format!(
             "{}: unsupported apiVersion/kind {api}/{kind}",
             doc.label()
@@ -272,6 +291,10 @@ pub struct Set {
     pub api_gateways: Vec<ApiGateway>,
     /// TCPRoutes.
     pub tcp_routes: Vec<TCPRoute>,
+    /// TLSRoutes.
+    pub tls_routes: Vec<TLSRoute>,
+    /// UDPRoutes.
+    pub udp_routes: Vec<UDPRoute>,
 }
 
 /// Parses documents into a [`Set`], collecting every error.
@@ -288,6 +311,8 @@ pub fn parse_all(docs: &[Doc]) -> Result<Set, Vec<String>> {
             Ok(Object::DestinationRule(o)) => set.destination_rules.push(*o),
             Ok(Object::ApiGateway(o)) => set.api_gateways.push(*o),
             Ok(Object::TcpRoute(o)) => set.tcp_routes.push(*o),
+            Ok(Object::TlsRoute(o)) => set.tls_routes.push(*o),
+            Ok(Object::UdpRoute(o)) => set.udp_routes.push(*o),
             Err(e) => errors.extend(e),
         }
     }
@@ -334,16 +359,16 @@ pub fn check_docs(docs: &[Doc]) -> Result<Set, Vec<String>> {
     }
 }
 
-fn name_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+pub(crate) fn name_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
     meta.name.clone().unwrap_or_default()
 }
 
 /// Whether every `selector` entry is among `labels`.
-fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+pub(crate) fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
     !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-fn pod_labels(t: &PodTemplateSpec) -> BTreeMap<String, String> {
+pub(crate) fn pod_labels(t: &PodTemplateSpec) -> BTreeMap<String, String> {
     t.metadata
         .as_ref()
         .and_then(|m| m.labels.clone())
@@ -503,6 +528,7 @@ pub fn cross_check(set: &Set) -> Vec<String> {
             }
             p.extend(admin_problems(&name, c, &spec.template));
             p.extend(memory_problems(&name, c, &config));
+            p.extend(tls_problems(&name, c, pod, &config));
             if config.shutdown_delay() < MIN_SHUTDOWN_DELAY {
                 p.push(format!(
                     "Deployment {name}: ECHO_SHUTDOWN_DELAY is {}s, under {}s: during a rollout the pod would stop accepting before the endpoints drop it, and connections routed to it meanwhile would be refused",
@@ -548,12 +574,20 @@ pub fn cross_check(set: &Set) -> Vec<String> {
         }
         for port in spec.ports.iter().flatten() {
             let pname = port.name.clone().unwrap_or_default();
-            let declared_tcp = pname == "tcp"
-                || pname.starts_with("tcp-")
-                || port.app_protocol.as_deref() == Some("tcp");
-            if !declared_tcp {
+            let declared = |proto: &str| {
+                pname == proto
+                    || pname.starts_with(&format!("{proto}-"))
+                    || port.app_protocol.as_deref() == Some(proto)
+            };
+            // TCP carries the banner at once; TLS is routed by SNI (the banner follows the
+            // handshake); UDP is UDP.
+            let declared_ok = match port.protocol.as_deref().unwrap_or("TCP") {
+                "UDP" => declared("udp"),
+                _ => declared("tcp") || declared("tls"),
+            };
+            if !declared_ok {
                 p.push(format!(
-                    "Service {name}: port {} is neither named tcp/tcp-* nor appProtocol tcp: Istio's protocol sniffing would hold back the banner",
+                    "Service {name}: port {} is neither named tcp/tcp-* (or tls/tls-*, udp/udp-*) nor given that appProtocol: Istio's protocol sniffing would hold back the banner",
                     port.port
                 ));
             }
@@ -609,107 +643,13 @@ pub fn cross_check(set: &Set) -> Vec<String> {
             }
         }
     }
-    // VirtualServices: gateways exist and listen on the matched ports with protocol TCP;
-    // destinations are real Service ports and subsets; weights sum to 100.
-    for vs in &set.virtual_services {
-        let name = name_of(&vs.metadata);
-        let gateways: Vec<String> = vs.spec.gateways.clone().unwrap_or_default();
-        for g in &gateways {
-            if !set.gateways.iter().any(|gw| &name_of(&gw.metadata) == g) {
-                p.push(format!("VirtualService {name}: gateway {g} does not exist"));
-            }
-        }
-        for (i, tcp) in vs.spec.tcp.iter().flatten().enumerate() {
-            for m in tcp.r#match.iter().flatten() {
-                let Some(port) = m.port else { continue };
-                let scope: Vec<String> = m
-                    .gateways
-                    .clone()
-                    .filter(|g| !g.is_empty())
-                    .unwrap_or_else(|| gateways.clone());
-                for g in &scope {
-                    if !gateways.contains(g) {
-                        p.push(format!("VirtualService {name}: tcp[{i}] matches gateway {g}, which is not in spec.gateways"));
-                    }
-                }
-                let listens = set
-                    .gateways
-                    .iter()
-                    .filter(|gw| scope.contains(&name_of(&gw.metadata)))
-                    .any(|gw| {
-                        gw.spec.servers.iter().flatten().any(|s| {
-                            s.port.number == port && s.port.protocol.eq_ignore_ascii_case("TCP")
-                        })
-                    });
-                if !listens {
-                    p.push(format!("VirtualService {name}: tcp[{i}] matches port {port}, on which no gateway of {scope:?} has a TCP server"));
-                }
-            }
-            let routes = tcp.route.clone().unwrap_or_default();
-            if routes.is_empty() {
-                p.push(format!("VirtualService {name}: tcp[{i}] has no route"));
-            }
-            let weights: Vec<i64> = routes
-                .iter()
-                .filter_map(|r| r.weight.map(i64::from))
-                .collect();
-            if routes.len() > 1 || !weights.is_empty() {
-                let sum: i64 = weights.iter().sum();
-                if weights.len() != routes.len() || sum != 100 {
-                    p.push(format!(
-                        "VirtualService {name}: tcp[{i}] weights {weights:?} do not sum to 100"
-                    ));
-                }
-            }
-            for r in &routes {
-                let dest = &r.destination;
-                let Some(svc) = set.services.iter().find(|s| host_is(&dest.host, s)) else {
-                    p.push(format!(
-                        "VirtualService {name}: destination host {} is not a Service here",
-                        dest.host
-                    ));
-                    continue;
-                };
-                if let Some(num) = dest.port.as_ref().and_then(|pt| pt.number) {
-                    let ports = service_ports(svc);
-                    if !ports.contains(&(num as i32)) {
-                        p.push(format!("VirtualService {name}: destination port {num} is not a port of Service {} ({ports:?})", dest.host));
-                    }
-                }
-                if let Some(subset) = &dest.subset {
-                    let known = set
-                        .destination_rules
-                        .iter()
-                        .filter(|dr| host_is(&dr.spec.host, svc))
-                        .any(|dr| dr.spec.subsets.iter().flatten().any(|s| &s.name == subset));
-                    if !known {
-                        p.push(format!("VirtualService {name}: subset {subset} of {} is defined by no DestinationRule", dest.host));
-                    }
-                }
-            }
-        }
-    }
-    p.extend(gateway_api_problems(set));
+    p.extend(routing::istio_problems(set));
+    p.extend(routing::gateway_api_problems(set));
     p
 }
 
-/// The listener of Gateway `gateway` named `section`, if both exist.
-fn listener<'a>(
-    set: &'a Set,
-    gateway: &str,
-    section: &str,
-) -> Option<&'a gateway_api::apis::standard::gateways::GatewayListeners> {
-    set.api_gateways
-        .iter()
-        .find(|g| name_of(&g.metadata) == gateway)?
-        .spec
-        .listeners
-        .iter()
-        .find(|l| l.name == section)
-}
-
 /// The Deployments whose pods `svc` selects.
-fn selected<'a>(set: &'a Set, svc: &Service) -> Vec<&'a Deployment> {
+pub(crate) fn selected<'a>(set: &'a Set, svc: &Service) -> Vec<&'a Deployment> {
     let sel = service_selector(svc);
     set.deployments
         .iter()
@@ -721,167 +661,8 @@ fn selected<'a>(set: &'a Set, svc: &Service) -> Vec<&'a Deployment> {
         .collect()
 }
 
-/// Gateway API: the class is Istio's; each TCPRoute's parents are TCP listeners of Gateways
-/// here that admit TCPRoutes; each backend is a port of a Service here that selects pods; the
-/// weights of a rule sum to something positive.
-fn gateway_api_problems(set: &Set) -> Vec<String> {
-    let mut p = Vec::new();
-    for g in &set.api_gateways {
-        let name = name_of(&g.metadata);
-        if g.spec.gateway_class_name != GATEWAY_CLASS {
-            p.push(format!(
-                "Gateway {name}: gatewayClassName {} is not {GATEWAY_CLASS}",
-                g.spec.gateway_class_name
-            ));
-        }
-        let mut seen = Vec::new();
-        for l in &g.spec.listeners {
-            if seen.contains(&&l.name) {
-                p.push(format!(
-                    "Gateway {name}: listener {} is defined twice",
-                    l.name
-                ));
-            }
-            seen.push(&l.name);
-        }
-    }
-    for r in &set.tcp_routes {
-        let name = name_of(&r.metadata);
-        let parents = r.spec.parent_refs.clone().unwrap_or_default();
-        if parents.is_empty() {
-            p.push(format!("TCPRoute {name}: no parentRefs"));
-        }
-        for parent in &parents {
-            let group = parent.group.as_deref().unwrap_or(GATEWAY_GROUP);
-            let kind = parent.kind.as_deref().unwrap_or("Gateway");
-            if group != GATEWAY_GROUP || kind != "Gateway" || parent.namespace.is_some() {
-                p.push(format!(
-                    "TCPRoute {name}: parentRef {}/{} {} is not a Gateway of this namespace",
-                    group, kind, parent.name
-                ));
-                continue;
-            }
-            if !set
-                .api_gateways
-                .iter()
-                .any(|g| name_of(&g.metadata) == parent.name)
-            {
-                p.push(format!(
-                    "TCPRoute {name}: Gateway {} does not exist",
-                    parent.name
-                ));
-                continue;
-            }
-            let Some(section) = &parent.section_name else {
-                p.push(format!(
-                    "TCPRoute {name}: parentRef {} names no listener (sectionName)",
-                    parent.name
-                ));
-                continue;
-            };
-            let Some(l) = listener(set, &parent.name, section) else {
-                p.push(format!(
-                    "TCPRoute {name}: Gateway {} has no listener {section}",
-                    parent.name
-                ));
-                continue;
-            };
-            if l.protocol != "TCP" {
-                p.push(format!(
-                    "TCPRoute {name}: listener {section} of Gateway {} speaks {}, not TCP",
-                    parent.name, l.protocol
-                ));
-            }
-            if parent.port.is_some_and(|port| port != l.port) {
-                p.push(format!(
-                    "TCPRoute {name}: parentRef port {:?} is not listener {section}'s port {}",
-                    parent.port, l.port
-                ));
-            }
-            let kinds = l
-                .allowed_routes
-                .as_ref()
-                .and_then(|a| a.kinds.clone())
-                .unwrap_or_default();
-            // Unset, the kinds follow the protocol: TCP admits TCPRoute.
-            let admits = kinds.is_empty()
-                || kinds.iter().any(|k| {
-                    k.kind == "TCPRoute"
-                        && k.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
-                });
-            if !admits {
-                p.push(format!(
-                    "TCPRoute {name}: listener {section} of Gateway {} does not admit TCPRoutes",
-                    parent.name
-                ));
-            }
-        }
-        if r.spec.rules.is_empty() {
-            p.push(format!("TCPRoute {name}: no rules"));
-        }
-        for (i, rule) in r.spec.rules.iter().enumerate() {
-            if rule.backend_refs.is_empty() {
-                p.push(format!("TCPRoute {name}: rules[{i}] has no backendRefs"));
-            }
-            let mut sum = 0i64;
-            for b in &rule.backend_refs {
-                let weight = b.weight.unwrap_or(1);
-                if !(0..=1_000_000).contains(&weight) {
-                    p.push(format!(
-                        "TCPRoute {name}: backend {} has weight {weight}, outside 0 to 1000000",
-                        b.name
-                    ));
-                }
-                sum += i64::from(weight);
-                let core = b.group.as_deref().unwrap_or("").is_empty();
-                if !core
-                    || b.kind.as_deref().unwrap_or("Service") != "Service"
-                    || b.namespace.is_some()
-                {
-                    p.push(format!(
-                        "TCPRoute {name}: backend {} is not a Service of this namespace",
-                        b.name
-                    ));
-                    continue;
-                }
-                let Some(svc) = set.services.iter().find(|s| name_of(&s.metadata) == b.name) else {
-                    p.push(format!(
-                        "TCPRoute {name}: backend Service {} does not exist",
-                        b.name
-                    ));
-                    continue;
-                };
-                let ports = service_ports(svc);
-                match b.port {
-                    Some(port) if ports.contains(&port) => {}
-                    Some(port) => p.push(format!(
-                        "TCPRoute {name}: backend Service {} has no port {port} ({ports:?})",
-                        b.name
-                    )),
-                    None => p.push(format!(
-                        "TCPRoute {name}: backend Service {} needs a port",
-                        b.name
-                    )),
-                }
-                if selected(set, svc).is_empty() {
-                    p.push(format!(
-                        "TCPRoute {name}: backend Service {} selects no Deployment's pods",
-                        b.name
-                    ));
-                }
-            }
-            if sum <= 0 {
-                p.push(format!(
-                    "TCPRoute {name}: rules[{i}] weights sum to {sum}, not more than 0"
-                ));
-            }
-        }
-    }
-    p
-}
-
 /// The port numbers a Service exposes.
-fn service_ports(s: &Service) -> Vec<i32> {
+pub(crate) fn service_ports(s: &Service) -> Vec<i32> {
     s.spec
         .iter()
         .flat_map(|spec| spec.ports.iter().flatten())
@@ -890,7 +671,7 @@ fn service_ports(s: &Service) -> Vec<i32> {
 }
 
 /// A Service's pod selector.
-fn service_selector(s: &Service) -> BTreeMap<String, String> {
+pub(crate) fn service_selector(s: &Service) -> BTreeMap<String, String> {
     s.spec
         .as_ref()
         .and_then(|spec| spec.selector.clone())
@@ -898,13 +679,13 @@ fn service_selector(s: &Service) -> BTreeMap<String, String> {
 }
 
 /// Whether an Istio `host` names Service `s` (short name or cluster-local FQDN).
-fn host_is(host: &str, s: &Service) -> bool {
+pub(crate) fn host_is(host: &str, s: &Service) -> bool {
     let name = name_of(&s.metadata);
     host == name || host.starts_with(&format!("{name}."))
 }
 
 /// A backend of a gateway port: one Deployment's pods.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Backend {
     /// The Deployment's name (`tcp-echo-v1`).
     pub deployment: String,
@@ -918,15 +699,8 @@ pub struct Backend {
     pub weight: u32,
     /// Its HTTP readiness and liveness probes: (port, path).
     pub http_probes: Vec<(u16, String)>,
-}
-
-/// One port of the ingress gateway and where its connections go.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Route {
-    /// The gateway port (`31400`).
-    pub gateway_port: u16,
-    /// The backends with their weights.
-    pub backends: Vec<Backend>,
+    /// The settings tcp-echo runs with there (`None` when they are invalid).
+    pub config: Option<tcp_echo::Config>,
 }
 
 /// A container's memory limit in bytes, if it has one.
@@ -954,6 +728,52 @@ pub fn quantity_bytes(q: &str) -> Option<u64> {
     };
     let n: f64 = number.parse().ok()?;
     (n.is_finite() && n >= 0.0).then_some((n * scale as f64) as u64)
+}
+
+/// TLS ports are container ports, and certificate files come from a Secret volume (so that
+/// a renewal, which updates the volume in place, reaches the server).
+fn tls_problems(
+    name: &str,
+    c: &Container,
+    pod: &k8s_openapi::api::core::v1::PodSpec,
+    config: &tcp_echo::Config,
+) -> Vec<String> {
+    let mut p = Vec::new();
+    let ports: Vec<i32> = c.ports.iter().flatten().map(|p| p.container_port).collect();
+    for port in config.tls_ports() {
+        if !ports.contains(&i32::from(*port)) {
+            p.push(format!(
+                "Deployment {name}: ECHO_TLS_PORT port {port} is not a containerPort ({ports:?})"
+            ));
+        }
+    }
+    for var in ["ECHO_TLS_CERT", "ECHO_TLS_KEY", "ECHO_TLS_CLIENT_CA"] {
+        let Some(file) = env_value(c, var) else { continue };
+        let mount = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| file.starts_with(&format!("{}/", m.mount_path.trim_end_matches('/'))));
+        let Some(mount) = mount else {
+            p.push(format!(
+                "Deployment {name}: {var}={file} is on no volume mount: the image holds no certificates"
+            ));
+            continue;
+        };
+        let secret = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == mount.name)
+            .and_then(|v| v.secret.as_ref());
+        if secret.is_none() {
+            p.push(format!(
+                "Deployment {name}: {var}={file} is on volume {}, which is not a Secret",
+                mount.name
+            ));
+        }
+    }
+    p
 }
 
 /// The memory limit must hold the server at its fullest: every connection at its worst
@@ -1039,83 +859,8 @@ fn literal_env(c: &Container) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Derives, from a checked set, every gateway port's weighted backends.
-pub fn routes(set: &Set) -> Vec<Route> {
-    let mut out = Vec::new();
-    for vs in &set.virtual_services {
-        for tcp in vs.spec.tcp.iter().flatten() {
-            let ports: Vec<i64> = tcp
-                .r#match
-                .iter()
-                .flatten()
-                .filter_map(|m| m.port)
-                .collect();
-            for port in ports {
-                let mut backends = Vec::new();
-                for r in tcp.route.iter().flatten() {
-                    let dest = &r.destination;
-                    let Some(svc) = set.services.iter().find(|s| host_is(&dest.host, s)) else {
-                        continue;
-                    };
-                    let subset_labels = dest
-                        .subset
-                        .as_ref()
-                        .and_then(|sub| {
-                            set.destination_rules
-                                .iter()
-                                .flat_map(|dr| dr.spec.subsets.iter().flatten())
-                                .find(|s| &s.name == sub)
-                                .and_then(|s| s.labels.clone())
-                        })
-                        .unwrap_or_default();
-                    let weight = r.weight.unwrap_or(100) as u32;
-                    for d in selected(set, svc) {
-                        let in_subset = subset_labels.is_empty()
-                            || d.spec.as_ref().is_some_and(|ds| {
-                                selects(&subset_labels, &pod_labels(&ds.template))
-                            });
-                        if in_subset {
-                            backends.push(backend(d, weight));
-                        }
-                    }
-                }
-                out.push(Route {
-                    gateway_port: port as u16,
-                    backends,
-                });
-            }
-        }
-    }
-    // Gateway API: a TCPRoute attached to a listener sends its connections to the pods of its
-    // backend Services, by weight (1 when unset).
-    for r in &set.tcp_routes {
-        for parent in r.spec.parent_refs.iter().flatten() {
-            let Some(l) = parent
-                .section_name
-                .as_deref()
-                .and_then(|section| listener(set, &parent.name, section))
-            else {
-                continue;
-            };
-            let mut backends = Vec::new();
-            for b in r.spec.rules.iter().flat_map(|rule| &rule.backend_refs) {
-                let Some(svc) = set.services.iter().find(|s| name_of(&s.metadata) == b.name) else {
-                    continue;
-                };
-                let weight = b.weight.unwrap_or(1).max(0) as u32;
-                backends.extend(selected(set, svc).into_iter().map(|d| backend(d, weight)));
-            }
-            out.push(Route {
-                gateway_port: l.port as u16,
-                backends,
-            });
-        }
-    }
-    out
-}
-
 /// Deployment `d`'s pods as a backend of `weight`.
-fn backend(d: &Deployment, weight: u32) -> Backend {
+pub(crate) fn backend(d: &Deployment, weight: u32) -> Backend {
     let template = d
         .spec
         .as_ref()
@@ -1136,5 +881,6 @@ fn backend(d: &Deployment, weight: u32) -> Backend {
             .unwrap_or_else(|| "default".into()),
         weight,
         http_probes: http_probes(&c),
+        config: server_config(&c).ok(),
     }
 }

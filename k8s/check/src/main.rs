@@ -31,6 +31,8 @@ fn main() -> ExitCode {
                     + set.destination_rules.len()
                     + set.api_gateways.len()
                     + set.tcp_routes.len()
+                    + set.tls_routes.len()
+                    + set.udp_routes.len()
             ),
             Err(problems) => {
                 failed += 1;

@@ -502,17 +502,23 @@ fn more_connections_than_the_memory_limit_holds_fail() {
         "memory limit 67108864 bytes is below what 1024 connections",
     );
     let e = broken("", "Deployment", "tcp-echo-v2", |v| {
-        set_env(v, "ECHO_MAX_CONNECTIONS", "400");
+        set_env(v, "ECHO_MAX_CONNECTIONS", "1100");
     });
     assert_fails(
         &e,
-        "Deployment tcp-echo-v2: memory limit 167772160 bytes is below",
+        "Deployment tcp-echo-v2: memory limit 268435456 bytes is below",
     );
+    // TLS connections hold more: the TLS walkthroughs raise the limit, and without that
+    // the check fails.
+    let e = broken("tls", "Deployment", "tcp-echo-v1", |v| {
+        at(v, "spec.template.spec.containers.0.resources.limits")["memory"] = "256Mi".into();
+    });
+    assert_fails(&e, "is below what 1024 connections");
     // Larger socket buffers make each connection larger.
     let e = broken("", "Deployment", "tcp-echo-v1", |v| {
         set_env(v, "ECHO_SOCKET_BUFFER", "262144");
     });
-    assert_fails(&e, "is below what 256 connections");
+    assert_fails(&e, "is below what 1024 connections");
 }
 
 #[test]
@@ -968,4 +974,88 @@ fn the_overlays_a_user_writes_next_are_rendered_as_a_cluster_would() {
             Some("registry.example.com/tcp-echo:1.1.0")
         );
     }
+}
+
+// TLS walkthroughs.
+
+/// (gateway port, SNI, [(version, weight)], target port) of each route of `dir`.
+fn tls_summary(dir: &str) -> Vec<(u16, Option<String>, Vec<(String, u32)>, u16)> {
+    let set = check(&k8s(dir)).unwrap_or_else(|e| panic!("{dir}: {e:#?}"));
+    routes(&set)
+        .iter()
+        .map(|r| {
+            (
+                r.gateway_port,
+                r.sni.clone(),
+                r.backends.iter().map(|b| (b.version.clone(), b.weight)).collect(),
+                r.target_port,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_tls_walkthroughs_route_by_sni_to_the_tls_port() {
+    for dir in ["tls", "gateway-api/tls"] {
+        let weight = if dir == "tls" { 100 } else { 1 };
+        assert_eq!(
+            tls_summary(dir),
+            vec![
+                (31443, Some("v1.example.com".into()), vec![("v1".into(), weight)], 8443),
+                (31443, Some("v2.example.com".into()), vec![("v2".into(), weight)], 8443),
+            ],
+            "{dir}"
+        );
+    }
+    for dir in ["tls/weighted", "gateway-api/tls/weighted"] {
+        assert_eq!(
+            tls_summary(dir),
+            vec![(
+                31443,
+                Some("echo.example.com".into()),
+                vec![("v1".into(), 80), ("v2".into(), 20)],
+                8443
+            )],
+            "{dir}"
+        );
+    }
+    // The pods serve TLS on 8443 with the Secret's certificate.
+    let set = check(&k8s("tls")).unwrap();
+    for pod in tcp_echo_k8s::pods(&set) {
+        assert_eq!(pod.config.tls_ports(), &[8443]);
+        assert_eq!(pod.env["ECHO_TLS_CERT"], "/etc/tcp-echo/tls/tls.crt");
+    }
+}
+
+#[test]
+fn tls_routing_that_would_not_reach_the_pods_tls_fails() {
+    // A gateway that terminates TLS: the pod would not see the client's TLS.
+    let e = broken("tls", "Gateway", "tcp-echo-tls-gateway", |v| {
+        at(v, "spec.servers.0.tls")["mode"] = "SIMPLE".into();
+    });
+    assert_fails(&e, "does not pass TLS through");
+    // An SNI name the gateway server does not serve.
+    let e = broken("tls", "VirtualService", "tcp-echo-tls", |v| {
+        at(v, "spec.tls.1.match.0.sniHosts")[0] = "v3.example.com".into();
+    });
+    assert_fails(&e, "SNI v3.example.com is not among the hosts");
+    // A TLS route to the plain port.
+    let e = broken("tls", "VirtualService", "tcp-echo-tls", |v| {
+        at(v, "spec.tls.0.route.0.destination.port")["number"] = 3333.into();
+    });
+    assert_fails(&e, "port 3333 of Deployment tcp-echo-v1 is not a TLS port of tcp-echo");
+    // Gateway API: a listener that terminates, a route without hostnames.
+    let e = broken("gateway-api/tls", "Gateway", "tcp-echo-gateway", |v| {
+        at(v, "spec.listeners.0.tls")["mode"] = "Terminate".into();
+    });
+    assert_fails(&e, "does not pass TLS through");
+    let e = broken("gateway-api/tls", "TLSRoute", "tcp-echo-v1", |v| {
+        at(v, "spec").as_mapping_mut().unwrap().remove("hostnames");
+    });
+    assert_fails(&e, "\"hostnames\" is a required property");
+    // A certificate that is not on the Secret's volume.
+    let e = broken("tls", "Deployment", "tcp-echo-v2", |v| {
+        set_env(v, "ECHO_TLS_CERT", "/tmp/tls.crt");
+    });
+    assert_fails(&e, "ECHO_TLS_CERT=/tmp/tls.crt is on no volume mount");
 }
