@@ -85,7 +85,7 @@ kubectl: ## Install kubectl (with kustomize) into target/mesh-venv
 manifests: kubectl ## Render every kustomization under k8s/ with the real kubectl; validate against the CRD schemas; cross-check
 	KUBECTL=$(KUBECTL) $(CARGO) run -q -p tcp-echo-k8s
 
-test: deps static platforms manifests ## fmt check, clippy, other platforms build, every test (unit, binary, nc, Envoy and HAProxy health checks, static binary in an empty root, manifests)
+test: deps static platforms manifests ## fmt check, clippy, other platforms build, every test (unit, binary, nc, openssl, Envoy and HAProxy clients, static binary in an empty root, manifests, walkthroughs rehearsed through Envoy)
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 	# The build without TLS (feature `tls` off) still compiles, lints and passes its unit tests.
@@ -96,6 +96,9 @@ test: deps static platforms manifests ## fmt check, clippy, other platforms buil
 		$(CARGO) test --features scratch-test,clients-test
 	$(CARGO) test -p tcp-echo-probe --all-features
 	KUBECTL=$(KUBECTL) $(CARGO) test -p tcp-echo-k8s
+	# The walkthroughs rehearsed through a real Envoy, with the static binary the image ships.
+	TCP_ECHO_BIN=$(abspath $(STATIC)) ENVOY_BIN=$(ENVOY_BIN) KUBECTL=$(KUBECTL) \
+		$(CARGO) test -p tcp-echo-k8s --features mesh-test --test mesh
 
 # Where `make run` may be typed besides Linux: the server must build (and stop) there too.
 # Without TLS: ring's C needs the platform's SDK headers, which no registry here provides.

@@ -25,12 +25,12 @@ use kcr_networking_istio_io::v1::virtualservices::VirtualService;
 
 /// Gateway API's TCPRoute (v1 and v1alpha2 have the same schema).
 pub use gateway_api::apis::experimental::tcproutes::TCPRoute;
-/// Gateway API's TLSRoute (`gateway.networking.k8s.io/v1`).
-pub use gateway_api::apis::standard::tlsroutes::TLSRoute;
 /// Gateway API's UDPRoute (v1 and v1alpha2 have the same schema).
 pub use gateway_api::apis::experimental::udproutes::UDPRoute;
 /// Gateway API's Gateway (`gateway.networking.k8s.io/v1`).
 pub use gateway_api::apis::standard::gateways::Gateway as ApiGateway;
+/// Gateway API's TLSRoute (`gateway.networking.k8s.io/v1`).
+pub use gateway_api::apis::standard::tlsroutes::TLSRoute;
 
 /// The API group of Gateway API kinds.
 pub(crate) const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
@@ -364,7 +364,10 @@ pub(crate) fn name_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Obj
 }
 
 /// Whether every `selector` entry is among `labels`.
-pub(crate) fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+pub(crate) fn selects(
+    selector: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
     !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
@@ -748,7 +751,9 @@ fn tls_problems(
         }
     }
     for var in ["ECHO_TLS_CERT", "ECHO_TLS_KEY", "ECHO_TLS_CLIENT_CA"] {
-        let Some(file) = env_value(c, var) else { continue };
+        let Some(file) = env_value(c, var) else {
+            continue;
+        };
         let mount = c
             .volume_mounts
             .iter()

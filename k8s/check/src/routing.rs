@@ -100,7 +100,7 @@ fn istio_routes(set: &Set) -> Vec<IstioRoute> {
                         host: r.destination.host.clone(),
                         port: r.destination.port.as_ref().and_then(|p| p.number),
                         subset: r.destination.subset.clone(),
-                        weight: r.weight.map(|w| w as i32),
+                        weight: r.weight,
                     })
                     .collect(),
             });
@@ -136,7 +136,11 @@ fn istio_routes(set: &Set) -> Vec<IstioRoute> {
 /// Whether an Istio server host (`*`, `*.example.com`, `v1.example.com`) covers `sni`.
 fn host_covers(host: &str, sni: &str) -> bool {
     let host = host.rsplit('/').next().unwrap_or(host);
-    host == "*" || host == sni || host.strip_prefix('*').is_some_and(|suffix| sni.ends_with(suffix))
+    host == "*"
+        || host == sni
+        || host
+            .strip_prefix('*')
+            .is_some_and(|suffix| sni.ends_with(suffix))
 }
 
 /// The Deployments behind `svc` restricted to `subset` (labels of a DestinationRule subset).
@@ -170,7 +174,10 @@ pub(crate) fn istio_problems(set: &Set) -> Vec<String> {
     for vs in &set.virtual_services {
         for g in vs.spec.gateways.iter().flatten() {
             if !set.gateways.iter().any(|gw| &name_of(&gw.metadata) == g) {
-                p.push(format!("VirtualService {}: gateway {g} does not exist", name_of(&vs.metadata)));
+                p.push(format!(
+                    "VirtualService {}: gateway {g} does not exist",
+                    name_of(&vs.metadata)
+                ));
             }
         }
     }
@@ -188,7 +195,10 @@ pub(crate) fn istio_problems(set: &Set) -> Vec<String> {
                 .iter()
                 .filter(|gw| scope.contains(&name_of(&gw.metadata)))
                 .flat_map(|gw| gw.spec.servers.iter().flatten())
-                .filter(|s| s.port.number == *port && s.port.protocol.eq_ignore_ascii_case(r.protocol.name()))
+                .filter(|s| {
+                    s.port.number == *port
+                        && s.port.protocol.eq_ignore_ascii_case(r.protocol.name())
+                })
                 .collect();
             if servers.is_empty() {
                 p.push(format!(
@@ -221,16 +231,25 @@ pub(crate) fn istio_problems(set: &Set) -> Vec<String> {
         if r.routes.is_empty() {
             p.push(format!("VirtualService {name}: {at} has no route"));
         }
-        let weights: Vec<i64> = r.routes.iter().filter_map(|d| d.weight.map(i64::from)).collect();
+        let weights: Vec<i64> = r
+            .routes
+            .iter()
+            .filter_map(|d| d.weight.map(i64::from))
+            .collect();
         if r.routes.len() > 1 || !weights.is_empty() {
             let sum: i64 = weights.iter().sum();
             if weights.len() != r.routes.len() || sum != 100 {
-                p.push(format!("VirtualService {name}: {at} weights {weights:?} do not sum to 100"));
+                p.push(format!(
+                    "VirtualService {name}: {at} weights {weights:?} do not sum to 100"
+                ));
             }
         }
         for d in &r.routes {
             let Some(svc) = set.services.iter().find(|s| host_is(&d.host, s)) else {
-                p.push(format!("VirtualService {name}: destination host {} is not a Service here", d.host));
+                p.push(format!(
+                    "VirtualService {name}: destination host {} is not a Service here",
+                    d.host
+                ));
                 continue;
             };
             if let Some(num) = d.port {
@@ -376,7 +395,12 @@ fn api_routes(set: &Set) -> Vec<ApiRoute> {
         out.push(api_route!(r, "TCPRoute", Protocol::Tcp, Vec::new()));
     }
     for r in &set.tls_routes {
-        out.push(api_route!(r, "TLSRoute", Protocol::Tls, r.spec.hostnames.clone()));
+        out.push(api_route!(
+            r,
+            "TLSRoute",
+            Protocol::Tls,
+            r.spec.hostnames.clone()
+        ));
     }
     for r in &set.udp_routes {
         out.push(api_route!(r, "UDPRoute", Protocol::Udp, Vec::new()));
@@ -416,7 +440,10 @@ pub(crate) fn gateway_api_problems(set: &Set) -> Vec<String> {
         let mut seen = Vec::new();
         for l in &g.spec.listeners {
             if seen.contains(&&l.name) {
-                p.push(format!("Gateway {name}: listener {} is defined twice", l.name));
+                p.push(format!(
+                    "Gateway {name}: listener {} is defined twice",
+                    l.name
+                ));
             }
             seen.push(&l.name);
         }
@@ -427,7 +454,9 @@ pub(crate) fn gateway_api_problems(set: &Set) -> Vec<String> {
             p.push(format!("{kind} {name}: no parentRefs"));
         }
         if r.protocol == Protocol::Tls && r.hostnames.is_empty() {
-            p.push(format!("{kind} {name}: no hostnames: every SNI name would match"));
+            p.push(format!(
+                "{kind} {name}: no hostnames: every SNI name would match"
+            ));
         }
         for parent in &r.parents {
             let group = parent.group.as_deref().unwrap_or(GATEWAY_GROUP);
@@ -439,8 +468,15 @@ pub(crate) fn gateway_api_problems(set: &Set) -> Vec<String> {
                 ));
                 continue;
             }
-            if !set.api_gateways.iter().any(|g| name_of(&g.metadata) == parent.name) {
-                p.push(format!("{kind} {name}: Gateway {} does not exist", parent.name));
+            if !set
+                .api_gateways
+                .iter()
+                .any(|g| name_of(&g.metadata) == parent.name)
+            {
+                p.push(format!(
+                    "{kind} {name}: Gateway {} does not exist",
+                    parent.name
+                ));
                 continue;
             }
             let Some(section) = &parent.section_name else {
@@ -451,7 +487,10 @@ pub(crate) fn gateway_api_problems(set: &Set) -> Vec<String> {
                 continue;
             };
             let Some(l) = listener(set, &parent.name, section) else {
-                p.push(format!("{kind} {name}: Gateway {} has no listener {section}", parent.name));
+                p.push(format!(
+                    "{kind} {name}: Gateway {} has no listener {section}",
+                    parent.name
+                ));
                 continue;
             };
             if l.protocol != r.protocol.name() {
@@ -466,7 +505,9 @@ pub(crate) fn gateway_api_problems(set: &Set) -> Vec<String> {
                 let mode = l.tls.as_ref().and_then(|t| t.mode.clone());
                 let passthrough = matches!(
                     mode,
-                    Some(gateway_api::apis::standard::gateways::GatewayListenersTlsMode::Passthrough)
+                    Some(
+                        gateway_api::apis::standard::gateways::GatewayListenersTlsMode::Passthrough
+                    )
                 );
                 if !passthrough {
                     p.push(format!(
@@ -510,12 +551,21 @@ pub(crate) fn gateway_api_problems(set: &Set) -> Vec<String> {
                 let weight = b.weight.unwrap_or(1);
                 sum += i64::from(weight);
                 let core = b.group.as_deref().unwrap_or("").is_empty();
-                if !core || b.kind.as_deref().unwrap_or("Service") != "Service" || b.namespace.is_some() {
-                    p.push(format!("{kind} {name}: backend {} is not a Service of this namespace", b.name));
+                if !core
+                    || b.kind.as_deref().unwrap_or("Service") != "Service"
+                    || b.namespace.is_some()
+                {
+                    p.push(format!(
+                        "{kind} {name}: backend {} is not a Service of this namespace",
+                        b.name
+                    ));
                     continue;
                 }
                 let Some(svc) = set.services.iter().find(|s| name_of(&s.metadata) == b.name) else {
-                    p.push(format!("{kind} {name}: backend Service {} does not exist", b.name));
+                    p.push(format!(
+                        "{kind} {name}: backend Service {} does not exist",
+                        b.name
+                    ));
                     continue;
                 };
                 let ports = service_ports(svc);
@@ -531,7 +581,10 @@ pub(crate) fn gateway_api_problems(set: &Set) -> Vec<String> {
                         "{kind} {name}: backend Service {} has no port {port} ({ports:?})",
                         b.name
                     )),
-                    None => p.push(format!("{kind} {name}: backend Service {} needs a port", b.name)),
+                    None => p.push(format!(
+                        "{kind} {name}: backend Service {} needs a port",
+                        b.name
+                    )),
                 }
                 if selected(set, svc).is_empty() {
                     p.push(format!(
@@ -541,7 +594,9 @@ pub(crate) fn gateway_api_problems(set: &Set) -> Vec<String> {
                 }
             }
             if sum <= 0 {
-                p.push(format!("{kind} {name}: rules[{i}] weights sum to {sum}, not more than 0"));
+                p.push(format!(
+                    "{kind} {name}: rules[{i}] weights sum to {sum}, not more than 0"
+                ));
             }
         }
     }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tcp_echo_k8s::{check, routes, Backend, Route};
+use tcp_echo_k8s::{check, routes, Backend, Protocol, Route};
 
 const DEADLINE: Duration = Duration::from_secs(15);
 
@@ -44,6 +44,8 @@ struct Running {
     proc: Proc,
     /// Its echo port.
     addr: SocketAddr,
+    /// Its TLS port, if it has one.
+    tls: Option<SocketAddr>,
     /// Its admin port, where the kubelet probes it.
     admin: SocketAddr,
     /// Its log, line by line.
@@ -61,14 +63,21 @@ impl Running {
 }
 
 /// Starts one backend as its Deployment would run it: its literal environment, the downward-API
-/// values a pod would get, on free loopback ports instead of TCP_PORT and ECHO_ADMIN_PORT.
+/// values a pod would get, on free loopback ports instead of TCP_PORT, ECHO_TLS_PORT and
+/// ECHO_ADMIN_PORT, with the rehearsal's certificate where the Secret would be mounted.
 fn start_backend(b: &Backend) -> Running {
     let mut cmd = Command::new(env("TCP_ECHO_BIN"));
     for var in ["RUST_LOG", "ECHO_BANNER", "ECHO_MAX_CONNECTIONS"] {
         cmd.env_remove(var);
     }
-    cmd.envs(&b.env)
-        .env("TCP_PORT", "0")
+    cmd.envs(&b.env);
+    if b.env.contains_key("ECHO_TLS_PORT") {
+        let pki = pki();
+        cmd.env("ECHO_TLS_PORT", "0")
+            .env("ECHO_TLS_CERT", &pki.server.0)
+            .env("ECHO_TLS_KEY", &pki.server.1);
+    }
+    cmd.env("TCP_PORT", "0")
         .env("ECHO_ADMIN_PORT", "0")
         .env("ECHO_BIND", "127.0.0.1")
         .env("NODE_NAME", "rehearsal-node")
@@ -82,17 +91,24 @@ fn start_backend(b: &Backend) -> Running {
     let mut child = cmd.spawn().expect("start tcp-echo");
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let log = Arc::new(Mutex::new(Vec::new()));
-    let (mut addr, mut admin) = (None, None);
-    while addr.is_none() || admin.is_none() {
+    let (mut addr, mut tls, mut admin) = (None, None, None);
+    loop {
         let line = lines.next().expect("tcp-echo exited").expect("read log");
         if let Some(a) = line.split("listening on ").nth(1) {
-            addr = Some(a.trim().parse().expect("address"));
+            match a.trim().strip_suffix(" (TLS)") {
+                Some(a) => tls = Some(a.parse().expect("TLS address")),
+                None => addr = Some(a.trim().parse().expect("address")),
+            }
         }
         if let Some(a) = line.split("admin endpoint on http://").nth(1) {
             let a = a.split(": ").next().unwrap();
             admin = Some(a.parse().expect("admin address"));
         }
+        let done = line.contains("settings:");
         log.lock().unwrap().push(line);
+        if done {
+            break;
+        }
     }
     // Keep reading the log, so the backend never blocks on it and the tests can count records.
     let writer = Arc::clone(&log);
@@ -103,10 +119,116 @@ fn start_backend(b: &Backend) -> Running {
     });
     Running {
         proc: Proc(child),
-        addr: addr.unwrap(),
-        admin: admin.unwrap(),
+        addr: addr.expect("a plain port"),
+        tls,
+        admin: admin.expect("an admin port"),
         log,
     }
+}
+
+/// The rehearsal's certificates, made once by openssl: a CA; the backends' certificate (what
+/// the Secret tcp-echo-tls would hold) for every name the walkthroughs route and the name
+/// Envoy sends when it re-encrypts; and Envoy's own, for the clients that reach it.
+struct Pki {
+    ca: PathBuf,
+    server: (PathBuf, PathBuf),
+    envoy: (PathBuf, PathBuf),
+}
+
+fn pki() -> &'static Pki {
+    static PKI: std::sync::OnceLock<Pki> = std::sync::OnceLock::new();
+    PKI.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("tcp-echo-mesh-pki-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .expect("openssl (make test installs it)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=rehearsal CA",
+        ]);
+        let issue = |name: &str, sans: &str| {
+            let (key, csr, ext, pem) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.ext"),
+                format!("{name}.pem"),
+            );
+            run(&[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                &key,
+            ]);
+            run(&[
+                "req",
+                "-new",
+                "-key",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={name}"),
+            ]);
+            std::fs::write(
+                dir.join(&ext),
+                format!("subjectAltName={sans}\nbasicConstraints=CA:FALSE\n"),
+            )
+            .unwrap();
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ]);
+            (dir.join(pem), dir.join(key))
+        };
+        Pki {
+            ca: dir.join("ca.pem"),
+            server: issue(
+                "tcp-echo",
+                "DNS:v1.example.com,DNS:v2.example.com,DNS:echo.example.com,DNS:backend.internal",
+            ),
+            envoy: issue("envoy", "DNS:front.example.com"),
+        }
+    })
 }
 
 /// What the kubelet would do for each backend: its manifest's HTTP probes (the paths, on the
@@ -201,40 +323,108 @@ fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
     text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
 }
 
+/// The cluster name of `backend` reached on a port of `protocol`.
+fn cluster(backend: &Backend, protocol: Protocol) -> String {
+    match protocol {
+        Protocol::Tls => format!("{}_tls", backend.deployment),
+        _ => backend.deployment.clone(),
+    }
+}
+
+/// A TCP proxy to the cluster(s) of `r`: one, or `weighted_clusters` (how Istio programs TCP
+/// and TLS weights).
+fn tcp_proxy(r: &Route, stat: &str) -> String {
+    let mut y = format!(
+        "      - name: envoy.filters.network.tcp_proxy\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n          stat_prefix: {stat}\n"
+    );
+    if r.backends.len() == 1 {
+        y += &format!(
+            "          cluster: {}\n",
+            cluster(&r.backends[0], r.protocol)
+        );
+    } else {
+        y += "          weighted_clusters:\n            clusters:\n";
+        for b in &r.backends {
+            y += &format!(
+                "            - {{ name: {}, weight: {} }}\n",
+                cluster(b, r.protocol),
+                b.weight
+            );
+        }
+    }
+    y
+}
+
 /// Envoy's bootstrap: an admin endpoint, and per gateway port a loopback listener (on a port
-/// the OS chooses, read back from the admin endpoint) with a TCP proxy to one cluster or, with
-/// several backends, `weighted_clusters` (how Istio programs TCP weights); one STATIC cluster
-/// per backend.
-fn envoy_config(routes: &[Route], backends: &BTreeMap<String, SocketAddr>) -> String {
+/// the OS chooses, read back from the admin endpoint). A TCP port proxies to its cluster(s);
+/// a TLS port reads the ClientHello (`tls_inspector`) and picks a filter chain by SNI
+/// (`server_names`), passing TLS through, as Istio programs PASSTHROUGH. One STATIC cluster
+/// per backend and port kind.
+fn envoy_config(routes: &[Route], backends: &BTreeMap<String, Running>) -> String {
     let mut y = String::from(
         "admin:\n  address: { socket_address: { address: 127.0.0.1, port_value: 0 } }\n\
          static_resources:\n  listeners:\n",
     );
-    for r in routes {
-        let name = format!("gateway_{}", r.gateway_port);
+    let mut ports: Vec<u16> = routes.iter().map(|r| r.gateway_port).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    for port in ports {
+        let name = format!("gateway_{port}");
+        let here: Vec<&Route> = routes.iter().filter(|r| r.gateway_port == port).collect();
         y += &format!(
-            "  - name: {name}\n    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}\n    filter_chains:\n    - filters:\n      - name: envoy.filters.network.tcp_proxy\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n          stat_prefix: {name}\n"
+            "  - name: {name}\n    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}\n"
         );
-        if r.backends.len() == 1 {
-            y += &format!("          cluster: {}\n", r.backends[0].deployment);
-        } else {
-            y += "          weighted_clusters:\n            clusters:\n";
-            for b in &r.backends {
-                y += &format!(
-                    "            - {{ name: {}, weight: {} }}\n",
-                    b.deployment, b.weight
-                );
+        if here[0].protocol == Protocol::Tls {
+            y += "    listener_filters:\n    - name: envoy.filters.listener.tls_inspector\n      typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector }\n";
+        }
+        y += "    filter_chains:\n";
+        for r in here {
+            y += "    - ";
+            if let Some(sni) = &r.sni {
+                y += &format!("filter_chain_match: {{ server_names: [\"{sni}\"] }}\n      ");
             }
+            y += "filters:\n";
+            y += &tcp_proxy(r, &name);
         }
     }
     y += "  clusters:\n";
-    for (name, addr) in backends {
-        y += &format!(
-            "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }}\n",
-            addr.port()
-        );
+    for (name, b) in backends {
+        for (cluster, addr) in [(name.clone(), Some(b.addr)), (format!("{name}_tls"), b.tls)] {
+            let Some(addr) = addr else { continue };
+            y += &static_cluster(&cluster, addr);
+        }
     }
     y
+}
+
+/// A STATIC cluster of one endpoint.
+fn static_cluster(name: &str, addr: SocketAddr) -> String {
+    format!(
+        "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }}\n",
+        addr.port()
+    )
+}
+
+/// Starts Envoy with the bootstrap `config`; it writes its admin address to `admin_file`.
+fn start_envoy(config: &Path, admin_file: &Path) -> Proc {
+    let envoy = Command::new(env("ENVOY_BIN"))
+        .arg("-c")
+        .arg(config)
+        .arg("--admin-address-path")
+        .arg(admin_file)
+        .args([
+            "--use-dynamic-base-id",
+            "--concurrency",
+            "1",
+            "--log-level",
+            "warn",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start envoy");
+    Proc(envoy)
 }
 
 /// Where Envoy's gateway listeners are: from its admin endpoint (whose address Envoy writes to
@@ -304,7 +494,6 @@ impl Rehearsal {
                 backends.insert(b.deployment.clone(), start_backend(b));
             }
         }
-        let addrs = backends.iter().map(|(k, b)| (k.clone(), b.addr)).collect();
         // The probes of each backend's manifest, sent to the port it actually has.
         let mut targets = Vec::new();
         for b in routes.iter().flat_map(|r| &r.backends) {
@@ -339,25 +528,8 @@ impl Rehearsal {
         ));
         let admin_file = config.with_extension("admin");
         let _ = std::fs::remove_file(&admin_file);
-        std::fs::write(&config, envoy_config(&routes, &addrs)).unwrap();
-        let envoy = Command::new(env("ENVOY_BIN"))
-            .args([
-                "-c",
-                config.to_str().unwrap(),
-                "--admin-address-path",
-                admin_file.to_str().unwrap(),
-                "--use-dynamic-base-id",
-                "--concurrency",
-                "1",
-                "--log-level",
-                "warn",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start envoy");
-        let envoy = Proc(envoy);
+        std::fs::write(&config, envoy_config(&routes, &backends)).unwrap();
+        let envoy = start_envoy(&config, &admin_file);
         let gateway = listener_addresses(&admin_file, &routes);
         // Envoy reports a listener once it is bound, so it queues connections from here on.
         // (No test connection here: it would reach a backend and show in its echo log.)
@@ -374,8 +546,8 @@ impl Rehearsal {
     fn backend(&self, port: u16, version: &str) -> Backend {
         self.routes
             .iter()
-            .find(|r| r.gateway_port == port)
-            .and_then(|r| r.backends.iter().find(|b| b.version == version))
+            .filter(|r| r.gateway_port == port)
+            .find_map(|r| r.backends.iter().find(|b| b.version == version))
             .cloned()
             .unwrap_or_else(|| panic!("no {version} behind {port}"))
     }
@@ -600,4 +772,200 @@ unsafe fn libc_kill(pid: i32) {
         fn kill(pid: i32, sig: i32) -> i32;
     }
     kill(pid, 15);
+}
+
+// ---- TLS -----------------------------------------------------------------------------------
+
+fn ca() -> &'static str {
+    pki().ca.to_str().unwrap()
+}
+
+/// The value of `"key":` in a one-line JSON object (a number, a string or an object).
+fn json_field<'a>(json: &'a str, key: &str) -> &'a str {
+    let start = json
+        .find(&format!("\"{key}\":"))
+        .unwrap_or_else(|| panic!("no {key} in {json}"))
+        + key.len()
+        + 3;
+    let rest = &json[start..];
+    let end = if rest.starts_with('{') {
+        let mut depth = 0;
+        rest.char_indices()
+            .find(|&(_, c)| {
+                depth += i32::from(c == '{') - i32::from(c == '}');
+                depth == 0
+            })
+            .map_or(rest.len(), |(i, _)| i + 1)
+    } else {
+        rest.find([',', '}']).unwrap()
+    };
+    &rest[..end]
+}
+
+/// TLS passed through, routed by SNI: each name reaches its version, whose banner reports the
+/// SNI the client sent; a name no route has is refused by the gateway.
+fn tls_sni_routing(dir: &str) {
+    let r = Rehearsal::start(dir);
+    let gateway = r.gateway[&31443].to_string();
+    for (sni, version) in [("v1.example.com", "one"), ("v2.example.com", "two")] {
+        let (code, json) = probe(&[
+            &gateway,
+            "--tls",
+            "--sni",
+            sni,
+            "--ca",
+            ca(),
+            "--connections",
+            "5",
+        ]);
+        println!("{dir} {sni}: {json}");
+        assert_eq!(code, Some(0), "{json}");
+        assert_eq!(
+            json_field(&json, "versions"),
+            format!("{{\"{version}\":5}}")
+        );
+        let tls = json_field(&json, "tls");
+        assert!(
+            tls.contains(&format!(
+                "\"{version}\":{{\"version\":\"TLSv1.3\",\"sni\":\"{sni}\""
+            )),
+            "{tls}"
+        );
+    }
+    let (code, json) = probe(&[
+        &gateway,
+        "--tls",
+        "--sni",
+        "v3.example.com",
+        "--ca",
+        ca(),
+        "--connections",
+        "2",
+    ]);
+    assert_eq!(code, Some(1), "an unrouted name was served: {json}");
+    assert_eq!(json_field(&json, "ok"), "0");
+}
+
+#[test]
+fn istio_tls_passthrough_routes_each_sni_name_to_its_version() {
+    tls_sni_routing("tls");
+}
+
+#[test]
+fn gateway_api_tlsroutes_route_each_hostname_to_its_version() {
+    tls_sni_routing("gateway-api/tls");
+}
+
+/// TLS passed through, by weight: 200 connections with one SNI name split 80/20.
+fn tls_weighted(dir: &str) {
+    let r = Rehearsal::start(dir);
+    let gateway = r.gateway[&31443].to_string();
+    let (code, json) = probe(&[
+        &gateway,
+        "--tls",
+        "--sni",
+        "echo.example.com",
+        "--ca",
+        ca(),
+        "--connections",
+        "200",
+        "--expect",
+        "one=80,two=20",
+    ]);
+    println!("{dir}: {json}");
+    assert_eq!(code, Some(0), "{json}");
+    assert!(json.contains("\"expect_ok\":true"), "{json}");
+    let tls = json_field(&json, "tls");
+    for v in ["one", "two"] {
+        assert!(
+            tls.contains(&format!(
+                "\"{v}\":{{\"version\":\"TLSv1.3\",\"sni\":\"echo.example.com\""
+            )),
+            "{tls}"
+        );
+    }
+}
+
+#[test]
+fn istio_tls_weighted_routing_splits_connections_80_20() {
+    tls_weighted("tls/weighted");
+}
+
+#[test]
+fn gateway_api_tls_weighted_routing_splits_connections_80_20() {
+    tls_weighted("gateway-api/tls/weighted");
+}
+
+/// Envoy terminates the client's TLS (its own certificate, for front.example.com) and opens
+/// TLS to the backend with an SNI of its own: the backend reports Envoy's SNI, not the
+/// client's, and the ALPN Envoy offered.
+#[test]
+fn envoy_terminating_and_re_encrypting_shows_its_own_sni_to_the_backend() {
+    let set = check(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tls"))
+        .unwrap_or_else(|e| panic!("{e:#?}"));
+    let v1 = routes(&set)
+        .into_iter()
+        .flat_map(|r| r.backends)
+        .find(|b| b.version == "v1")
+        .expect("v1");
+    let backend = start_backend(&v1);
+    let pki = pki();
+    let dir = std::env::temp_dir().join(format!("tcp-echo-envoy-reencrypt-{}", std::process::id()));
+    let config = dir.with_extension("yaml");
+    let admin_file = dir.with_extension("admin");
+    let _ = std::fs::remove_file(&admin_file);
+    let y = format!(
+        "admin:\n  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}\n\
+         static_resources:\n  listeners:\n  - name: gateway_31443\n    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}\n    \
+         filter_chains:\n    - transport_socket:\n        name: envoy.transport_sockets.tls\n        typed_config:\n          \
+         \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext\n          \
+         common_tls_context:\n            tls_certificates:\n            - certificate_chain: {{ filename: {} }}\n              private_key: {{ filename: {} }}\n      \
+         filters:\n      - name: envoy.filters.network.tcp_proxy\n        typed_config:\n          \
+         \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n          stat_prefix: reencrypt\n          cluster: backend\n  \
+         clusters:\n{}    transport_socket:\n      name: envoy.transport_sockets.tls\n      typed_config:\n        \
+         \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n        sni: backend.internal\n        \
+         common_tls_context:\n          alpn_protocols: [\"envoy-upstream\"]\n          validation_context:\n            trusted_ca: {{ filename: {} }}\n",
+        pki.envoy.0.display(),
+        pki.envoy.1.display(),
+        static_cluster("backend", backend.tls.expect("a TLS port")),
+        pki.ca.display(),
+    );
+    std::fs::write(&config, y).unwrap();
+    let _envoy = start_envoy(&config, &admin_file);
+    let front = listener_addresses(
+        &admin_file,
+        &[Route {
+            gateway_port: 31443,
+            protocol: Protocol::Tls,
+            sni: None,
+            target_port: 8443,
+            backends: vec![],
+        }],
+    )[&31443];
+    let (code, json) = probe(&[
+        &front.to_string(),
+        "--tls",
+        "--sni",
+        "front.example.com",
+        "--ca",
+        ca(),
+        "--alpn",
+        "h2",
+        "--connections",
+        "3",
+    ]);
+    println!("re-encrypted: {json}");
+    assert_eq!(code, Some(0), "{json}");
+    // TLS 1.2: Envoy's upstream TLS defaults to it at most (its downstream side, to the
+    // probe, is 1.3); the backend reports what it was offered.
+    assert_eq!(
+        json_field(&json, "tls"),
+        "{\"one\":{\"version\":\"TLSv1.2\",\"sni\":\"backend.internal\",\"alpn\":\"envoy-upstream\"}}"
+    );
+    let log = backend.log.lock().unwrap().join("\n");
+    assert!(
+        log.contains("sni=backend.internal alpn=envoy-upstream"),
+        "{log}"
+    );
+    assert!(!log.contains("front.example.com"), "{log}");
 }

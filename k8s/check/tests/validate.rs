@@ -987,7 +987,10 @@ fn tls_summary(dir: &str) -> Vec<(u16, Option<String>, Vec<(String, u32)>, u16)>
             (
                 r.gateway_port,
                 r.sni.clone(),
-                r.backends.iter().map(|b| (b.version.clone(), b.weight)).collect(),
+                r.backends
+                    .iter()
+                    .map(|b| (b.version.clone(), b.weight))
+                    .collect(),
                 r.target_port,
             )
         })
@@ -1001,8 +1004,18 @@ fn the_tls_walkthroughs_route_by_sni_to_the_tls_port() {
         assert_eq!(
             tls_summary(dir),
             vec![
-                (31443, Some("v1.example.com".into()), vec![("v1".into(), weight)], 8443),
-                (31443, Some("v2.example.com".into()), vec![("v2".into(), weight)], 8443),
+                (
+                    31443,
+                    Some("v1.example.com".into()),
+                    vec![("v1".into(), weight)],
+                    8443
+                ),
+                (
+                    31443,
+                    Some("v2.example.com".into()),
+                    vec![("v2".into(), weight)],
+                    8443
+                ),
             ],
             "{dir}"
         );
@@ -1043,7 +1056,10 @@ fn tls_routing_that_would_not_reach_the_pods_tls_fails() {
     let e = broken("tls", "VirtualService", "tcp-echo-tls", |v| {
         at(v, "spec.tls.0.route.0.destination.port")["number"] = 3333.into();
     });
-    assert_fails(&e, "port 3333 of Deployment tcp-echo-v1 is not a TLS port of tcp-echo");
+    assert_fails(
+        &e,
+        "port 3333 of Deployment tcp-echo-v1 is not a TLS port of tcp-echo",
+    );
     // Gateway API: a listener that terminates, a route without hostnames.
     let e = broken("gateway-api/tls", "Gateway", "tcp-echo-gateway", |v| {
         at(v, "spec.listeners.0.tls")["mode"] = "Terminate".into();
