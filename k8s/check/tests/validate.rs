@@ -978,8 +978,11 @@ fn the_overlays_a_user_writes_next_are_rendered_as_a_cluster_would() {
 
 // TLS walkthroughs.
 
-/// (gateway port, SNI, [(version, weight)], target port) of each route of `dir`.
-fn tls_summary(dir: &str) -> Vec<(u16, Option<String>, Vec<(String, u32)>, u16)> {
+/// A route summed up: (gateway port, SNI, [(version, weight)], target port).
+type RouteSummary = (u16, Option<String>, Vec<(String, u32)>, u16);
+
+/// Each route of `dir`, summed up.
+fn tls_summary(dir: &str) -> Vec<RouteSummary> {
     let set = check(&k8s(dir)).unwrap_or_else(|e| panic!("{dir}: {e:#?}"));
     routes(&set)
         .iter()
