@@ -16,15 +16,15 @@ pub(crate) const MEMORY_BASE: u64 = 8 * 1024 * 1024;
 
 /// User space and the thread of one connection at worst: a read buffer of at most 64 KiB,
 /// the slices of a prefixed write (16 KiB), the worker's touched stack and its heap, the
-/// thread's 16 KiB kernel stack and task. Measured: 72-78 kB of RSS per connection for
-/// clients that flood empty lines and never read (`make stress`, case 9), 16 kB of kernel
-/// stack.
+/// thread's 16 KiB kernel stack and task. Measured: 72.6 kB of RSS and 16.1 kB of kernel
+/// stack per connection for clients that flood empty lines and never read (`make stress`,
+/// case 9).
 pub(crate) const CONNECTION_BASE: u64 = 112 * 1024;
 
 /// What TLS adds to a connection at worst: rustls' record buffers (one record in, at most
 /// 16 KiB of plaintext decrypted, one record's worth of encrypted output) and its state.
-/// Measured: 42 kB more RSS than a plain connection for TLS clients that flood and never read,
-/// 32 kB for an idle TLS connection (`make stress`, case 12).
+/// Measured: 113.2 kB of RSS per TLS connection for clients that flood and never read, 40.6 kB
+/// more than a plain one; 46.5 kB for an idle TLS connection (`make stress`, case 12).
 pub(crate) const TLS_EXTRA: u64 = 64 * 1024;
 
 /// Memory one connection may hold at worst, counted as a memory cgroup charges it, for a

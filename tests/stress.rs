@@ -945,11 +945,23 @@ fn s8_resets() {
     assert!(s.log.matching("TCP connection closed.").len() >= 200);
 }
 
-/// The per-connection memory ceiling stated in ARCHITECTURE.md, in kB, for the default
-/// `--socket-buffer`: user-space buffers and stack, the thread's kernel stack, and the kernel's
-/// socket buffers, for the worst a client can do (flood empty lines with a prefix, never read).
-fn ceiling_kb_per_connection() -> u64 {
-    let config = tcp_echo::Config::new(&[0]).expect("the defaults");
+/// The Deployments' `--socket-buffer` (k8s/base/deployment.yml), at which the memory cases
+/// measure.
+const DEPLOYMENT_SOCKET_BUFFER: usize = 32 * 1024;
+
+/// The per-connection memory ceiling stated in ARCHITECTURE.md, in kB, at the Deployments'
+/// `--socket-buffer` (`tls`: on a TLS port): user-space buffers and stack, the thread's kernel
+/// stack, and the kernel's socket buffers, for the worst a client can do (flood empty lines
+/// with a prefix, never read).
+fn ceiling_kb_per_connection(tls: bool) -> u64 {
+    let config = tcp_echo::Config::new(&[0])
+        .and_then(|c| c.with_socket_buffer(DEPLOYMENT_SOCKET_BUFFER))
+        .expect("the settings");
+    let config = if tls {
+        config.with_tls_ports(&[0]).expect("a TLS port")
+    } else {
+        config
+    };
     config.memory_per_connection().expect("a bounded ceiling") / 1024
 }
 
@@ -990,6 +1002,8 @@ fn s9_non_reading_clients_flooding_empty_lines() {
             "257",
             "--idle-timeout",
             "120",
+            "--socket-buffer",
+            "32768",
         ],
         &[QUIET],
     );
@@ -1032,7 +1046,7 @@ fn s9_non_reading_clients_flooding_empty_lines() {
     record(
         9,
         "Non-reading clients flooding empty lines",
-        &format!("{n} clients send empty lines as fast as they can and never read (each input byte asks for 5 output bytes with the prefix `one `), `--max-connections 257`"),
+        &format!("{n} clients send empty lines as fast as they can and never read (each input byte asks for 5 output bytes with the prefix `one `), `--max-connections 257`, the Deployments' `--socket-buffer 32768`"),
         &usage,
         &format!(
             "{:.0} MB sent before every flooder stalled; per connection: {:.1} kB RSS + {:.1} kB kernel stack + {:.1} kB kernel socket memory = {total:.0} kB (ceiling {} kB); a newcomer was echoed and the next told busy; served normally after",
@@ -1040,11 +1054,11 @@ fn s9_non_reading_clients_flooding_empty_lines() {
             per_conn(rss_kb),
             per_conn(stack),
             per_conn(socket_kb),
-            ceiling_kb_per_connection(),
+            ceiling_kb_per_connection(false),
         ),
     );
     assert!(
-        total <= ceiling_kb_per_connection() as f64,
+        total <= ceiling_kb_per_connection(false) as f64,
         "{total:.0} kB per connection"
     );
 }
@@ -1300,4 +1314,183 @@ fn s11_hostile_proxy_headers() {
         "a proxied client waited {worst:?}"
     );
     assert!(usage.peak_threads() <= thread_bound(1100, 1));
+}
+
+/// A TLS client of the stress cases: its handshake done (blocking), then non-blocking.
+struct TlsFlooder {
+    conn: rustls::ClientConnection,
+    sock: TcpStream,
+}
+
+impl TlsFlooder {
+    fn connect(addr: SocketAddr, config: &std::sync::Arc<rustls::ClientConfig>) -> TlsFlooder {
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut conn = rustls::ClientConnection::new(std::sync::Arc::clone(config), name).unwrap();
+        let mut sock = connect(addr);
+        while conn.is_handshaking() {
+            conn.complete_io(&mut sock).expect("handshake");
+        }
+        TlsFlooder { conn, sock }
+    }
+
+    /// Encrypts and writes `chunk` until the socket would block; the plaintext bytes taken.
+    fn flood(&mut self, chunk: &[u8]) -> u64 {
+        let mut moved = 0;
+        loop {
+            while self.conn.wants_write() {
+                match self.conn.write_tls(&mut self.sock) {
+                    Ok(_) => {}
+                    Err(_) => return moved,
+                }
+            }
+            match std::io::Write::write(&mut self.conn.writer(), chunk) {
+                Ok(0) | Err(_) => return moved,
+                Ok(n) => moved += n as u64,
+            }
+        }
+    }
+}
+
+/// A client configuration that accepts the server's self-signed certificate.
+fn accept_any() -> std::sync::Arc<rustls::ClientConfig> {
+    #[derive(Debug)]
+    struct Any(std::sync::Arc<rustls::crypto::CryptoProvider>);
+    impl rustls::client::danger::ServerCertVerifier for Any {
+        fn verify_server_cert(
+            &self,
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &[rustls::pki_types::CertificateDer<'_>],
+            _: &rustls::pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &rustls::pki_types::CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &rustls::pki_types::CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(std::sync::Arc::new(Any(provider)))
+            .with_no_client_auth(),
+    )
+}
+
+#[test]
+fn s12_idle_and_flooding_tls_clients() {
+    support::raise_fd_limit();
+    let n = 200;
+    let s = Server::start(
+        &[
+            "--port",
+            "none",
+            "--tls-port",
+            "0",
+            "--prefix",
+            "one",
+            "--banner",
+            "off",
+            "--max-connections",
+            "201",
+            "--idle-timeout",
+            "120",
+            "--socket-buffer",
+            "32768",
+        ],
+        &[QUIET],
+    );
+    let addr = s.tls_addrs[0];
+    let config = accept_any();
+    let base = support::sample(s.pid(), Duration::ZERO);
+    let stack0 = support::kernel_stack_kb();
+    let monitor = Monitor::start(s.pid(), Duration::from_millis(50));
+    // Idle: each client completes its handshake and has one line echoed, then says nothing.
+    let mut clients: Vec<TlsFlooder> = (0..n).map(|_| TlsFlooder::connect(addr, &config)).collect();
+    for c in clients.iter_mut() {
+        let mut stream = rustls::Stream::new(&mut c.conn, &mut c.sock);
+        stream.write_all(b"hi\n").unwrap();
+        let mut got = [0u8; 7];
+        std::io::Read::read_exact(&mut stream, &mut got).unwrap();
+        assert_eq!(&got, b"one hi\n");
+    }
+    let idle = support::sample(s.pid(), Duration::ZERO);
+    let idle_kb = idle.rss_kb.saturating_sub(base.rss_kb) as f64 / n as f64;
+    // Flooding: every client sends empty lines as fast as it can and never reads.
+    for c in &clients {
+        c.sock.set_nonblocking(true).unwrap();
+    }
+    let chunk = [b'\n'; 16 * 1024];
+    let mut sent = 0u64;
+    let mut quiet_rounds = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while quiet_rounds < 2 {
+        assert!(Instant::now() < deadline, "the server kept reading");
+        let moved: u64 = clients.iter_mut().map(|c| c.flood(&chunk)).sum();
+        sent += moved;
+        quiet_rounds = if moved == 0 { quiet_rounds + 1 } else { 0 };
+        thread::sleep(Duration::from_millis(50)); // let the server catch up between rounds
+    }
+    let at = support::sample(s.pid(), Duration::ZERO);
+    let stack = support::kernel_stack_kb().saturating_sub(stack0);
+    let (sockets, socket_bytes) = support::socket_memory(addr.port());
+    assert_eq!(sockets, n, "server-side sockets seen by ss");
+    let per_conn = |kb: u64| kb as f64 / n as f64;
+    let rss_kb = at.rss_kb.saturating_sub(base.rss_kb) as u64;
+    let socket_kb = socket_bytes / 1024;
+    let total = per_conn(rss_kb + stack + socket_kb);
+    // The one free slot still serves a newcomer's TLS.
+    let mut fresh = TlsFlooder::connect(addr, &config);
+    let mut stream = rustls::Stream::new(&mut fresh.conn, &mut fresh.sock);
+    stream.write_all(b"fresh\n").unwrap();
+    let mut got = [0u8; 10];
+    std::io::Read::read_exact(&mut stream, &mut got).unwrap();
+    assert_eq!(&got, b"one fresh\n");
+    drop(clients);
+    let usage = monitor.stop();
+    let ceiling = ceiling_kb_per_connection(true);
+    record(
+        12,
+        "Idle and flooding TLS clients",
+        &format!("{n} TLS clients (TLS 1.3) complete their handshake and have a line echoed, then stay idle; then all of them send empty lines as fast as they can and never read; prefix `one`, the Deployments' `--socket-buffer 32768`"),
+        &usage,
+        &format!(
+            "idle: {idle_kb:.1} kB RSS per TLS connection; flooding ({:.0} MB sent before every client stalled): {:.1} kB RSS + {:.1} kB kernel stack + {:.1} kB kernel socket memory = {total:.0} kB per connection (ceiling {ceiling} kB); a newcomer's TLS was served meanwhile",
+            sent as f64 / 1e6,
+            per_conn(rss_kb),
+            per_conn(stack),
+            per_conn(socket_kb),
+        ),
+    );
+    assert!(total <= ceiling as f64, "{total:.0} kB per TLS connection");
 }
