@@ -294,6 +294,7 @@ fn step(c: &mut Exchange, sources: &Sources) {
 struct Request<'a> {
     method: &'a str,
     path: &'a str,
+    body: &'a [u8],
 }
 
 /// What the bytes of a request so far are.
@@ -336,6 +337,7 @@ fn parse(raw: &[u8]) -> Parse<'_> {
         (Some(method), Some(target)) => Parse::Complete(Request {
             method,
             path: target.split('?').next().unwrap_or_default(),
+            body: &raw[head..head + body],
         }),
         _ => Parse::Invalid,
     }
@@ -343,9 +345,12 @@ fn parse(raw: &[u8]) -> Parse<'_> {
 
 /// The response to a complete request.
 fn answer(request: &Request<'_>, sources: &Sources) -> Vec<u8> {
+    if request.path == "/fault" {
+        return fault(request, sources);
+    }
     let head = request.method == "HEAD";
     if request.method != "GET" && !head {
-        return respond(405, "text/plain", b"method not allowed\n", false);
+        return method_not_allowed("GET, HEAD");
     }
     match request.path {
         "/healthz" => respond(200, "text/plain", b"ok\n", head),
@@ -363,23 +368,75 @@ fn answer(request: &Request<'_>, sources: &Sources) -> Vec<u8> {
     }
 }
 
+/// `/fault`: `GET` shows the SPEC set now (empty when none); with `--admin-control`, `PUT`
+/// sets the SPEC in the body and `DELETE` clears it (without it, both answer 403).
+fn fault(request: &Request<'_>, sources: &Sources) -> Vec<u8> {
+    let ctx = &sources.ctx;
+    let current = || {
+        ctx.faults
+            .current()
+            .map_or_else(String::new, |s| format!("{s}\n"))
+    };
+    match request.method {
+        "GET" | "HEAD" => respond(
+            200,
+            "text/plain",
+            current().as_bytes(),
+            request.method == "HEAD",
+        ),
+        "PUT" | "DELETE" if !ctx.config.admin_control => respond(
+            403,
+            "text/plain",
+            b"changing faults needs --admin-control (ECHO_ADMIN_CONTROL=true)\n",
+            false,
+        ),
+        "PUT" => {
+            let text = String::from_utf8_lossy(request.body);
+            match text.trim().parse::<crate::fault::Spec>() {
+                Ok(spec) => {
+                    ctx.set_fault(Some(spec));
+                    respond(200, "text/plain", current().as_bytes(), false)
+                }
+                Err(e) => respond(400, "text/plain", format!("{e}\n").as_bytes(), false),
+            }
+        }
+        "DELETE" => {
+            ctx.set_fault(None);
+            respond(200, "text/plain", b"", false)
+        }
+        _ => method_not_allowed("GET, HEAD, PUT, DELETE"),
+    }
+}
+
+/// A 405 that names the methods allowed.
+fn method_not_allowed(allow: &str) -> Vec<u8> {
+    response(
+        405,
+        "text/plain",
+        b"method not allowed\n",
+        false,
+        &format!("Allow: {allow}\r\n"),
+    )
+}
+
 fn respond(status: u16, content_type: &str, body: &[u8], head: bool) -> Vec<u8> {
+    response(status, content_type, body, head, "")
+}
+
+/// A response with `extra` headers (each ending in CRLF).
+fn response(status: u16, content_type: &str, body: &[u8], head: bool, extra: &str) -> Vec<u8> {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         431 => "Request Header Fields Too Large",
         _ => "Service Unavailable",
     };
-    let allow = if status == 405 {
-        "Allow: GET, HEAD\r\n"
-    } else {
-        ""
-    };
     let mut out = format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         {allow}Connection: close\r\n\r\n",
+         {extra}Connection: close\r\n\r\n",
         body.len()
     )
     .into_bytes();
@@ -398,6 +455,7 @@ fn metrics(sources: &Sources) -> String {
         max_connections: ctx.config.max_connections as u64,
         log_suppressed: ctx.log_budget.suppressed(),
         started: sources.started,
+        refusing: ctx.gate.refusing(),
     })
 }
 
@@ -418,9 +476,9 @@ mod tests {
         assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
         assert!(r.contains("Content-Length: 3\r\n") && r.contains("Connection: close\r\n"));
         assert!(r.ends_with("\r\n\r\nok\n"));
-        let r = String::from_utf8(respond(405, "text/plain", b"x", true)).unwrap();
+        let r = String::from_utf8(method_not_allowed("GET, HEAD")).unwrap();
         assert!(
-            r.contains("Allow: GET, HEAD\r\n") && r.ends_with("\r\n\r\n"),
+            r.starts_with("HTTP/1.1 405 ") && r.contains("Allow: GET, HEAD\r\n"),
             "{r}"
         );
     }

@@ -81,6 +81,10 @@ pub struct Config {
     pub(crate) admin_port: Option<u16>,
     /// Whether every plain port also echoes UDP datagrams.
     pub(crate) udp: bool,
+    /// The faults set at start (`--fault`).
+    pub(crate) fault: Option<crate::fault::Spec>,
+    /// Whether the admin port may change the faults (`PUT /fault`, `DELETE /fault`).
+    pub(crate) admin_control: bool,
     /// The ports that speak TLS (one listener each; 0 asks for a free port).
     pub(crate) tls_ports: Vec<u16>,
     /// The TLS settings, with TLS ports.
@@ -188,6 +192,18 @@ struct Cli {
     #[arg(long, env = "ECHO_BANNER", default_value = "connect", value_name = "MODE",
           value_parser = parse_from_str::<BannerMode>)]
     banner: BannerMode,
+
+    /// Misbehave on purpose: a comma-separated SPEC of delay=DUR, jitter=DUR, connect-delay=DUR,
+    /// rate=SIZE, close-after=SIZE|DUR, reset, hang, refuse, percent=P (durations 250ms or
+    /// 1.5s, sizes 4096, 64KiB or 1MiB). See README, "Faults"
+    #[arg(long, env = "ECHO_FAULT", value_name = "SPEC", value_parser = parse_fault)]
+    fault: Option<FaultSpec>,
+
+    /// Let the admin port change the faults: PUT /fault with a SPEC, DELETE /fault (without it
+    /// they answer 403): true or false
+    #[arg(long, env = "ECHO_ADMIN_CONTROL", default_value = "false", value_name = "BOOL",
+          num_args = 0..=1, default_missing_value = "true", value_parser = parse_bool)]
+    admin_control: bool,
 
     /// Also echo UDP datagrams on every plain port (same number and address): one reply per
     /// datagram, the prefix and a space then the data, never larger than that: true or false
@@ -304,6 +320,17 @@ struct Ports(Vec<u16>);
 /// A prefix (`None`: empty, no prefix).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Prefix(Option<String>);
+
+/// A fault SPEC (`None`: empty, no fault).
+#[derive(Debug, Clone, PartialEq)]
+struct FaultSpec(Option<crate::fault::Spec>);
+
+fn parse_fault(text: &str) -> Result<FaultSpec, String> {
+    if text.trim().is_empty() {
+        return Ok(FaultSpec(None));
+    }
+    text.parse().map(|s| FaultSpec(Some(s)))
+}
 
 /// A socket buffer size (`None`: the kernel's autotuning).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -693,6 +720,13 @@ impl Cli {
             }
             other => other,
         };
+        if self.admin_control && admin_port.is_none() {
+            return Err(ConfigError::new(
+                "admin_control",
+                "true",
+                "has no effect without --admin-port (ECHO_ADMIN_PORT)",
+            ));
+        }
         let none = |t: Duration| (!t.is_zero()).then_some(t);
         Ok(Config {
             ports,
@@ -711,6 +745,8 @@ impl Cli {
             banner_client: self.banner_client,
             admin_port,
             udp: self.udp,
+            fault: self.fault.and_then(|f| f.0),
+            admin_control: self.admin_control,
             tls_ports,
             #[cfg(feature = "tls")]
             tls,
@@ -937,6 +973,14 @@ impl Config {
         self.udp
     }
 
+    /// Sets faults from the start (see `tcp-echo --help`, `--fault`).
+    pub fn with_fault(mut self, spec: &str) -> Result<Config, ConfigError> {
+        self.fault = parse_fault(spec)
+            .map_err(|reason| ConfigError::new("fault", spec, reason))?
+            .0;
+        Ok(self)
+    }
+
     /// Also echoes UDP datagrams on every plain port.
     pub fn with_udp(mut self, on: bool) -> Config {
         self.udp = on;
@@ -1042,7 +1086,7 @@ impl fmt::Display for Config {
             f,
             "prefix={:?} max_connections={} idle_timeout={} max_duration={} drain_timeout={}s \
              shutdown_delay={}s socket_buffer={} banner={} ({} lines{}) proxy_protocol={} \
-             admin_port={} tls_ports={}",
+             admin_port={} tls_ports={} udp={} fault={:?}{}",
             self.prefix.as_deref().unwrap_or(""),
             self.max_connections,
             seconds_or_never(self.idle_timeout),
@@ -1071,6 +1115,16 @@ impl fmt::Display for Config {
                     .map(u16::to_string)
                     .collect::<Vec<_>>()
                     .join(",")
+            },
+            self.udp,
+            self.fault
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            if self.admin_control {
+                " admin_control=on"
+            } else {
+                ""
             },
         )
     }

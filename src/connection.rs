@@ -11,7 +11,8 @@ use std::fmt;
 use std::io::{self, BufRead, BufReader, ErrorKind, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use log::{info, log_enabled, warn, Level};
 use uuid::Uuid;
@@ -19,6 +20,7 @@ use uuid::Uuid;
 use crate::banner::{self, BannerMode};
 use crate::drain::{self, Drained};
 use crate::echo::{self, Framer};
+use crate::fault::{CloseAfter, Drawn, Rng, Spec};
 use crate::log_budget::{ConnectionBudget, ReceivedLog, DATA_TARGET};
 use crate::metrics::{Close, Refusal};
 use crate::registry::{Ended, Ticket};
@@ -182,6 +184,16 @@ pub(crate) fn serve(job: Job, ctx: &Context) {
     let local = socket
         .local_addr()
         .map_or_else(|_| "?".to_string(), |a| canonical(a).to_string());
+    let mut fault = ctx.faults.draw(Rng::new(id.as_u128()));
+    if let Some(f) = &fault {
+        for kind in f.spec.kinds() {
+            ctx.metrics.faulted.add(kind);
+        }
+        // Nothing is read or sent (the banner included) for the connect delay.
+        if let Some(d) = f.spec.connect_delay {
+            job.ticket.pause(Some(d));
+        }
+    }
     let mode = ctx.config.proxy_protocol;
     let start = match mode {
         proxy::Mode::Off => proxy::Start::default(),
@@ -204,9 +216,87 @@ pub(crate) fn serve(job: Job, ctx: &Context) {
             start.header.unwrap_or("none")
         );
     }
+    let outcome = match fault.as_ref().map(|f| Arc::clone(&f.spec)) {
+        // Accepted, then never read and never answered, until a time limit or the shutdown.
+        Some(spec) if spec.hang => {
+            job.ticket.pause(None);
+            let close = match job.ticket.ended() {
+                Some(Ended::MaxDuration) => Close::MaxDuration,
+                Some(Ended::Idle) => Close::IdleTimeout,
+                Some(Ended::Forced) => Close::DrainDeadline,
+                None => Close::Shutdown,
+            };
+            Some(ended_by_fault(socket, &spec, close))
+        }
+        // Reset alone: accepted, then reset at once.
+        Some(spec) if spec.reset && spec.kinds().len() == 1 => {
+            Some(ended_by_fault(socket, &spec, Close::FaultReset))
+        }
+        _ => None,
+    };
+    let outcome = match outcome {
+        Some(outcome) => outcome,
+        None => serve_stream(&job, ctx, &id, client, &start.rest, fault.as_mut()),
+    };
+    let fault_field = fault.map_or_else(String::new, |f| format!(" fault=\"{}\"", f.spec));
+    info!(
+        "{id} - TCP connection closed. reason={} bytes={} lines={} duration={:.3}s unlogged={}{fault_field}",
+        outcome.reason,
+        outcome.bytes,
+        outcome.lines,
+        job.accepted.elapsed().as_secs_f64(),
+        outcome.unlogged,
+    );
+    ctx.metrics.served.fetch_add(1, Ordering::Relaxed);
+    ctx.metrics.closed.add(outcome.reason.close);
+    // `job.ticket` drops here: the connection leaves the registry, the socket closes.
+}
+
+/// The outcome of a connection a fault ended before any echo (`hang`, `reset` alone): with
+/// `reset`, the socket closes with a reset instead of FIN.
+fn ended_by_fault(socket: &TcpStream, spec: &Spec, close: Close) -> Outcome {
+    if spec.reset {
+        reset_on_close(socket);
+    } else {
+        // What the client sent was never read: discarded, so that closing sends FIN (closing
+        // with unread input would reset the connection).
+        let _ = socket.set_nonblocking(true);
+        let mut sink = [0u8; 4096];
+        for _ in 0..64 {
+            match (&mut &*socket).read(&mut sink) {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
+        let _ = socket.shutdown(Shutdown::Write);
+    }
+    Outcome {
+        reason: close.into(),
+        bytes: 0,
+        lines: 0,
+        unlogged: 0,
+    }
+}
+
+/// Makes closing `socket` send a reset (`SO_LINGER` 0), not FIN.
+fn reset_on_close(socket: &TcpStream) {
+    let _ = socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO));
+}
+
+/// Serves the connection's stream: TLS first on a TLS port, then the echo.
+fn serve_stream(
+    job: &Job,
+    ctx: &Context,
+    id: &Uuid,
+    client: SocketAddr,
+    first: &[u8],
+    fault: Option<&mut Drawn>,
+) -> Outcome {
+    let socket = job.ticket.stream();
+    let peer = canonical(job.peer);
     #[cfg(feature = "tls")]
     let outcome = match (&ctx.tls, job.tls) {
-        (Some(tls), true) => match tls.handshake(socket, &start.rest, job.accepted) {
+        (Some(tls), true) => match tls.handshake(socket, first, job.accepted) {
             Ok((session, seen)) => {
                 ctx.metrics.handshakes.add(crate::tls::Handshake::Ok);
                 info!("{id} - TLS handshake done. {seen}");
@@ -214,11 +304,14 @@ pub(crate) fn serve(job: Job, ctx: &Context) {
                 let outcome = echo_connection(
                     &job.ticket,
                     ctx,
-                    &id,
-                    client,
-                    &[],
+                    Opening {
+                        id,
+                        client,
+                        first: &[],
+                        banner_end: Some(banner_end.as_bytes()),
+                    },
                     Stream::Tls(&session),
-                    Some(banner_end.as_bytes()),
+                    fault,
                 );
                 // The session drops before the ticket: the socket closes after its last record.
                 drop(session);
@@ -226,6 +319,9 @@ pub(crate) fn serve(job: Job, ctx: &Context) {
             }
             Err(failure) => {
                 ctx.metrics.handshakes.add(failure.kind);
+                let local = socket
+                    .local_addr()
+                    .map_or_else(|_| "?".to_string(), |a| canonical(a).to_string());
                 warn!(
                     "{id} - TLS handshake failed: {}. peer={peer} local={local}",
                     failure.reason
@@ -242,34 +338,33 @@ pub(crate) fn serve(job: Job, ctx: &Context) {
         _ => echo_connection(
             &job.ticket,
             ctx,
-            &id,
-            client,
-            &start.rest,
+            Opening {
+                id,
+                client,
+                first,
+                banner_end: None,
+            },
             Stream::Plain(socket),
-            None,
+            fault,
         ),
     };
     #[cfg(not(feature = "tls"))]
-    let outcome = echo_connection(
-        &job.ticket,
-        ctx,
-        &id,
-        client,
-        &start.rest,
-        Stream::Plain(socket),
-        None,
-    );
-    info!(
-        "{id} - TCP connection closed. reason={} bytes={} lines={} duration={:.3}s unlogged={}",
-        outcome.reason,
-        outcome.bytes,
-        outcome.lines,
-        job.accepted.elapsed().as_secs_f64(),
-        outcome.unlogged,
-    );
-    ctx.metrics.served.fetch_add(1, Ordering::Relaxed);
-    ctx.metrics.closed.add(outcome.reason.close);
-    // `job.ticket` drops here: the connection leaves the registry, the socket closes.
+    let outcome = {
+        let _ = peer;
+        echo_connection(
+            &job.ticket,
+            ctx,
+            Opening {
+                id,
+                client,
+                first,
+                banner_end: None,
+            },
+            Stream::Plain(socket),
+            fault,
+        )
+    };
+    outcome
 }
 
 /// Why a read failed. Reads have no timeout (the watch ends idle connections), so a timeout
@@ -360,6 +455,12 @@ struct Echo<'a> {
     banner_due: Option<Vec<u8>>,
     /// Bytes received.
     bytes: u64,
+    /// The faults this connection drew.
+    fault: Option<&'a mut Drawn>,
+    /// Output bytes the fault `close-after=SIZE` still allows.
+    output_left: Option<u64>,
+    /// The fault `rate`: (bytes a second, since when, bytes sent since).
+    pace: Option<(u64, Instant, u64)>,
 }
 
 impl Echo<'_> {
@@ -376,6 +477,9 @@ impl Echo<'_> {
             .metrics
             .bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
+        if self.fault.is_some() {
+            return self.faulted(data);
+        }
         let Some(prefix) = self.ctx.prefix.as_deref() else {
             self.framer.pass(data);
             return send(self.ticket, self.out, data);
@@ -396,6 +500,60 @@ impl Echo<'_> {
         result
     }
 
+    /// The echo of a faulted connection: delayed, paced, cut after a number of bytes. Its
+    /// output is framed into one buffer first (a copy that unfaulted connections never make).
+    fn faulted(&mut self, data: &[u8]) -> Result<(), Reason> {
+        let mut out = Vec::with_capacity(data.len());
+        match self.ctx.prefix.as_deref() {
+            None => {
+                self.framer.pass(data);
+                out.extend_from_slice(data);
+            }
+            Some(prefix) => {
+                let mut rest = data;
+                while !rest.is_empty() {
+                    let mut slices = Vec::new();
+                    let n = self.framer.slices(prefix, rest, &mut slices, MAX_SLICES);
+                    for slice in &slices {
+                        out.extend_from_slice(slice);
+                    }
+                    rest = &rest[n..];
+                }
+            }
+        }
+        if let Some(delay) = self.fault.as_mut().and_then(|f| f.echo_delay()) {
+            self.ticket.pause(Some(delay));
+        }
+        let mut cut = false;
+        if let Some(left) = self.output_left.as_mut() {
+            if out.len() as u64 >= *left {
+                out.truncate(*left as usize);
+                cut = true;
+            }
+            *left -= out.len() as u64;
+        }
+        match self.pace.as_mut() {
+            None => send(self.ticket, self.out, &out)?,
+            Some((rate, since, sent)) => {
+                // A twentieth of a second's worth at a time, each when its time has come.
+                let chunk = (*rate / 20).max(1) as usize;
+                for piece in out.chunks(chunk) {
+                    let due = *since + Duration::from_secs_f64(*sent as f64 / *rate as f64);
+                    let wait = due.saturating_duration_since(Instant::now());
+                    if !wait.is_zero() && !self.ticket.pause(Some(wait)) {
+                        break;
+                    }
+                    send(self.ticket, self.out, piece)?;
+                    *sent += piece.len() as u64;
+                }
+            }
+        }
+        if cut {
+            return Err(Close::FaultCloseAfter.into());
+        }
+        Ok(())
+    }
+
     /// Gives back what only a streaming connection needs.
     fn shrink(&mut self) {
         self.slices = Vec::new();
@@ -411,6 +569,18 @@ impl Echo<'_> {
     }
 }
 
+/// What a connection's echo starts from.
+struct Opening<'a> {
+    /// The connection's id, for its records.
+    id: &'a Uuid,
+    /// The client (the PROXY header's, else the peer).
+    client: SocketAddr,
+    /// The first bytes, read with a PROXY header.
+    first: &'a [u8],
+    /// What the banner ends with (on a TLS port, what the handshake agreed).
+    banner_end: Option<&'a [u8]>,
+}
+
 /// The echo loop over an admitted connection, whose client is `client` and whose first bytes,
 /// read with its PROXY header, are `first`; the banner ends with `banner_end` (what the TLS
 /// handshake agreed). Returns once the connection is finished (replies written, write side
@@ -418,14 +588,26 @@ impl Echo<'_> {
 fn echo_connection(
     ticket: &Ticket,
     ctx: &Context,
-    id: &Uuid,
-    client: SocketAddr,
-    first: &[u8],
+    start: Opening<'_>,
     stream: Stream<'_>,
-    banner_end: Option<&[u8]>,
+    fault: Option<&mut Drawn>,
 ) -> Outcome {
+    let Opening {
+        id,
+        client,
+        first,
+        banner_end,
+    } = start;
     let config = &ctx.config;
     let registry = &ctx.registry;
+    let spec = fault.as_ref().map(|f| Arc::clone(&f.spec));
+    let close_after = spec.as_ref().and_then(|s| s.close_after);
+    // The fault `close-after=DUR`: reads wait at most until then.
+    let cut_at = match close_after {
+        Some(CloseAfter::Time(d)) => ticket.accepted().checked_add(d),
+        _ => None,
+    };
+    let reset = spec.as_ref().is_some_and(|s| s.reset);
     let mut echo = Echo {
         ticket,
         ctx,
@@ -436,6 +618,15 @@ fn echo_connection(
             .then(|| ReceivedLog::new(id, ConnectionBudget::new(&ctx.log_budget))),
         banner_due: None,
         bytes: 0,
+        output_left: match close_after {
+            Some(CloseAfter::Bytes(n)) => Some(n),
+            _ => None,
+        },
+        pace: spec
+            .as_ref()
+            .and_then(|s| s.rate)
+            .map(|r| (r, Instant::now(), 0)),
+        fault,
     };
 
     let socket = stream.socket();
@@ -480,10 +671,23 @@ fn echo_connection(
         if drain_budget == Some(0) {
             break ending().unwrap_or(Close::Shutdown);
         }
+        if let Some(at) = cut_at {
+            let left = at.saturating_duration_since(Instant::now());
+            if left.is_zero() && reader.buffer().is_empty() {
+                break Close::FaultCloseAfter;
+            }
+            let _ = socket.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+        }
         let data = match reader.fill_buf() {
             Ok([]) => break ending().unwrap_or(Close::Eof),
             Ok(data) => data,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e)
+                if cut_at.is_some()
+                    && matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+            {
+                continue
+            }
             Err(e) => return echo.outcome(failed(ticket, classify_read(e))),
         };
         ticket.made_progress();
@@ -491,8 +695,13 @@ fn echo_connection(
             Some(budget) => data.len().min(budget as usize),
             None => data.len(),
         };
-        if let Err(reason) = echo.data(&data[..n]) {
-            return echo.outcome(reason);
+        match echo.data(&data[..n]) {
+            Ok(()) => {}
+            Err(reason) if reason.close == Close::FaultCloseAfter => {
+                reader.consume(n);
+                break Close::FaultCloseAfter;
+            }
+            Err(reason) => return echo.outcome(reason),
         }
         reader.consume(n);
         if let Some(budget) = drain_budget.as_mut() {
@@ -514,7 +723,7 @@ fn echo_connection(
     // before FIN (see drain.rs), within the drain deadline.
     let deadline = match close {
         Close::Shutdown => registry.drain_deadline(),
-        Close::MaxDuration => Some(Instant::now() + config.drain_timeout),
+        Close::MaxDuration | Close::FaultCloseAfter => Some(Instant::now() + config.drain_timeout),
         _ => None,
     };
     let mut reason = Reason::from(close);
@@ -523,7 +732,11 @@ fn echo_connection(
             reason = failed(ticket, classify_read(kind.into()));
         }
     }
-    stream.finish();
+    if reset {
+        reset_on_close(socket);
+    } else {
+        stream.finish();
+    }
     echo.outcome(reason)
 }
 

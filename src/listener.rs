@@ -17,7 +17,7 @@
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -116,8 +116,61 @@ pub(crate) struct Acceptors {
 struct Running {
     addr: SocketAddr,
     /// A second handle on the listening socket, to shut it if the acceptor cannot be woken.
-    fallback: TcpListener,
+    fallback: Handle,
     join: JoinHandle<()>,
+}
+
+/// A second handle on an acceptor's listening socket (`None` while the fault `refuse` holds it
+/// closed); the acceptor replaces it when it listens again.
+type Handle = Arc<Mutex<Option<TcpListener>>>;
+
+/// The echo listeners under the fault `refuse`: while it holds, they are closed, so that the
+/// kernel answers new connections with a reset ("connection refused"); open connections are
+/// served on. Setting it shuts each listening socket for reading, which on Linux wakes its
+/// acceptor's `accept` (elsewhere the acceptor notices at its next connection).
+#[derive(Debug, Default)]
+pub(crate) struct Gate {
+    refusing: Mutex<bool>,
+    changed: Condvar,
+    sockets: Mutex<Vec<Handle>>,
+}
+
+impl Gate {
+    /// Closes (`true`) or opens the listeners.
+    pub(crate) fn set(&self, refusing: bool) {
+        *threads::lock(&self.refusing) = refusing;
+        self.changed.notify_all();
+        if refusing {
+            for socket in threads::lock(&self.sockets).iter() {
+                if let Some(l) = threads::lock(socket).as_ref() {
+                    let _ = socket2::SockRef::from(l).shutdown(Shutdown::Read);
+                }
+            }
+        }
+    }
+
+    /// Whether the listeners are to be closed.
+    pub(crate) fn refusing(&self) -> bool {
+        *threads::lock(&self.refusing)
+    }
+
+    /// Waits until the listeners may open again (true) or `stop` is requested (false).
+    fn wait_open(&self, stop: &Stop) -> bool {
+        let mut refusing = threads::lock(&self.refusing);
+        while *refusing {
+            if stop.requested() {
+                return false;
+            }
+            refusing = match self
+                .changed
+                .wait_timeout(refusing, Duration::from_millis(100))
+            {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        !stop.requested()
+    }
 }
 
 /// What stopping shares with the acceptors.
@@ -157,10 +210,15 @@ impl Acceptors {
             running: Vec::with_capacity(listeners.len()),
         };
         for (i, (listener, &addr)) in listeners.into_iter().zip(addrs).enumerate() {
-            let fallback = listener
-                .try_clone()
-                .map_err(|source| Error::Bind { addr, source })?;
+            let fallback: Handle = Arc::new(Mutex::new(Some(
+                listener
+                    .try_clone()
+                    .map_err(|source| Error::Bind { addr, source })?,
+            )));
+            threads::lock(&ctx.gate.sockets).push(Arc::clone(&fallback));
             let acceptor = Acceptor {
+                addr,
+                handle: Arc::clone(&fallback),
                 ctx: Arc::clone(ctx),
                 pool: Arc::clone(pool),
                 stop: Arc::clone(&acceptors.stop),
@@ -191,6 +249,14 @@ impl Acceptors {
     fn stop_all(&mut self) {
         self.stop.requested.store(true, Ordering::Release);
         for r in &self.running {
+            let Some(listener) = threads::lock(&r.fallback)
+                .as_ref()
+                .and_then(|l| l.try_clone().ok())
+            else {
+                // Closed by the fault `refuse`: its acceptor waits for the gate, and sees the
+                // stop within its tick.
+                continue;
+            };
             if let Err(e) = wake(r.addr, &self.stop) {
                 // The acceptor cannot be reached through the network: shut the listener,
                 // which wakes `accept` on Linux (connections still queued are reset).
@@ -198,13 +264,13 @@ impl Acceptors {
                     "cannot wake the acceptor on {}: {e}; shutting its listener",
                     r.addr
                 );
-                let _ = socket2::SockRef::from(&r.fallback).shutdown(Shutdown::Read);
+                let _ = socket2::SockRef::from(&listener).shutdown(Shutdown::Read);
             }
         }
         for r in self.running.drain(..) {
             let _ = r.join.join();
             // Only now does the listening socket close: its last handle goes here.
-            drop(r.fallback);
+            threads::lock(&r.fallback).take();
         }
     }
 }
@@ -417,6 +483,10 @@ fn report(rx: &Receiver<Report>, dropped: &AtomicU64, stop: &Receiver<()>) {
 
 /// One acceptor: what it shares with the rest of the server.
 struct Acceptor {
+    /// Its listener's address (the port bound).
+    addr: SocketAddr,
+    /// The second handle on its listener, replaced when it listens again after `refuse`.
+    handle: Handle,
     /// Settings, open connections and counters.
     ctx: Arc<Context>,
     /// The worker pool.
@@ -432,13 +502,45 @@ struct Acceptor {
 }
 
 impl Acceptor {
+    /// Closes the listener while the fault `refuse` holds, and binds it again after; `None`
+    /// when the stop comes first.
+    fn refuse(&self, listener: TcpListener) -> Option<TcpListener> {
+        drop(listener);
+        threads::lock(&self.handle).take();
+        info!("refusing connections on {} (fault refuse)", self.addr);
+        loop {
+            if !self.ctx.gate.wait_open(&self.stop) {
+                return None;
+            }
+            match bind_with(self.addr, false, self.ctx.config.socket_buffer) {
+                Ok(listener) => {
+                    *threads::lock(&self.handle) = listener.try_clone().ok();
+                    info!("accepting connections on {} again", self.addr);
+                    return Some(listener);
+                }
+                Err(e) => {
+                    warn!("cannot listen again on {}: {e}; retrying", self.addr);
+                    thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
     /// Accepts until the stop; then takes what the accept queue holds and returns, closing
     /// the listener.
     fn run(&self, listener: TcpListener) {
+        let mut listener = listener;
         let mut backoff = ACCEPT_BACKOFF_MIN;
         let mut last_report: Option<Instant> = None;
         let mut failures = 0u64;
         loop {
+            if self.ctx.gate.refusing() && !self.stop.requested() {
+                match self.refuse(listener) {
+                    Some(l) => listener = l,
+                    None => return,
+                }
+                continue;
+            }
             match listener.accept() {
                 Ok((stream, peer)) if self.stop.requested() => {
                     self.take(stream, peer);
@@ -450,6 +552,8 @@ impl Acceptor {
                     self.admit(stream, peer);
                 }
                 Err(_) if self.stop.requested() => break,
+                // The fault `refuse` shut the listener: the loop closes it.
+                Err(_) if self.ctx.gate.refusing() => {}
                 Err(e) if after_accept_error(&e) == AfterError::Retry => {}
                 Err(error) => {
                     failures += 1;

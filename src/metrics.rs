@@ -49,7 +49,6 @@ macro_rules! labelled {
     };
 }
 
-#[cfg(feature = "tls")]
 pub(crate) use labelled;
 
 /// One counter per variant of `L`.
@@ -126,6 +125,10 @@ labelled! {
         Error => "error",
         /// The TLS handshake failed (see `tcp_echo_tls_handshakes_total` for why).
         Handshake => "tls_handshake",
+        /// The fault `close-after` closed it.
+        FaultCloseAfter => "fault_close_after",
+        /// The fault `reset` reset it at once.
+        FaultReset => "fault_reset",
     }
 }
 
@@ -142,6 +145,8 @@ impl Close {
             Close::Reset => "reset by peer",
             Close::Error => "error",
             Close::Handshake => "TLS handshake failed",
+            Close::FaultCloseAfter => "fault close-after",
+            Close::FaultReset => "fault reset",
         }
     }
 }
@@ -159,6 +164,8 @@ pub(crate) struct Metrics {
     pub(crate) closed: Counters<Close>,
     /// Bytes received and echoed.
     pub(crate) bytes: AtomicU64,
+    /// Connections that drew each fault.
+    pub(crate) faulted: Counters<crate::fault::Kind>,
     /// TLS handshakes, by how they ended.
     #[cfg(feature = "tls")]
     pub(crate) handshakes: Counters<crate::tls::Handshake>,
@@ -176,6 +183,8 @@ pub(crate) struct Gauges {
     pub(crate) log_suppressed: u64,
     /// When the server started, in seconds since the Unix epoch.
     pub(crate) started: f64,
+    /// Whether the fault `refuse` holds the echo listeners closed.
+    pub(crate) refusing: bool,
 }
 
 /// Writes one metric family: HELP, TYPE and its samples.
@@ -238,6 +247,20 @@ impl Metrics {
             "counter",
             "TLS handshakes on --tls-port ports, by result: ok, timeout, closed (by the client), not_tls, client_certificate (missing or refused), no_application_protocol, incompatible (no version or cipher in common), error.",
             &self.handshakes.samples("result"),
+        );
+        family(
+            o,
+            "tcp_echo_connections_faulted_total",
+            "counter",
+            "Connections that drew each fault of --fault or PUT /fault: delay, connect_delay, rate, close_after, reset, hang.",
+            &self.faulted.samples("fault"),
+        );
+        family(
+            o,
+            "tcp_echo_fault_refusing",
+            "gauge",
+            "1 while the fault refuse keeps the echo listeners closed, else 0.",
+            &one(u64::from(g.refusing)),
         );
         family(
             o,

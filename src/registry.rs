@@ -81,6 +81,9 @@ impl Ended {
 #[derive(Debug)]
 struct Conn {
     stream: TcpStream,
+    /// The worker, once it pauses (a fault's sleep): woken when the server ends the
+    /// connection or begins shutdown.
+    worker: std::sync::OnceLock<std::thread::Thread>,
     /// Bumped by the worker after each read and write that moved data.
     progress: AtomicU64,
     /// Why the server ended it (0: it did not), set before the socket is shut.
@@ -90,9 +93,19 @@ struct Conn {
 impl Conn {
     /// Records why the connection is ended, unless it already was; true if this call did.
     fn end(&self, why: Ended) -> bool {
-        self.ended
+        let first = self
+            .ended
             .compare_exchange(0, why as u8 + 1, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+            .is_ok();
+        self.wake();
+        first
+    }
+
+    /// Wakes the worker if it pauses.
+    fn wake(&self) {
+        if let Some(worker) = self.worker.get() {
+            worker.unpark();
+        }
     }
 }
 
@@ -102,6 +115,7 @@ impl Conn {
 pub(crate) struct Ticket {
     registry: Arc<Registry>,
     key: u64,
+    admitted: Instant,
     conn: Arc<Conn>,
     progress: Cell<u64>,
 }
@@ -120,9 +134,32 @@ impl Ticket {
         self.conn.progress.store(n, Ordering::Relaxed);
     }
 
+    /// When the connection was admitted.
+    pub(crate) fn accepted(&self) -> Instant {
+        self.admitted
+    }
+
     /// Why the server ended this connection, if it did.
     pub(crate) fn ended(&self) -> Option<Ended> {
         Ended::from_u8(self.conn.ended.load(Ordering::Acquire))
+    }
+
+    /// Sleeps for `d` (`None`: until woken), unless the server ends the connection (a time
+    /// limit, the drain deadline) or begins shutdown first; true when all of `d` passed.
+    pub(crate) fn pause(&self, d: Option<Duration>) -> bool {
+        let _ = self.conn.worker.set(std::thread::current());
+        let until = d.and_then(|d| Instant::now().checked_add(d));
+        loop {
+            if self.ended().is_some() || self.registry.is_shutting_down() {
+                return false;
+            }
+            let now = Instant::now();
+            match until {
+                Some(until) if now >= until => return true,
+                Some(until) => std::thread::park_timeout(until - now),
+                None => std::thread::park(),
+            }
+        }
     }
 }
 
@@ -191,6 +228,7 @@ impl Registry {
         inner.next_key += 1;
         let conn = Arc::new(Conn {
             stream,
+            worker: std::sync::OnceLock::new(),
             progress: AtomicU64::new(0),
             ended: AtomicU8::new(0),
         });
@@ -206,6 +244,7 @@ impl Registry {
         Ok(Ticket {
             registry: Arc::clone(self),
             key,
+            admitted: now,
             conn,
             progress: Cell::new(0),
         })
@@ -281,6 +320,7 @@ impl Registry {
         self.shutting_down.store(true, Ordering::Release);
         for entry in inner.open.values() {
             let _ = entry.conn.stream.shutdown(Shutdown::Read);
+            entry.conn.wake();
         }
     }
 

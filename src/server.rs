@@ -43,6 +43,10 @@ pub(crate) struct Context {
     /// The TLS side, with TLS ports.
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::tls::Tls>,
+    /// The faults set now.
+    pub(crate) faults: crate::fault::Faults,
+    /// The echo listeners, closed while the fault `refuse` holds.
+    pub(crate) gate: crate::listener::Gate,
 }
 
 impl Context {
@@ -56,7 +60,21 @@ impl Context {
             log_budget: ServerBudget::default(),
             #[cfg(feature = "tls")]
             tls: None,
+            faults: crate::fault::Faults::default(),
+            gate: crate::listener::Gate::default(),
         }
+    }
+
+    /// Sets (or clears) the faults: new connections draw from `spec`, and the listeners close
+    /// or open as `refuse` says, at once.
+    pub(crate) fn set_fault(&self, spec: Option<crate::fault::Spec>) {
+        let refuse = spec.as_ref().is_some_and(|s| s.refuse);
+        match &spec {
+            Some(s) => info!("fault set: {s}"),
+            None => info!("fault cleared"),
+        }
+        self.faults.set(spec);
+        self.gate.set(refuse);
     }
 }
 
@@ -225,6 +243,10 @@ impl Running {
         #[cfg(feature = "tls")]
         {
             ctx.tls = tls;
+        }
+        let fault = ctx.config.fault.clone();
+        if fault.is_some() {
+            ctx.set_fault(fault);
         }
         let ctx = Arc::new(ctx);
         let pool = {

@@ -14,8 +14,11 @@ use std::time::{Duration, Instant};
 pub const DEADLINE: Duration = Duration::from_secs(15);
 
 /// Variables the server reads; tests start from none of them set.
-pub const SERVER_VARS: [&str; 29] = [
+pub const SERVER_VARS: [&str; 32] = [
     "ECHO_SHUTDOWN_DELAY",
+    "ECHO_FAULT",
+    "ECHO_ADMIN_CONTROL",
+    "ECHO_UDP",
     "ECHO_TLS_PORT",
     "ECHO_TLS_CERT",
     "ECHO_TLS_KEY",
