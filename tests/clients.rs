@@ -13,7 +13,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -675,5 +675,163 @@ fn without_the_delay_the_same_rollout_loses_connections() {
         !traffic.failures.is_empty(),
         "no connection failed without a delay: the rehearsal cannot tell; answered {:?}",
         traffic.answered
+    );
+}
+
+// ---- Faults, as a proxy sees them ------------------------------------------------------------
+
+/// A counter or gauge from Envoy's `/stats` (0 when absent).
+fn envoy_stat(envoy: &Envoy, name: &str) -> u64 {
+    envoy
+        .get(&format!("/stats?filter=^{}$", name.replace('.', "\\.")))
+        .lines()
+        .find_map(|l| l.split(": ").nth(1)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Envoy with one TCP proxy listener `front` to a cluster `echo` of `backends`, with `proxy`
+/// and `cluster` added to the tcp_proxy and the cluster.
+fn envoy_in_front(
+    tag: &str,
+    backends: &[SocketAddr],
+    proxy: &str,
+    cluster: &str,
+) -> (Envoy, SocketAddr) {
+    let endpoints: String = backends
+        .iter()
+        .map(|a| {
+            format!(
+                "        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }}\n",
+                a.port()
+            )
+        })
+        .collect();
+    let y = format!(
+        "admin:\n  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}\n\
+         static_resources:\n  listeners:\n  - name: front\n    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}\n    \
+         filter_chains:\n    - filters:\n      - name: envoy.filters.network.tcp_proxy\n        typed_config:\n          \
+         \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n          stat_prefix: front\n          cluster: echo\n{proxy}  \
+         clusters:\n  - name: echo\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: echo\n      endpoints:\n      - lb_endpoints:\n{endpoints}{cluster}"
+    );
+    let envoy = Envoy::with_config(tag, &y);
+    let front = poll(
+        "the front listener",
+        || envoy.listener("front"),
+        Option::is_some,
+    )
+    .unwrap();
+    (envoy, front)
+}
+
+#[test]
+fn envoys_tcp_idle_timeout_ends_a_hanging_backend_connection() {
+    let s = Server::with(&["--fault", "hang", "--idle-timeout", "60"]);
+    let (envoy, front) = envoy_in_front(
+        "envoy-idle",
+        &[s.addrs[0]],
+        "          idle_timeout: 1s\n",
+        "",
+    );
+    let mut c = support::connect(front);
+    let start = Instant::now();
+    c.write_all(b"anyone there?\n").unwrap();
+    let mut got = Vec::new();
+    let _ = c.read_to_end(&mut got);
+    let took = start.elapsed();
+    assert!(got.is_empty(), "{got:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "Envoy closed after {took:?}"
+    );
+    poll(
+        "Envoy's idle_timeout counter",
+        || envoy_stat(&envoy, "tcp.front.idle_timeout"),
+        |n| *n == 1,
+    );
+    // Envoy ended it, not a time limit of tcp-echo's: the hanging backend, which reads
+    // nothing, holds its side until its own idle timeout (60 s here).
+    s.log
+        .wait_for("open", DEADLINE, |l| l.contains("TCP connection open."));
+    assert!(s.log.matching("TCP connection closed.").is_empty());
+}
+
+#[test]
+fn envoys_outlier_detection_ejects_a_backend_switched_to_refuse() {
+    let a = Server::with(&[
+        "--prefix",
+        "a",
+        "--banner",
+        "off",
+        "--admin-port",
+        "0",
+        "--admin-control",
+    ]);
+    let b = Server::with(&["--prefix", "b", "--banner", "off"]);
+    let (envoy, front) = envoy_in_front(
+        "envoy-outlier",
+        &[a.addrs[0], b.addrs[0]],
+        "",
+        "    outlier_detection:\n      consecutive_5xx: 3\n      interval: 1s\n      base_ejection_time: 30s\n      max_ejection_percent: 100\n",
+    );
+    let answer = || -> Option<String> {
+        let mut c = TcpStream::connect(front).ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        c.write_all(b"x\n").ok()?;
+        c.shutdown(std::net::Shutdown::Write).ok()?;
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).ok()?;
+        let got = String::from_utf8_lossy(&got).into_owned();
+        got.strip_suffix(" x\n").map(str::to_string)
+    };
+    let before: Vec<Option<String>> = (0..20).map(|_| answer()).collect();
+    assert!(
+        before.contains(&Some("a".into())) && before.contains(&Some("b".into())),
+        "{before:?}"
+    );
+    // Switch `a` to refuse at runtime, as `curl -X PUT .../fault -d refuse` does.
+    let mut put = support::connect(a.admin());
+    put.write_all(b"PUT /fault HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nrefuse")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&support::read_to_eof(&mut put)).starts_with("HTTP/1.1 200"));
+    poll(
+        "Envoy to eject the refusing backend",
+        || {
+            answer();
+            envoy_stat(&envoy, "cluster.echo.outlier_detection.ejections_active")
+        },
+        |n| *n == 1,
+    );
+    // Traffic keeps flowing, all of it to the other backend.
+    let after: Vec<Option<String>> = (0..30).map(|_| answer()).collect();
+    assert!(after.iter().all(|v| v.as_deref() == Some("b")), "{after:?}");
+    assert!(
+        envoy_stat(
+            &envoy,
+            "cluster.echo.outlier_detection.ejections_enforced_consecutive_5xx"
+        ) >= 1
+    );
+}
+
+#[test]
+fn a_delay_shows_in_the_round_trips_through_envoy() {
+    let s = Server::with(&["--prefix", "one", "--fault", "delay=300ms"]);
+    let (_envoy, front) = envoy_in_front("envoy-delay", &[s.addrs[0]], "", "");
+    let out = support::command(
+        &["probe", &front.to_string(), "--connections", "5", "--json"],
+        &[],
+    )
+    .output()
+    .expect("tcp-echo probe");
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{json}");
+    let p50: f64 = json
+        .split("\"rtt_ms_p50\":")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{json}"));
+    assert!(
+        (300.0..500.0).contains(&p50),
+        "round trip p50 {p50} ms through Envoy"
     );
 }

@@ -1078,3 +1078,24 @@ fn tls_routing_that_would_not_reach_the_pods_tls_fails() {
     });
     assert_fails(&e, "ECHO_TLS_CERT=/tmp/tls.crt is on no volume mount");
 }
+
+#[test]
+fn the_faults_overlay_lets_v2_only_switch_faults_and_ejects_failing_pods() {
+    let set = check(&k8s("faults")).unwrap_or_else(|e| panic!("{e:#?}"));
+    for pod in tcp_echo_k8s::pods(&set) {
+        let control = pod.env.get("ECHO_ADMIN_CONTROL").map(String::as_str);
+        match pod.deployment.as_str() {
+            "tcp-echo-v2" => assert_eq!(control, Some("true")),
+            _ => assert_eq!(control, None, "{}", pod.deployment),
+        }
+    }
+    let dr = &set.destination_rules[0];
+    let policy = dr.spec.traffic_policy.as_ref().expect("a traffic policy");
+    assert_eq!(
+        policy
+            .outlier_detection
+            .as_ref()
+            .and_then(|o| o.consecutive5xx_errors),
+        Some(3)
+    );
+}
