@@ -720,6 +720,13 @@ impl Cli {
             }
             other => other,
         };
+        if self.udp && ports.is_empty() {
+            return Err(ConfigError::new(
+                "udp",
+                "true",
+                "UDP echoes on the plain ports (--port), and there are none",
+            ));
+        }
         if self.admin_control && admin_port.is_none() {
             return Err(ConfigError::new(
                 "admin_control",

@@ -43,6 +43,7 @@ mod socket;
 mod threads;
 #[cfg(feature = "tls")]
 mod tls;
+mod udp;
 
 pub use crate::banner::BannerMode;
 pub use crate::cli::main;

@@ -56,14 +56,22 @@ pub(crate) fn memory_needed(
 /// of a connection being refused as busy, and slack for the runtime.
 pub(crate) const SPARE_DESCRIPTORS: u64 = 16;
 
-/// Descriptors the server needs for `config` at its fullest: its connections, its listeners,
-/// the admin port's listener and connections (with `--admin-port`), and the spares.
+/// Sockets bound for the echo: a listener per plain and TLS port, and a UDP socket per plain
+/// port with `--udp`.
+fn echo_sockets(config: &Config) -> u64 {
+    let plain = config.ports.len() as u64;
+    plain + config.tls_ports.len() as u64 + if config.udp { plain } else { 0 }
+}
+
+/// Descriptors the server needs for `config` at its fullest: its connections, its listeners
+/// and UDP sockets, the admin port's listener and connections (with `--admin-port`), and the
+/// spares.
 pub(crate) fn descriptors_needed(config: &Config) -> u64 {
     let admin = match config.admin_port {
         Some(_) => 1 + crate::admin::MAX_CONNECTIONS as u64,
         None => 0,
     };
-    config.max_connections as u64 + config.ports.len() as u64 + admin + SPARE_DESCRIPTORS
+    config.max_connections as u64 + echo_sockets(config) + admin + SPARE_DESCRIPTORS
 }
 
 /// What to do with the open-file limit: the soft limit to set (if it changes), and a warning
@@ -114,12 +122,13 @@ pub(crate) fn raise_open_files(config: &Config) {
     }
 }
 
-/// Threads the server needs at its fullest: a worker per connection, an acceptor per port,
-/// the main thread, the signal handler, the watch and the reporter, and the admin port's
-/// thread.
+/// Threads the server needs at its fullest: a worker per connection, an acceptor per TCP port
+/// and a thread per UDP socket, the main thread, the signal handler, the watch and the
+/// reporter, the admin port's thread and the certificate watcher.
 pub(crate) fn threads_needed(config: &Config) -> u64 {
     let admin = u64::from(config.admin_port.is_some());
-    config.max_connections as u64 + config.ports.len() as u64 + 4 + admin
+    let certificates = u64::from(!config.tls_ports.is_empty());
+    config.max_connections as u64 + echo_sockets(config) + 4 + admin + certificates
 }
 
 /// The warning when a thread limit (`limit`, named `name`) is below what is `needed`.
@@ -248,5 +257,9 @@ mod tests {
         let c = c.with_admin_port(0).unwrap();
         assert_eq!(descriptors_needed(&c), 100 + 2 + 129 + SPARE_DESCRIPTORS);
         assert_eq!(threads_needed(&c), 100 + 2 + 4 + 1);
+        // With --udp, a socket and a thread per plain port besides each listener.
+        let c = c.with_udp(true);
+        assert_eq!(descriptors_needed(&c), 100 + 4 + 129 + SPARE_DESCRIPTORS);
+        assert_eq!(threads_needed(&c), 100 + 4 + 4 + 1);
     }
 }

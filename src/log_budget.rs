@@ -99,6 +99,21 @@ impl ServerBudget {
         self.suppressed.load(Ordering::Relaxed)
     }
 
+    /// Decides about one record that no connection budget covers (a UDP datagram's): [`Log`],
+    /// or held back by the server-wide limit ([`ServerNotice`] when a notice is due).
+    ///
+    /// [`Log`]: Verdict::Log
+    /// [`ServerNotice`]: Verdict::ServerNotice
+    pub(crate) fn admit_one(&self) -> Verdict {
+        if self.take_at(self.now()) {
+            Verdict::Log
+        } else if self.suppress(1, true) {
+            Verdict::ServerNotice
+        } else {
+            Verdict::Quiet
+        }
+    }
+
     /// Counts `n` suppressed pieces; true when a notice about server-wide suppression is due
     /// (at most one per ten seconds).
     fn suppress(&self, n: u64, server_wide: bool) -> bool {

@@ -166,6 +166,8 @@ pub(crate) struct Metrics {
     pub(crate) bytes: AtomicU64,
     /// Connections that drew each fault.
     pub(crate) faulted: Counters<crate::fault::Kind>,
+    /// The UDP echo's datagrams and bytes.
+    pub(crate) udp: crate::udp::Counters,
     /// TLS handshakes, by how they ended.
     #[cfg(feature = "tls")]
     pub(crate) handshakes: Counters<crate::tls::Handshake>,
@@ -239,6 +241,27 @@ impl Metrics {
             "counter",
             "Bytes received and echoed.",
             &one(load(&self.bytes)),
+        );
+        family(
+            o,
+            "tcp_echo_udp_datagrams_received_total",
+            "counter",
+            "UDP datagrams received on --udp ports.",
+            &one(load(&self.udp.received)),
+        );
+        family(
+            o,
+            "tcp_echo_udp_datagrams_total",
+            "counter",
+            "UDP datagrams received on --udp ports, by result: answered, too_large (the reply would not fit in one datagram), send_failed.",
+            &self.udp.by_result.samples("result"),
+        );
+        family(
+            o,
+            "tcp_echo_udp_bytes_total",
+            "counter",
+            "Bytes received in UDP datagrams.",
+            &one(load(&self.udp.bytes)),
         );
         #[cfg(feature = "tls")]
         family(

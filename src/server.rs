@@ -2,7 +2,7 @@
 //! ([`Running`]), and its shutdown.
 
 use std::fmt;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::registry::{Limits, Registry, Watch};
 use crate::shutdown::{self, ShutdownHandle, ShutdownSignal};
+use crate::udp::{self, Udp};
 
 /// A worker with nothing to do for this long ends (the pool starts another when needed).
 const WORKER_IDLE_EXIT: Duration = Duration::from_secs(30);
@@ -88,6 +89,8 @@ pub struct Server {
     /// The TLS side, with TLS ports.
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::Tls>,
+    /// The UDP sockets, one per plain port, with `--udp`.
+    udp: Vec<UdpSocket>,
     /// The admin port's listener and address, with `--admin-port`.
     admin: Option<(TcpListener, SocketAddr)>,
     handle: ShutdownHandle,
@@ -142,6 +145,16 @@ impl Server {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // UDP on each plain port's number and address, as bound (the same port number when
+        // the OS chose it).
+        let udp = if config.udp {
+            addrs[..config.ports.len()]
+                .iter()
+                .map(|&addr| udp::bind(addr, false))
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            Vec::new()
+        };
         let admin = match config.admin_port {
             None => None,
             Some(port) => {
@@ -160,6 +173,7 @@ impl Server {
             addrs,
             #[cfg(feature = "tls")]
             tls,
+            udp,
             admin,
             handle,
             signal,
@@ -175,6 +189,14 @@ impl Server {
     /// The TLS ports' addresses actually bound, in `--tls-port` order.
     pub fn tls_addrs(&self) -> &[SocketAddr] {
         &self.addrs[self.config.ports.len()..]
+    }
+
+    /// The UDP sockets' addresses, in `--port` order (with `--udp`; else none).
+    pub fn udp_addrs(&self) -> Vec<SocketAddr> {
+        self.udp
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .collect()
     }
 
     /// The admin port's address (with port 0, the port the OS chose), with `--admin-port`.
@@ -208,6 +230,8 @@ struct Running {
     watch: Watch,
     /// Serves `/readyz` and friends until the server returns.
     _admin: Option<Admin>,
+    /// The UDP echo's threads.
+    udp: Udp,
     /// Reloads the certificate files when they change.
     #[cfg(feature = "tls")]
     _certificates: Option<crate::threads::Background>,
@@ -228,6 +252,7 @@ impl Running {
             addrs,
             #[cfg(feature = "tls")]
             tls,
+            udp,
             admin,
             handle,
             signal,
@@ -281,6 +306,12 @@ impl Running {
                 info!("listening on {addr} (TLS)");
             }
         }
+        for socket in &udp {
+            if let Ok(addr) = socket.local_addr() {
+                info!("listening on {addr} (UDP)");
+            }
+        }
+        let udp = Udp::start(udp, &ctx)?;
         #[cfg(feature = "tls")]
         let certificates = match &ctx.tls {
             None => None,
@@ -323,6 +354,7 @@ impl Running {
             _reports: reports,
             watch,
             _admin: admin,
+            udp,
             #[cfg(feature = "tls")]
             _certificates: certificates,
             ready,
@@ -340,6 +372,7 @@ impl Running {
             _reports,
             watch,
             _admin,
+            udp,
             #[cfg(feature = "tls")]
             _certificates,
             ready,
@@ -362,6 +395,8 @@ impl Running {
         // Stop accepting first: after this, no connection is admitted, and the ones that were
         // waiting in the accept queues have been taken.
         let taken = acceptors.stop();
+        // A datagram is answered at once: nothing of UDP to drain.
+        drop(udp);
         info!(
             "shutting down: stopped accepting ({taken} waiting connections taken); draining {} \
              open for at most {:.1}s",

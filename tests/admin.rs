@@ -269,7 +269,7 @@ fn every_family_has_help_and_type_and_counters_end_in_total() {
             assert!(lines[i + 2].starts_with(name), "{name} has no sample");
         }
     }
-    assert_eq!(families, 13, "{}", r.body);
+    assert_eq!(families, 16, "{}", r.body);
 }
 
 #[test]

@@ -27,19 +27,22 @@ pub(crate) enum Kind {
     WrongEcho,
     /// The TLS handshake failed.
     Tls,
+    /// A datagram (`--udp`) got no answer within `--timeout`.
+    Lost,
     /// Anything else (a name that does not resolve, a local error).
     Error,
 }
 
 impl Kind {
     /// Every kind, in the order reports list them.
-    pub(crate) const ALL: [Kind; 7] = [
+    pub(crate) const ALL: [Kind; 8] = [
         Kind::Refused,
         Kind::Reset,
         Kind::Timeout,
         Kind::ClosedEarly,
         Kind::WrongEcho,
         Kind::Tls,
+        Kind::Lost,
         Kind::Error,
     ];
 
@@ -52,6 +55,7 @@ impl Kind {
             Kind::ClosedEarly => "closed_early",
             Kind::WrongEcho => "wrong_echo",
             Kind::Tls => "tls",
+            Kind::Lost => "lost",
             Kind::Error => "error",
         }
     }

@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 
+mod datagram;
 mod exchange;
 mod report;
 pub mod stats;
@@ -74,14 +75,20 @@ struct ProbeCli {
     #[arg(long)]
     json: bool,
 
-    /// Seconds each connection may take in all, connect to close
+    /// Seconds each connection may take in all, connect to close (with --udp: a datagram's
+    /// answer may take)
     #[arg(long, default_value = "5", value_name = "SECONDS")]
     timeout: String,
+
+    /// Send UDP datagrams instead (to a server with --udp): one per "connection", each from
+    /// its own port; an answer that does not come within --timeout counts as lost
+    #[arg(long)]
+    udp: bool,
 
     /// Speak TLS (to a --tls-port); needs --ca or --insecure. The table then shows, per
     /// version, the TLS version, SNI and ALPN the server reported in its banner
     #[cfg(feature = "tls")]
-    #[arg(long, help_heading = "TLS")]
+    #[arg(long, help_heading = "TLS", conflicts_with = "udp")]
     tls: bool,
 
     /// The server name to send (SNI) and verify [default: the host of ADDR, none for an IP]
@@ -125,6 +132,7 @@ pub(crate) struct Probe {
     expect: Option<Vec<(String, f64)>>,
     json: bool,
     timeout: Duration,
+    udp: bool,
     #[cfg(feature = "tls")]
     tls: Option<tls::Client>,
 }
@@ -228,6 +236,7 @@ fn parse(args: &[OsString]) -> Result<Result<Probe, String>, String> {
         expect,
         json: cli.json,
         timeout: Duration::from_secs_f64(timeout),
+        udp: cli.udp,
         #[cfg(feature = "tls")]
         tls,
     }))
@@ -310,7 +319,12 @@ fn run(probe: &Probe, banner: &'static BannerLines) -> Vec<Result<Answer, Failur
                     if i >= probe.connections {
                         break;
                     }
-                    if tx.send((i, exchange::connection(target))).is_err() {
+                    let result = if probe.udp {
+                        datagram::exchange(target)
+                    } else {
+                        exchange::connection(target)
+                    };
+                    if tx.send((i, result)).is_err() {
                         break;
                     }
                 });

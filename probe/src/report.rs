@@ -110,6 +110,14 @@ impl<'a> Report<'a> {
         stats::quantile(&v, q)
     }
 
+    /// The median time to connect (none over UDP, which does not connect).
+    fn connect_p50(&self, answers: &[&Answer]) -> Option<f64> {
+        if self.probe.udp {
+            return None;
+        }
+        Self::millis(answers, |a| a.connect, 0.5)
+    }
+
     fn expectation_line(&self) -> Option<String> {
         let expect = self.probe.expect.as_ref()?;
         let split = expect
@@ -141,8 +149,13 @@ impl<'a> Report<'a> {
         let total = self.probe.connections;
         let _ = writeln!(
             out,
-            "tcp-echo probe {}: {total} connections, {} ok, {} failed",
+            "tcp-echo probe {}: {total} {}, {} ok, {} failed",
             self.probe.addr,
+            if self.probe.udp {
+                "UDP datagrams"
+            } else {
+                "connections"
+            },
             self.answers.len(),
             self.failed()
         );
@@ -182,7 +195,7 @@ impl<'a> Report<'a> {
                 k.to_string(),
                 format!("{:.1}%", 100.0 * k as f64 / n as f64),
                 format!("{:.1}-{:.1}%", 100.0 * lo, 100.0 * hi),
-                ms(Self::millis(answers, |a| a.connect, 0.5)),
+                ms(self.connect_p50(answers)),
                 ms(Self::millis(answers, |a| a.round_trip, 0.5)),
                 ms(Self::millis(answers, |a| a.round_trip, 0.99)),
             ];
@@ -246,16 +259,17 @@ impl<'a> Report<'a> {
             .collect();
         let num = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.3}"));
         let mut out = format!(
-            "{{\"addr\":{},\"connections\":{},\"ok\":{},\"failed\":{},\"versions\":{},\"pods\":{},\
+            "{{\"addr\":{},\"protocol\":\"{}\",\"connections\":{},\"ok\":{},\"failed\":{},\"versions\":{},\"pods\":{},\
              \"failures\":{{{}}},\"connect_ms_p50\":{},\"rtt_ms_p50\":{},\"rtt_ms_p99\":{}",
             json_str(&self.probe.addr),
+            if self.probe.udp { "udp" } else { "tcp" },
             self.probe.connections,
             self.answers.len(),
             self.failed(),
             map(&self.versions),
             map(&self.pods),
             failures.join(","),
-            num(Self::millis(&self.answers, |a| a.connect, 0.5)),
+            num(self.connect_p50(&self.answers)),
             num(Self::millis(&self.answers, |a| a.round_trip, 0.5)),
             num(Self::millis(&self.answers, |a| a.round_trip, 0.99)),
         );

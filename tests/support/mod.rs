@@ -183,6 +183,8 @@ pub struct Server {
     pub addrs: Vec<SocketAddr>,
     /// Where its TLS ports listen (`listening on ADDR (TLS)`), in `--tls-port` order.
     pub tls_addrs: Vec<SocketAddr>,
+    /// Where it echoes UDP (`listening on ADDR (UDP)`), in `--port` order.
+    pub udp_addrs: Vec<SocketAddr>,
     /// Its stderr.
     pub log: Arc<Log>,
 }
@@ -203,27 +205,26 @@ impl Server {
             .expect("start tcp-echo");
         let log = Log::collect(child.stderr.take().expect("stderr"));
         log.wait_for("settings line", DEADLINE, |l| l.contains("settings:"));
-        let (mut addrs, mut tls_addrs) = (Vec::new(), Vec::new());
+        let (mut addrs, mut tls_addrs, mut udp_addrs) = (Vec::new(), Vec::new(), Vec::new());
         for l in log.matching("listening on ") {
             let text = l.rsplit("listening on ").next().unwrap().trim();
-            let (text, tls) = match text.strip_suffix(" (TLS)") {
-                Some(t) => (t, true),
-                None => (text, false),
+            let (text, list) = if let Some(t) = text.strip_suffix(" (TLS)") {
+                (t, &mut tls_addrs)
+            } else if let Some(t) = text.strip_suffix(" (UDP)") {
+                (t, &mut udp_addrs)
+            } else {
+                (text, &mut addrs)
             };
             let addr: SocketAddr = text
                 .parse()
                 .unwrap_or_else(|_| panic!("bad address in {l:?}"));
-            let addr = SocketAddr::new("127.0.0.1".parse().unwrap(), addr.port());
-            if tls {
-                tls_addrs.push(addr);
-            } else {
-                addrs.push(addr);
-            }
+            list.push(SocketAddr::new("127.0.0.1".parse().unwrap(), addr.port()));
         }
         Server {
             child,
             addrs,
             tls_addrs,
+            udp_addrs,
             log,
         }
     }
