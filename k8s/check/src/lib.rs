@@ -35,8 +35,12 @@ pub use gateway_api::apis::standard::tlsroutes::TLSRoute;
 /// The API group of Gateway API kinds.
 pub(crate) const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
-/// The `gatewayClassName` the manifests are written for.
+/// The `gatewayClassName` the TCP and TLS walkthroughs are written for.
 pub const GATEWAY_CLASS: &str = "istio";
+
+/// The `gatewayClassName` of the UDP walkthroughs: Istio's gateways route no UDP, so they are
+/// written for Envoy Gateway (the class its quickstart installs).
+pub const UDP_GATEWAY_CLASS: &str = "eg";
 
 /// The shortest shutdown delay a Deployment may set: Kubernetes takes a terminating pod out
 /// of the endpoints asynchronously (the endpoints controller, then kube-proxy or the mesh's
@@ -605,12 +609,17 @@ pub fn cross_check(set: &Set) -> Vec<String> {
                     .and_then(|s| s.template.spec.as_ref())
                     .map(|p| p.containers.clone())
                     .unwrap_or_default();
+                let protocol = port.protocol.as_deref().unwrap_or("TCP");
                 let ok = containers.iter().any(|c| {
-                    resolve_port(&target, c)
-                        .is_some_and(|n| c.ports.iter().flatten().any(|cp| cp.container_port == n))
+                    resolve_port(&target, c).is_some_and(|n| {
+                        c.ports.iter().flatten().any(|cp| {
+                            cp.container_port == n
+                                && cp.protocol.as_deref().unwrap_or("TCP") == protocol
+                        })
+                    })
                 });
                 if !ok {
-                    p.push(format!("Service {name}: targetPort {target:?} is not a containerPort of Deployment {}", name_of(&d.metadata)));
+                    p.push(format!("Service {name}: targetPort {target:?} is not a {protocol} containerPort of Deployment {}", name_of(&d.metadata)));
                 }
                 let admin = containers.iter().any(|c| {
                     let port = resolve_port(&target, c);
@@ -664,11 +673,12 @@ pub(crate) fn selected<'a>(set: &'a Set, svc: &Service) -> Vec<&'a Deployment> {
         .collect()
 }
 
-/// The port numbers a Service exposes.
-pub(crate) fn service_ports(s: &Service) -> Vec<i32> {
+/// The port numbers a Service exposes for `protocol` (`TCP` or `UDP`).
+pub(crate) fn service_ports(s: &Service, protocol: &str) -> Vec<i32> {
     s.spec
         .iter()
         .flat_map(|spec| spec.ports.iter().flatten())
+        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == protocol)
         .map(|p| p.port)
         .collect()
 }

@@ -9,7 +9,7 @@ use kcr_networking_istio_io::v1::gateways::GatewayServersTlsMode;
 
 use crate::{
     backend, host_is, name_of, pod_labels, selected, selects, service_ports, Backend, Set,
-    GATEWAY_CLASS, GATEWAY_GROUP,
+    GATEWAY_CLASS, GATEWAY_GROUP, UDP_GATEWAY_CLASS,
 };
 
 /// What a gateway port speaks.
@@ -30,6 +30,14 @@ impl Protocol {
             Protocol::Tcp => "TCP",
             Protocol::Tls => "TLS",
             Protocol::Udp => "UDP",
+        }
+    }
+
+    /// The transport a Service port of this protocol declares.
+    pub fn transport(self) -> &'static str {
+        match self {
+            Protocol::Udp => "UDP",
+            Protocol::Tcp | Protocol::Tls => "TCP",
         }
     }
 }
@@ -253,7 +261,7 @@ pub(crate) fn istio_problems(set: &Set) -> Vec<String> {
                 continue;
             };
             if let Some(num) = d.port {
-                let ports = service_ports(svc);
+                let ports = service_ports(svc, r.protocol.transport());
                 if !ports.contains(&(num as i32)) {
                     p.push(format!(
                         "VirtualService {name}: destination port {num} is not a port of Service {} ({ports:?})",
@@ -423,17 +431,31 @@ fn listener<'a>(
         .find(|l| l.name == section)
 }
 
-/// Gateway API: the class is Istio's; listeners are unique; each route's parents are
-/// listeners of Gateways here that speak its protocol (TLS ones passing TLS through) and admit
-/// its kind; each backend is a port of a Service here that selects pods and serves the
-/// protocol; the weights of a rule sum to something positive; a TLSRoute names hostnames.
+/// Gateway API: the class is Istio's (Envoy Gateway's with UDP listeners); listeners are
+/// unique; each route's parents are listeners of Gateways here that speak its protocol (TLS
+/// ones passing TLS through) and admit its kind; each backend is a port of a Service here (of
+/// the route's transport) that selects pods and serves the protocol; the weights of a rule sum
+/// to something positive; a TLSRoute names hostnames.
 pub(crate) fn gateway_api_problems(set: &Set) -> Vec<String> {
     let mut p = Vec::new();
     for g in &set.api_gateways {
         let name = name_of(&g.metadata);
-        if g.spec.gateway_class_name != GATEWAY_CLASS {
+        // Istio's gateways route TCP and TLS but no UDP: a Gateway with UDP listeners is
+        // written for a class that routes UDP.
+        let udp = g.spec.listeners.iter().any(|l| l.protocol == "UDP");
+        let class = if udp {
+            UDP_GATEWAY_CLASS
+        } else {
+            GATEWAY_CLASS
+        };
+        if g.spec.gateway_class_name != class {
+            let why = if udp && g.spec.gateway_class_name == GATEWAY_CLASS {
+                " (Istio's gateways do not route UDP)"
+            } else {
+                ""
+            };
             p.push(format!(
-                "Gateway {name}: gatewayClassName {} is not {GATEWAY_CLASS}",
+                "Gateway {name}: gatewayClassName {} is not {class}{why}",
                 g.spec.gateway_class_name
             ));
         }
@@ -568,7 +590,7 @@ pub(crate) fn gateway_api_problems(set: &Set) -> Vec<String> {
                     ));
                     continue;
                 };
-                let ports = service_ports(svc);
+                let ports = service_ports(svc, r.protocol.transport());
                 match b.port {
                     Some(port) if ports.contains(&port) => p.extend(port_kind_problems(
                         set,
@@ -578,8 +600,9 @@ pub(crate) fn gateway_api_problems(set: &Set) -> Vec<String> {
                         &format!("{kind} {name}"),
                     )),
                     Some(port) => p.push(format!(
-                        "{kind} {name}: backend Service {} has no port {port} ({ports:?})",
-                        b.name
+                        "{kind} {name}: backend Service {} has no {} port {port} ({ports:?})",
+                        b.name,
+                        r.protocol.transport()
                     )),
                     None => p.push(format!(
                         "{kind} {name}: backend Service {} needs a port",

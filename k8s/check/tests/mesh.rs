@@ -46,6 +46,8 @@ struct Running {
     addr: SocketAddr,
     /// Its TLS port, if it has one.
     tls: Option<SocketAddr>,
+    /// Its UDP echo, if it has one.
+    udp: Option<SocketAddr>,
     /// Its admin port, where the kubelet probes it.
     admin: SocketAddr,
     /// Its log, line by line.
@@ -91,13 +93,17 @@ fn start_backend(b: &Backend) -> Running {
     let mut child = cmd.spawn().expect("start tcp-echo");
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let log = Arc::new(Mutex::new(Vec::new()));
-    let (mut addr, mut tls, mut admin) = (None, None, None);
+    let (mut addr, mut tls, mut udp, mut admin) = (None, None, None, None);
     loop {
         let line = lines.next().expect("tcp-echo exited").expect("read log");
         if let Some(a) = line.split("listening on ").nth(1) {
-            match a.trim().strip_suffix(" (TLS)") {
-                Some(a) => tls = Some(a.parse().expect("TLS address")),
-                None => addr = Some(a.trim().parse().expect("address")),
+            let a = a.trim();
+            if let Some(a) = a.strip_suffix(" (TLS)") {
+                tls = Some(a.parse().expect("TLS address"));
+            } else if let Some(a) = a.strip_suffix(" (UDP)") {
+                udp = Some(a.parse().expect("UDP address"));
+            } else {
+                addr = Some(a.parse().expect("address"));
             }
         }
         if let Some(a) = line.split("admin endpoint on http://").nth(1) {
@@ -121,6 +127,7 @@ fn start_backend(b: &Backend) -> Running {
         proc: Proc(child),
         addr: addr.expect("a plain port"),
         tls,
+        udp,
         admin: admin.expect("an admin port"),
         log,
     }
@@ -327,8 +334,23 @@ fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
 fn cluster(backend: &Backend, protocol: Protocol) -> String {
     match protocol {
         Protocol::Tls => format!("{}_tls", backend.deployment),
-        _ => backend.deployment.clone(),
+        Protocol::Udp => format!("{}_udp", backend.deployment),
+        Protocol::Tcp => backend.deployment.clone(),
     }
+}
+
+/// A UDP listener's `udp_proxy` to the cluster of `r`: its one backend's, or the route's own
+/// cluster whose endpoints carry the weights (`udp_proxy` routes to one cluster, and Envoy
+/// Gateway programs UDPRoute weights as endpoint weights).
+fn udp_proxy(r: &Route, stat: &str) -> String {
+    let cluster = if r.backends.len() == 1 {
+        cluster(&r.backends[0], Protocol::Udp)
+    } else {
+        format!("{stat}_weighted")
+    };
+    format!(
+        "    listener_filters:\n    - name: envoy.filters.udp_listener.udp_proxy\n      typed_config:\n        \"@type\": type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig\n        stat_prefix: {stat}\n        matcher:\n          on_no_match:\n            action:\n              name: route\n              typed_config:\n                \"@type\": type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.Route\n                cluster: {cluster}\n"
+    )
 }
 
 /// A TCP proxy to the cluster(s) of `r`: one, or `weighted_clusters` (how Istio programs TCP
@@ -371,6 +393,13 @@ fn envoy_config(routes: &[Route], backends: &BTreeMap<String, Running>) -> Strin
     for port in ports {
         let name = format!("gateway_{port}");
         let here: Vec<&Route> = routes.iter().filter(|r| r.gateway_port == port).collect();
+        if here[0].protocol == Protocol::Udp {
+            y += &format!(
+                "  - name: {name}\n    address: {{ socket_address: {{ protocol: UDP, address: 127.0.0.1, port_value: 0 }} }}\n"
+            );
+            y += &udp_proxy(here[0], &name);
+            continue;
+        }
         y += &format!(
             "  - name: {name}\n    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}\n"
         );
@@ -389,10 +418,39 @@ fn envoy_config(routes: &[Route], backends: &BTreeMap<String, Running>) -> Strin
     }
     y += "  clusters:\n";
     for (name, b) in backends {
-        for (cluster, addr) in [(name.clone(), Some(b.addr)), (format!("{name}_tls"), b.tls)] {
+        for (cluster, addr) in [
+            (name.clone(), Some(b.addr)),
+            (format!("{name}_tls"), b.tls),
+            (format!("{name}_udp"), b.udp),
+        ] {
             let Some(addr) = addr else { continue };
             y += &static_cluster(&cluster, addr);
         }
+    }
+    for r in routes
+        .iter()
+        .filter(|r| r.protocol == Protocol::Udp && r.backends.len() > 1)
+    {
+        let endpoints: Vec<(SocketAddr, u32)> = r
+            .backends
+            .iter()
+            .map(|b| (backends[&b.deployment].udp.expect("a UDP echo"), b.weight))
+            .collect();
+        y += &weighted_cluster(&format!("gateway_{}_weighted", r.gateway_port), &endpoints);
+    }
+    y
+}
+
+/// A STATIC cluster of weighted endpoints.
+fn weighted_cluster(name: &str, endpoints: &[(SocketAddr, u32)]) -> String {
+    let mut y = format!(
+        "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n"
+    );
+    for (addr, weight) in endpoints {
+        y += &format!(
+            "        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }}\n          load_balancing_weight: {weight}\n",
+            addr.port()
+        );
     }
     y
 }
@@ -968,4 +1026,98 @@ fn envoy_terminating_and_re_encrypting_shows_its_own_sni_to_the_backend() {
         "{log}"
     );
     assert!(!log.contains("front.example.com"), "{log}");
+}
+
+/// Each datagram sent to `gateway` is answered by one datagram.
+fn udp_exchange(gateway: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.connect(gateway).unwrap();
+    socket.set_read_timeout(Some(DEADLINE)).unwrap();
+    socket.send(data).unwrap();
+    let mut buf = vec![0u8; 65_536];
+    let n = socket.recv(&mut buf).expect("an answer through envoy");
+    buf.truncate(n);
+    buf
+}
+
+/// Datagrams the log of `backend` shows echoed.
+fn datagrams(backend: &Running) -> usize {
+    let log = backend.log.lock().unwrap();
+    log.iter()
+        .filter(|l| l.contains("UDP datagram echoed."))
+        .count()
+}
+
+/// UDP routed by port through Envoy's `udp_proxy`: each gateway port reaches its version's
+/// UDP echo (no TCP connection is made), and the probe over UDP tallies only that version.
+#[test]
+fn gateway_api_udproutes_send_each_gateway_port_to_its_version() {
+    let r = Rehearsal::start("gateway-api/udp");
+    for (port, version, prefix) in [(31500, "v1", "one"), (31501, "v2", "two")] {
+        let b = r.backend(port, version);
+        let gateway = r.gateway[&port];
+        assert_eq!(
+            udp_exchange(gateway, b"hello\n"),
+            format!("{prefix} hello\n").as_bytes(),
+            "through gateway port {port}"
+        );
+        let (code, json) = probe(&[
+            &gateway.to_string(),
+            "--udp",
+            "--connections",
+            "20",
+            "--expect",
+            &format!("{prefix}=1"),
+        ]);
+        println!("gateway-api/udp {port}: {json}");
+        assert_eq!(code, Some(0), "{json}");
+        assert_eq!(
+            json_field(&json, "versions"),
+            format!("{{\"{prefix}\":20}}")
+        );
+        let running = &r.backends[&b.deployment];
+        let deadline = Instant::now() + DEADLINE;
+        while datagrams(running) < 21 {
+            assert!(
+                Instant::now() < deadline,
+                "{} datagrams logged",
+                datagrams(running)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(datagrams(running), 21);
+        assert_eq!(running.echo_connections(), 0, "no TCP connection");
+    }
+}
+
+/// UDP by weight: 200 datagrams, each from a port of its own (a flow of its own), split 80/20
+/// as `tcp-echo probe --udp --expect one=80,two=20` judges it; a wrong expectation fails.
+#[test]
+fn gateway_api_udp_weighted_routing_splits_flows_80_20() {
+    let r = Rehearsal::start("gateway-api/udp/weighted");
+    let gateway = r.gateway[&31500].to_string();
+    let (code, json) = probe(&[
+        &gateway,
+        "--udp",
+        "--connections",
+        "200",
+        "--concurrency",
+        "4",
+        "--expect",
+        "one=80,two=20",
+    ]);
+    println!("gateway-api/udp/weighted: {json}");
+    assert_eq!(code, Some(0), "{json}");
+    assert!(json.contains("\"ok\":200,\"failed\":0"), "{json}");
+    assert!(json.contains("\"expect_ok\":true"), "{json}");
+    let (code, json) = probe(&[
+        &gateway,
+        "--udp",
+        "--connections",
+        "200",
+        "--expect",
+        "one=50,two=50",
+    ]);
+    assert_eq!(code, Some(1), "a wrong expectation must fail: {json}");
+    assert!(json.contains("\"expect_ok\":false"), "{json}");
 }

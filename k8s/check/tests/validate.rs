@@ -260,7 +260,7 @@ fn disagreeing_ports_fail() {
     let e = broken("", "Service", "tcp-echo", |v| {
         at(v, "spec.ports.0")["targetPort"] = 3334.into()
     });
-    assert_fails(&e, "targetPort Int(3334) is not a containerPort");
+    assert_fails(&e, "targetPort Int(3334) is not a TCP containerPort");
     let e = broken("", "Deployment", "tcp-echo-v2", |v| {
         at(v, "spec.template.spec.containers.0.env.0")["value"] = "9000".into()
     });
@@ -680,7 +680,7 @@ fn a_backend_ref_to_a_missing_service_or_port_fails() {
     let e = broken("gateway-api/weighted", "TCPRoute", "tcp-echo", |v| {
         at(v, "spec.rules.0.backendRefs.1")["port"] = 80.into();
     });
-    assert_fails(&e, "backend Service tcp-echo-v2 has no port 80");
+    assert_fails(&e, "backend Service tcp-echo-v2 has no TCP port 80");
 }
 
 #[test]
@@ -697,7 +697,7 @@ fn a_backend_service_selecting_no_pods_or_another_port_fails() {
     });
     assert_fails(
         &e,
-        "Service tcp-echo-v1: targetPort Int(8080) is not a containerPort",
+        "Service tcp-echo-v1: targetPort Int(8080) is not a TCP containerPort",
     );
 }
 
@@ -1097,5 +1097,102 @@ fn the_faults_overlay_lets_v2_only_switch_faults_and_ejects_failing_pods() {
             .as_ref()
             .and_then(|o| o.consecutive5xx_errors),
         Some(3)
+    );
+}
+
+// UDP walkthroughs.
+
+#[test]
+fn the_udp_walkthroughs_route_by_port_and_by_weight_to_the_udp_port() {
+    assert_eq!(
+        tls_summary("gateway-api/udp"),
+        vec![
+            (31500, None, vec![("v1".into(), 1)], 3333),
+            (31501, None, vec![("v2".into(), 1)], 3333),
+        ]
+    );
+    assert_eq!(
+        tls_summary("gateway-api/udp/weighted"),
+        vec![(
+            31500,
+            None,
+            vec![("v1".into(), 80), ("v2".into(), 20)],
+            3333
+        )]
+    );
+    let set = check(&k8s("gateway-api/udp")).unwrap();
+    assert!(routes(&set)
+        .iter()
+        .all(|r| r.protocol == tcp_echo_k8s::Protocol::Udp));
+    assert_eq!(set.udp_routes.len(), 2);
+    // The pods echo UDP on 3333, and every Service has the UDP port beside the TCP one.
+    for pod in tcp_echo_k8s::pods(&set) {
+        assert!(pod.config.udp(), "{}", pod.deployment);
+        assert_eq!(pod.config.ports(), &[3333]);
+    }
+    for svc in &set.services {
+        let ports: Vec<(i32, String)> = svc
+            .spec
+            .as_ref()
+            .unwrap()
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| (p.port, p.protocol.clone().unwrap_or_default()))
+            .collect();
+        assert!(ports.contains(&(3333, "TCP".into())), "{ports:?}");
+        assert!(ports.contains(&(3333, "UDP".into())), "{ports:?}");
+    }
+    // The UDPRoutes are v1 (Standard channel).
+    let docs = build(&k8s("gateway-api/udp")).unwrap();
+    for d in docs.iter().filter(|d| d.value["kind"] == "UDPRoute") {
+        assert_eq!(d.value["apiVersion"], "gateway.networking.k8s.io/v1");
+    }
+}
+
+#[test]
+fn udp_routing_that_would_not_reach_the_pods_udp_echo_fails() {
+    // Istio's gateways do not route UDP.
+    let e = broken("gateway-api/udp", "Gateway", "tcp-echo-udp-gateway", |v| {
+        at(v, "spec")["gatewayClassName"] = "istio".into();
+    });
+    assert_fails(
+        &e,
+        "gatewayClassName istio is not eg (Istio's gateways do not route UDP)",
+    );
+    // A pod without ECHO_UDP: the port is not a UDP port of tcp-echo.
+    let e = broken("gateway-api/udp", "Deployment", "tcp-echo-v2", |v| {
+        set_env(v, "ECHO_UDP", "false");
+    });
+    assert_fails(
+        &e,
+        "port 3333 of Deployment tcp-echo-v2 is not a UDP port of tcp-echo",
+    );
+    // A Service without the UDP port: the route's backend has no UDP port 3333.
+    let e = broken("gateway-api/udp", "Service", "tcp-echo-v1", |v| {
+        at(v, "spec.ports")
+            .as_sequence_mut()
+            .unwrap()
+            .retain(|p| p["protocol"] != "UDP");
+    });
+    assert_fails(
+        &e,
+        "UDPRoute tcp-echo-v1: backend Service tcp-echo-v1 has no UDP port 3333",
+    );
+    // The container does not declare the UDP port.
+    let e = broken("gateway-api/udp", "Deployment", "tcp-echo-v1", |v| {
+        at(v, "spec.template.spec.containers.0.ports")
+            .as_sequence_mut()
+            .unwrap()
+            .retain(|p| p["protocol"] != "UDP");
+    });
+    assert_fails(&e, "is not a UDP containerPort of Deployment tcp-echo-v1");
+    // A UDPRoute on a TCP listener.
+    let e = broken("gateway-api/udp", "Gateway", "tcp-echo-udp-gateway", |v| {
+        at(v, "spec.listeners.1")["protocol"] = "TCP".into();
+    });
+    assert_fails(
+        &e,
+        "listener udp-31501 of Gateway tcp-echo-udp-gateway speaks TCP, not UDP",
     );
 }
