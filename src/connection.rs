@@ -208,14 +208,7 @@ pub(crate) fn serve(job: Job, ctx: &Context) {
         },
     };
     let client = start.client.map_or(peer, canonical);
-    if mode == proxy::Mode::Off {
-        info!("{id} - TCP connection open. peer={peer} local={local}");
-    } else {
-        info!(
-            "{id} - TCP connection open. client={client} peer={peer} local={local} proxy=\"{}\"",
-            start.header.unwrap_or("none")
-        );
-    }
+    log_open(&id, mode, client, peer, &local, start.header);
     let outcome = match fault.as_ref().map(|f| Arc::clone(&f.spec)) {
         // Accepted, then never read and never answered, until a time limit or the shutdown.
         Some(spec) if spec.hang => {
@@ -238,18 +231,46 @@ pub(crate) fn serve(job: Job, ctx: &Context) {
         Some(outcome) => outcome,
         None => serve_stream(&job, ctx, &id, client, &start.rest, fault.as_mut()),
     };
+    log_close(&id, &outcome, job.accepted, fault.as_ref());
+    ctx.metrics.served.fetch_add(1, Ordering::Relaxed);
+    ctx.metrics.closed.add(outcome.reason.close);
+    // `job.ticket` drops here: the connection leaves the registry, the socket closes.
+}
+
+// The connection's records are written by functions of their own, never inlined: their
+// formatting state must not sit in the frame below which the connection is served (an idle
+// connection pays for every stack page its thread has touched; ARCHITECTURE.md).
+
+#[inline(never)]
+fn log_open(
+    id: &Uuid,
+    mode: proxy::Mode,
+    client: SocketAddr,
+    peer: SocketAddr,
+    local: &str,
+    header: Option<&str>,
+) {
+    if mode == proxy::Mode::Off {
+        info!("{id} - TCP connection open. peer={peer} local={local}");
+    } else {
+        info!(
+            "{id} - TCP connection open. client={client} peer={peer} local={local} proxy=\"{}\"",
+            header.unwrap_or("none")
+        );
+    }
+}
+
+#[inline(never)]
+fn log_close(id: &Uuid, outcome: &Outcome, accepted: Instant, fault: Option<&Drawn>) {
     let fault_field = fault.map_or_else(String::new, |f| format!(" fault=\"{}\"", f.spec));
     info!(
         "{id} - TCP connection closed. reason={} bytes={} lines={} duration={:.3}s unlogged={}{fault_field}",
         outcome.reason,
         outcome.bytes,
         outcome.lines,
-        job.accepted.elapsed().as_secs_f64(),
+        accepted.elapsed().as_secs_f64(),
         outcome.unlogged,
     );
-    ctx.metrics.served.fetch_add(1, Ordering::Relaxed);
-    ctx.metrics.closed.add(outcome.reason.close);
-    // `job.ticket` drops here: the connection leaves the registry, the socket closes.
 }
 
 /// The outcome of a connection a fault ended before any echo (`hang`, `reset` alone): with
@@ -292,79 +313,79 @@ fn serve_stream(
     first: &[u8],
     fault: Option<&mut Drawn>,
 ) -> Outcome {
-    let socket = job.ticket.stream();
-    let peer = canonical(job.peer);
     #[cfg(feature = "tls")]
-    let outcome = match (&ctx.tls, job.tls) {
-        (Some(tls), true) => match tls.handshake(socket, first, job.accepted) {
-            Ok((session, seen)) => {
-                ctx.metrics.handshakes.add(crate::tls::Handshake::Ok);
-                info!("{id} - TLS handshake done. {seen}");
-                let banner_end = format!("TLS: {seen}\n");
-                let outcome = echo_connection(
-                    &job.ticket,
-                    ctx,
-                    Opening {
-                        id,
-                        client,
-                        first: &[],
-                        banner_end: Some(banner_end.as_bytes()),
-                    },
-                    Stream::Tls(&session),
-                    fault,
-                );
-                // The session drops before the ticket: the socket closes after its last record.
-                drop(session);
-                outcome
-            }
-            Err(failure) => {
-                ctx.metrics.handshakes.add(failure.kind);
-                let local = socket
-                    .local_addr()
-                    .map_or_else(|_| "?".to_string(), |a| canonical(a).to_string());
-                warn!(
-                    "{id} - TLS handshake failed: {}. peer={peer} local={local}",
-                    failure.reason
-                );
-                let _ = socket.shutdown(Shutdown::Both);
-                Outcome {
-                    reason: Close::Handshake.into(),
-                    bytes: 0,
-                    lines: 0,
-                    unlogged: 0,
-                }
-            }
+    if let (Some(tls), true) = (&ctx.tls, job.tls) {
+        return serve_tls(tls, job, ctx, id, client, first, fault);
+    }
+    echo_connection(
+        &job.ticket,
+        ctx,
+        Opening {
+            id,
+            client,
+            first,
+            banner_end: None,
         },
-        _ => echo_connection(
-            &job.ticket,
-            ctx,
-            Opening {
-                id,
-                client,
-                first,
-                banner_end: None,
-            },
-            Stream::Plain(socket),
-            fault,
-        ),
-    };
-    #[cfg(not(feature = "tls"))]
-    let outcome = {
-        let _ = peer;
-        echo_connection(
-            &job.ticket,
-            ctx,
-            Opening {
-                id,
-                client,
-                first,
-                banner_end: None,
-            },
-            Stream::Plain(socket),
-            fault,
-        )
-    };
-    outcome
+        Stream::Plain(job.ticket.stream()),
+        fault,
+    )
+}
+
+/// The handshake, then the echo inside TLS. Never inlined: the TLS session (rustls' state,
+/// kilobytes) stays out of the stack frame of plain connections, whose every page an idle
+/// connection pays for.
+#[cfg(feature = "tls")]
+#[inline(never)]
+fn serve_tls(
+    tls: &crate::tls::Tls,
+    job: &Job,
+    ctx: &Context,
+    id: &Uuid,
+    client: SocketAddr,
+    first: &[u8],
+    fault: Option<&mut Drawn>,
+) -> Outcome {
+    let socket = job.ticket.stream();
+    match tls.handshake(socket, first, job.accepted) {
+        Ok((session, seen)) => {
+            ctx.metrics.handshakes.add(crate::tls::Handshake::Ok);
+            info!("{id} - TLS handshake done. {seen}");
+            let banner_end = format!("TLS: {seen}\n");
+            let outcome = echo_connection(
+                &job.ticket,
+                ctx,
+                Opening {
+                    id,
+                    client,
+                    first: &[],
+                    banner_end: Some(banner_end.as_bytes()),
+                },
+                Stream::Tls(&session),
+                fault,
+            );
+            // The session drops before the ticket: the socket closes after its last record.
+            drop(session);
+            outcome
+        }
+        Err(failure) => {
+            ctx.metrics.handshakes.add(failure.kind);
+            let peer = canonical(job.peer);
+            let local = socket
+                .local_addr()
+                .map_or_else(|_| "?".to_string(), |a| canonical(a).to_string());
+            warn!(
+                "{id} - TLS handshake failed: {}. peer={peer} local={local}",
+                failure.reason
+            );
+            let _ = socket.shutdown(Shutdown::Both);
+            Outcome {
+                reason: Close::Handshake.into(),
+                bytes: 0,
+                lines: 0,
+                unlogged: 0,
+            }
+        }
+    }
 }
 
 /// Why a read failed. Reads have no timeout (the watch ends idle connections), so a timeout
@@ -448,7 +469,8 @@ struct Echo<'a> {
     ctx: &'a Context,
     out: Stream<'a>,
     framer: Framer,
-    /// The slices of one prefixed write; allocated while the connection streams with a prefix.
+    /// The slices of one prefixed write: as many as the largest read needed (given back when
+    /// the read buffer shrinks).
     slices: Vec<IoSlice<'static>>,
     log: Option<ReceivedLog<'a>>,
     /// The banner, while it is still to be sent before the first echo (`first-read`).
@@ -484,9 +506,8 @@ impl Echo<'_> {
             self.framer.pass(data);
             return send(self.ticket, self.out, data);
         };
-        if self.slices.capacity() == 0 {
-            self.slices = Vec::with_capacity(MAX_SLICES);
-        }
+        // The list grows with the reads (up to MAX_SLICES) and is kept while the connection
+        // streams: a connection that sent a line holds a few slices, not a streaming-sized list.
         let mut slices = echo::recycle(std::mem::take(&mut self.slices));
         let mut rest = data;
         let mut result = Ok(());

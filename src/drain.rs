@@ -34,6 +34,7 @@ pub(crate) enum Drained {
 /// server closes the connection by force. Input that arrives meanwhile is read and discarded
 /// (it came after the end began): left unread, it would close the receive window and stall
 /// the very acknowledgements being waited for.
+#[inline(never)]
 pub(crate) fn wait_acknowledged(
     ticket: &Ticket,
     reader: &mut BufReader<Stream<'_>>,

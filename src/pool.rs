@@ -130,9 +130,17 @@ impl<J> Inner<J> {
         threads::lock(&self.state)
     }
 
+    /// The next job, or why there is none. Never inlined: the channel's wait needs a large
+    /// frame, which must not stay below the connection that the worker then serves (an idle
+    /// connection pays for every stack page its thread has touched).
+    #[inline(never)]
+    fn next_job(&self) -> Result<J, RecvTimeoutError> {
+        self.rx.recv_timeout(self.idle_exit)
+    }
+
     fn work(&self) {
         loop {
-            match self.rx.recv_timeout(self.idle_exit) {
+            match self.next_job() {
                 Ok(job) => {
                     if catch_unwind(AssertUnwindSafe(|| (self.handler)(job))).is_err() {
                         warn!("a worker caught a panic; its connection was closed");

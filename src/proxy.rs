@@ -112,6 +112,9 @@ impl ReadUntil for &TcpStream {
 /// Reads the start of a connection for `mode` (not [`Mode::Off`]) from its socket: the
 /// header, if any, and the bytes after it, within [`HEADER_DEADLINE`]. An error says why the
 /// connection must be closed. The socket has no read timeout afterwards.
+// Never inlined: its header buffer must not sit in the frame of every connection (see
+// ARCHITECTURE.md, "Memory per connection").
+#[inline(never)]
 pub(crate) fn read_start(socket: &TcpStream, mode: Mode) -> Result<Start, String> {
     let start = read_start_from(&mut { socket }, mode, Instant::now());
     let _ = socket.set_read_timeout(None);
