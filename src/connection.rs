@@ -32,20 +32,29 @@ pub(crate) const READ_BUFFER_MIN: usize = 2 * 1024;
 /// Largest read buffer: a streaming connection grows to it within three reads. (32 KiB reads
 /// cost 20% of streaming throughput against 64 KiB: twice the syscalls.)
 pub(crate) const READ_BUFFER_MAX: usize = 64 * 1024;
-/// The most slices one vectored write takes (Linux's `IOV_MAX`): with a prefix, a read of
-/// lines of 128 bytes or more leaves in one write. Their array (16 bytes a slice) exists only
-/// while the connection streams with a prefix.
-pub(crate) const MAX_SLICES: usize = 1024;
+/// The most slices one vectored write takes (half of Linux's `IOV_MAX`): with a prefix, 256
+/// lines leave in one write. Their array (16 bytes a slice) grows only while the connection
+/// streams with a prefix.
+pub(crate) const MAX_SLICES: usize = 512;
+
+/// The largest read buffer of a connection whose socket buffers are `socket_buffer` bytes
+/// (`None`: the kernel's autotuning): the receive queue holds about that much data (the
+/// kernel doubles the value for its own bookkeeping), so a larger buffer would never fill.
+pub(crate) fn read_buffer_max(socket_buffer: Option<usize>) -> usize {
+    socket_buffer.map_or(READ_BUFFER_MAX, |b| {
+        b.clamp(READ_BUFFER_MIN, READ_BUFFER_MAX)
+    })
+}
 
 /// The read buffer size after a read of `n` bytes into a buffer of `capacity`, with `queued`
-/// bytes still waiting in the socket: nothing waiting means the client is interactive or has
+/// bytes still waiting in the socket, growing to at most `max`: nothing waiting means the client is interactive or has
 /// gone quiet (back to the smallest buffer, so an idle connection holds no streaming-sized
 /// one); a full read with more waiting means it streams (grow).
-pub(crate) fn next_read_capacity(capacity: usize, n: usize, queued: u64) -> usize {
+pub(crate) fn next_read_capacity(capacity: usize, n: usize, queued: u64, max: usize) -> usize {
     if queued == 0 {
         READ_BUFFER_MIN
     } else if n == capacity {
-        (capacity * 4).min(READ_BUFFER_MAX)
+        (capacity * 4).min(max)
     } else {
         capacity
     }
@@ -621,6 +630,7 @@ fn echo_connection(
     } = start;
     let config = &ctx.config;
     let registry = &ctx.registry;
+    let read_max = read_buffer_max(config.socket_buffer);
     let spec = fault.as_ref().map(|f| Arc::clone(&f.spec));
     let close_after = spec.as_ref().and_then(|s| s.close_after);
     // The fault `close-after=DUR`: reads wait at most until then.
@@ -730,7 +740,7 @@ fn echo_connection(
         }
         let capacity = reader.capacity();
         if reader.buffer().is_empty() && (capacity > READ_BUFFER_MIN || n == capacity) {
-            let next = next_read_capacity(capacity, n, stream.queued());
+            let next = next_read_capacity(capacity, n, stream.queued(), read_max);
             if next != capacity {
                 reader = BufReader::with_capacity(next, reader.into_inner());
                 if next == READ_BUFFER_MIN {
@@ -795,26 +805,44 @@ mod tests {
     fn the_read_buffer_grows_while_input_waits_and_shrinks_when_none_does() {
         let mut cap = READ_BUFFER_MIN;
         let mut steps = 0;
-        while cap < READ_BUFFER_MAX {
-            cap = next_read_capacity(cap, cap, 1);
+        const MAX: usize = READ_BUFFER_MAX;
+        while cap < MAX {
+            cap = next_read_capacity(cap, cap, 1, MAX);
             steps += 1;
         }
-        assert_eq!(cap, READ_BUFFER_MAX);
+        assert_eq!(cap, MAX);
         assert!(steps <= 3);
+        assert_eq!(next_read_capacity(MAX, MAX, 1, MAX), MAX);
         assert_eq!(
-            next_read_capacity(READ_BUFFER_MAX, READ_BUFFER_MAX, 1),
-            READ_BUFFER_MAX
-        );
-        assert_eq!(
-            next_read_capacity(READ_BUFFER_MAX, 5000, 100),
-            READ_BUFFER_MAX,
+            next_read_capacity(MAX, 5000, 100, MAX),
+            MAX,
             "a medium read with more waiting keeps it"
         );
         assert_eq!(
-            next_read_capacity(READ_BUFFER_MAX, READ_BUFFER_MAX, 0),
+            next_read_capacity(MAX, MAX, 0, MAX),
             READ_BUFFER_MIN,
             "a connection with nothing waiting gives it back, even after a full read"
         );
-        assert_eq!(next_read_capacity(READ_BUFFER_MIN, 64, 0), READ_BUFFER_MIN);
+        assert_eq!(
+            next_read_capacity(READ_BUFFER_MIN, 64, 0, MAX),
+            READ_BUFFER_MIN
+        );
+        // Small socket buffers: never more than the receive queue holds.
+        assert_eq!(
+            next_read_capacity(8192, 8192, 1, read_buffer_max(Some(32768))),
+            32768
+        );
+        assert_eq!(
+            next_read_capacity(32768, 32768, 1, read_buffer_max(Some(32768))),
+            32768
+        );
+    }
+
+    #[test]
+    fn the_read_buffer_is_at_most_what_the_receive_queue_holds() {
+        assert_eq!(read_buffer_max(None), READ_BUFFER_MAX);
+        assert_eq!(read_buffer_max(Some(32768)), 32768);
+        assert_eq!(read_buffer_max(Some(1 << 20)), READ_BUFFER_MAX);
+        assert_eq!(read_buffer_max(Some(1024)), READ_BUFFER_MIN);
     }
 }

@@ -14,12 +14,18 @@ use crate::config::Config;
 /// RSS), its listeners, and slack for the kernel's bookkeeping.
 pub(crate) const MEMORY_BASE: u64 = 8 * 1024 * 1024;
 
-/// User space and the thread of one connection at worst: a read buffer of at most 64 KiB,
-/// the slices of a prefixed write (16 KiB), the worker's touched stack and its heap, the
-/// thread's 16 KiB kernel stack and task. Measured: 72.6 kB of RSS and 16.1 kB of kernel
-/// stack per connection for clients that flood empty lines and never read (`make stress`,
-/// case 9).
-pub(crate) const CONNECTION_BASE: u64 = 112 * 1024;
+/// User space and the thread of one connection at worst, besides its read buffer: the slices
+/// of a prefixed write (8 KiB), the worker's touched stack and its heap, the thread's 16 KiB
+/// kernel stack and task, the socket's own structures. Measured with the read buffer: 54.8 kB
+/// of RSS and 16.0 kB of kernel stack per connection at a 24 KiB socket buffer, for clients
+/// that flood empty lines and never read (`make stress`, case 9).
+pub(crate) const CONNECTION_BASE: u64 = 64 * 1024;
+
+/// The socket's two kernel queues, as a multiple of `--socket-buffer`: each holds up to twice
+/// the value (the kernel doubles it for its bookkeeping), and the memory cgroup charges whole
+/// pages and each packet's overhead beyond that. Measured: 4.0 times at 24 KiB and 4.9 times
+/// at 32 KiB for non-reading clients (the container test's peak charge).
+pub(crate) const SOCKET_QUEUES: u64 = 5;
 
 /// What TLS adds to a connection at worst: rustls' record buffers (one record in, at most
 /// 16 KiB of plaintext decrypted, one record's worth of encrypted output) and its state.
@@ -29,17 +35,16 @@ pub(crate) const TLS_EXTRA: u64 = 64 * 1024;
 
 /// Memory one connection may hold at worst, counted as a memory cgroup charges it, for a
 /// `--socket-buffer` of `socket_buffer` bytes (`tls`: on a TLS port); `None` when the buffers
-/// autotune (no bound). [`CONNECTION_BASE`] (and [`TLS_EXTRA`]), and the socket's two kernel
-/// queues, each at most twice `socket_buffer` (the kernel doubles the value for its
-/// bookkeeping, and charges whole pages). The container test measures it as the memory cgroup
-/// charges it, and `make stress` its parts, for the worst a client can do: flood empty lines
-/// with a prefix set and never read.
-pub(crate) const fn memory_per_connection(socket_buffer: Option<usize>, tls: bool) -> Option<u64> {
+/// autotune (no bound): [`CONNECTION_BASE`] (and [`TLS_EXTRA`]), the read buffer (at most the
+/// socket buffer, see `connection::read_buffer_max`), and the socket's kernel queues
+/// ([`SOCKET_QUEUES`] times `socket_buffer`). The container test measures it as the memory
+/// cgroup charges it, and `make stress` its parts, for the worst a client can do: flood empty
+/// lines with a prefix set and never read.
+pub(crate) fn memory_per_connection(socket_buffer: Option<usize>, tls: bool) -> Option<u64> {
     let tls = if tls { TLS_EXTRA } else { 0 };
-    match socket_buffer {
-        Some(b) => Some(CONNECTION_BASE + tls + 4 * b as u64),
-        None => None,
-    }
+    let b = socket_buffer?;
+    let read = crate::connection::read_buffer_max(Some(b)) as u64;
+    Some(CONNECTION_BASE + tls + read + SOCKET_QUEUES * b as u64)
 }
 
 /// Memory the server may need at its fullest: [`MEMORY_BASE`] plus `max_connections` times
@@ -228,13 +233,16 @@ mod tests {
     }
 
     #[test]
-    fn the_deployments_socket_buffer_bounds_a_connection_at_240_kib() {
-        let deployment = Some(32 * 1024);
-        assert_eq!(memory_per_connection(deployment, false), Some(240 * 1024));
-        assert_eq!(memory_per_connection(deployment, true), Some(304 * 1024));
+    fn the_deployments_socket_buffer_bounds_a_connection_at_208_kib() {
+        let deployment = Some(24 * 1024);
+        assert_eq!(memory_per_connection(deployment, false), Some(208 * 1024));
+        assert_eq!(memory_per_connection(deployment, true), Some(272 * 1024));
         assert_eq!(memory_per_connection(None, false), None);
-        // 1,024 connections fit 256 MiB.
+        // 1,024 connections fit 256 MiB (and 320 MiB with TLS).
         assert!(memory_needed(1024, deployment, false).unwrap() <= 256 << 20);
+        assert!(memory_needed(1024, deployment, true).unwrap() <= 320 << 20);
+        // The default 64 KiB: 448 KiB.
+        assert_eq!(memory_per_connection(Some(65536), false), Some(448 * 1024));
     }
 
     #[test]

@@ -947,7 +947,7 @@ fn s8_resets() {
 
 /// The Deployments' `--socket-buffer` (k8s/base/deployment.yml), at which the memory cases
 /// measure.
-const DEPLOYMENT_SOCKET_BUFFER: usize = 32 * 1024;
+const DEPLOYMENT_SOCKET_BUFFER: usize = 24 * 1024;
 
 /// The per-connection memory ceiling stated in ARCHITECTURE.md, in kB, at the Deployments'
 /// `--socket-buffer` (`tls`: on a TLS port): user-space buffers and stack, the thread's kernel
@@ -1003,7 +1003,7 @@ fn s9_non_reading_clients_flooding_empty_lines() {
             "--idle-timeout",
             "120",
             "--socket-buffer",
-            "32768",
+            &DEPLOYMENT_SOCKET_BUFFER.to_string(),
         ],
         &[QUIET],
     );
@@ -1046,7 +1046,7 @@ fn s9_non_reading_clients_flooding_empty_lines() {
     record(
         9,
         "Non-reading clients flooding empty lines",
-        &format!("{n} clients send empty lines as fast as they can and never read (each input byte asks for 5 output bytes with the prefix `one `), `--max-connections 257`, the Deployments' `--socket-buffer 32768`"),
+        &format!("{n} clients send empty lines as fast as they can and never read (each input byte asks for 5 output bytes with the prefix `one `), `--max-connections 257`, the Deployments' `--socket-buffer 24576`"),
         &usage,
         &format!(
             "{:.0} MB sent before every flooder stalled; per connection: {:.1} kB RSS + {:.1} kB kernel stack + {:.1} kB kernel socket memory = {total:.0} kB (ceiling {} kB); a newcomer was echoed and the next told busy; served normally after",
@@ -1426,7 +1426,7 @@ fn s12_idle_and_flooding_tls_clients() {
             "--idle-timeout",
             "120",
             "--socket-buffer",
-            "32768",
+            &DEPLOYMENT_SOCKET_BUFFER.to_string(),
         ],
         &[QUIET],
     );
@@ -1482,7 +1482,7 @@ fn s12_idle_and_flooding_tls_clients() {
     record(
         12,
         "Idle and flooding TLS clients",
-        &format!("{n} TLS clients (TLS 1.3) complete their handshake and have a line echoed, then stay idle; then all of them send empty lines as fast as they can and never read; prefix `one`, the Deployments' `--socket-buffer 32768`"),
+        &format!("{n} TLS clients (TLS 1.3) complete their handshake and have a line echoed, then stay idle; then all of them send empty lines as fast as they can and never read; prefix `one`, the Deployments' `--socket-buffer 24576`"),
         &usage,
         &format!(
             "idle: {idle_kb:.1} kB RSS per TLS connection; flooding ({:.0} MB sent before every client stalled): {:.1} kB RSS + {:.1} kB kernel stack + {:.1} kB kernel socket memory = {total:.0} kB per connection (ceiling {ceiling} kB); a newcomer's TLS was served meanwhile",

@@ -14,6 +14,8 @@ mod load;
 mod peers;
 mod proc;
 mod report;
+mod tls;
+mod udp;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream};
@@ -68,7 +70,10 @@ fn command(spec: &Spec, pin: bool) -> Command {
     } else {
         Command::new(&spec.program)
     };
-    cmd.args(&spec.args).args(["--port", "0"]);
+    cmd.args(&spec.args);
+    if !spec.args.iter().any(|a| a == "--port") {
+        cmd.args(["--port", "0"]);
+    }
     // Nothing of the caller's environment reaches a server's settings: every ECHO_* variable,
     // the port, the log filter and the banner's variables are cleared.
     let settings = std::env::vars_os()
@@ -499,6 +504,59 @@ fn strace_count(
     (per_op, errors)
 }
 
+/// Datagram ping-pong with `clients` client sockets.
+fn udp_ping_pong(spec: &Spec, clients: usize, secs: Duration) -> BTreeMap<String, f64> {
+    measure(spec, |s| {
+        let r = udp::ping_pong(s.addr, clients, secs, &spec.prefix);
+        let q = |p: f64| r.latency.value_at_quantile(p) as f64 / 1000.0;
+        let m = BTreeMap::from([
+            (
+                "dgram_per_s".to_string(),
+                r.datagrams as f64 / r.elapsed.as_secs_f64(),
+            ),
+            ("p50_us".to_string(), q(0.5)),
+            ("p99_us".to_string(), q(0.99)),
+            ("errors".to_string(), r.errors as f64),
+        ]);
+        (m, r.datagrams as f64)
+    })
+}
+
+/// Full TLS handshakes (each with one line echoed) by 4 clients.
+fn tls_handshakes(spec: &Spec, cert: &std::path::Path, secs: Duration) -> BTreeMap<String, f64> {
+    measure(spec, |s| {
+        let (n, errors, took) = tls::handshakes(s.addr, cert, 4, secs);
+        let m = BTreeMap::from([
+            (
+                "handshakes_per_s".to_string(),
+                n as f64 / took.as_secs_f64(),
+            ),
+            ("errors".to_string(), errors as f64),
+        ]);
+        (m, n as f64)
+    })
+}
+
+/// Streaming inside TLS (a copy echo: no prefix).
+fn tls_streaming(
+    spec: &Spec,
+    cert: &std::path::Path,
+    conns: usize,
+    line_len: usize,
+    secs: Duration,
+) -> BTreeMap<String, f64> {
+    measure(spec, |s| {
+        let r = tls::streaming(s.addr, cert, conns, line_len, secs);
+        let t = r.elapsed.as_secs_f64();
+        let m = BTreeMap::from([
+            ("mb_per_s".to_string(), r.bytes as f64 / 1e6 / t),
+            ("lines_per_s".to_string(), r.lines as f64 / t),
+            ("errors".to_string(), r.errors as f64),
+        ]);
+        (m, r.lines as f64)
+    })
+}
+
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
         .position(|a| a == name)
@@ -523,9 +581,18 @@ fn main() {
         Some("tokio-copy") => {
             peers::tokio_copy(arg(&args, "--port").map_or(0, |p| p.parse().expect("port")))
         }
+        Some("udp") => udp::peer(
+            arg(&args, "--port").map_or(0, |p| p.parse().expect("port")),
+            &arg(&args, "--prefix").unwrap_or_default(),
+        ),
+        Some("tokio-tls") => tls::peer(
+            arg(&args, "--port").map_or(0, |p| p.parse().expect("port")),
+            &PathBuf::from(arg(&args, "--cert").expect("--cert")),
+            &PathBuf::from(arg(&args, "--key").expect("--key")),
+        ),
         Some("run") => run(&args),
         _ => {
-            eprintln!("usage: tcp-echo-bench run [--rounds N] [--secs S] [--tcp-echo PATH] | naive|tokio --port P [--prefix X] | naive-copy|tokio-copy --port P");
+            eprintln!("usage: tcp-echo-bench run [--rounds N] [--secs S] [--tcp-echo PATH] [--tcp-echo-glibc PATH] [--tcp-echo-baseline PATH] [--only TEXT] | naive|tokio|udp --port P [--prefix X] | naive-copy|tokio-copy --port P | tokio-tls --port P --cert C --key K");
             std::process::exit(2);
         }
     }
@@ -598,12 +665,18 @@ fn run(args: &[String]) {
         copy_peer("naive copy", "naive-copy"),
         copy_peer("tokio copy", "tokio-copy"),
     ];
-    // The socket buffer cap against the kernel's autotuning (`--socket-buffer 0`).
-    let autotuned = {
-        let mut s = echo("tcp-echo autotuned", "warn", "one");
-        s.args.extend(["--socket-buffer".to_string(), "0".into()]);
+    // The socket buffer cap: the Deployments' 24 KiB and the default 64 KiB against the
+    // kernel's autotuning (`--socket-buffer 0`).
+    let with_buffer = |name: &str, bytes: &str| {
+        let mut s = echo(name, "warn", "one");
+        s.args.extend(["--socket-buffer".to_string(), bytes.into()]);
         s
     };
+    let caps = [
+        with_buffer("tcp-echo 24 KiB", "24576"),
+        echo("tcp-echo", "warn", "one"),
+        with_buffer("tcp-echo autotuned", "0"),
+    ];
     // The same code built for glibc (`cargo build --release`), to separate the build from the
     // design where they differ.
     let glibc = arg(args, "--tcp-echo-glibc")
@@ -614,6 +687,77 @@ fn run(args: &[String]) {
             program,
             ..echo("tcp-echo glibc", "warn", "one")
         });
+    // The build before this work, measured in the same run (`--tcp-echo-baseline`): with the
+    // prefix where tcp-echo runs with it, without for fortio's shape.
+    let baseline_path = arg(args, "--tcp-echo-baseline")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file());
+    let before = |prefix: &str| {
+        baseline_path.clone().map(|program| Spec {
+            name: report::BEFORE.into(),
+            program,
+            ..echo(report::BEFORE, "warn", prefix)
+        })
+    };
+    let (baseline, baseline_copy) = (before("one"), before(""));
+    // UDP: tcp-echo's `--udp` against a std `UdpSocket` echo, both with the prefix.
+    let udp_servers = [
+        {
+            let mut s = echo("tcp-echo", "warn", "one");
+            s.args.push("--udp".into());
+            s
+        },
+        Spec {
+            name: "std UdpSocket".into(),
+            program: me.clone(),
+            args: vec!["udp".into(), "--prefix".into(), "one".into()],
+            env: vec![],
+            prefix: "one".into(),
+        },
+    ];
+    // TLS: tcp-echo's TLS port against tokio-rustls, both copy echoes with one certificate.
+    let pki = std::env::temp_dir().join(format!("tcp-echo-bench-tls-{}", std::process::id()));
+    let (cert, key) = tls::certificate(&pki);
+    let tls_servers = [
+        Spec {
+            name: "tcp-echo".into(),
+            program: tcp_echo.clone(),
+            args: [
+                "--banner",
+                "off",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                "none",
+                "--tls-port",
+                "0",
+            ]
+            .map(String::from)
+            .into_iter()
+            .chain([
+                "--tls-cert".to_string(),
+                cert.display().to_string(),
+                "--tls-key".into(),
+                key.display().to_string(),
+            ])
+            .collect(),
+            env: vec![("RUST_LOG".into(), "warn".into())],
+            prefix: String::new(),
+        },
+        Spec {
+            name: "tokio-rustls".into(),
+            program: me.clone(),
+            args: vec![
+                "tokio-tls".into(),
+                "--cert".into(),
+                cert.display().to_string(),
+                "--key".into(),
+                key.display().to_string(),
+            ],
+            env: vec![],
+            prefix: String::new(),
+        },
+    ];
 
     // `--only TEXT` runs only the scenarios whose name contains TEXT (for quick checks).
     let only = arg(args, "--only");
@@ -649,6 +793,7 @@ fn run(args: &[String]) {
                 let mut specs = order.clone();
                 // The same code built for glibc, beside them at 256 connections.
                 specs.extend(glibc.iter().filter(|_| conns == 256));
+                specs.extend(baseline.iter());
                 for (s, m) in specs
                     .iter()
                     .zip(ping_pong(&specs, conns, secs, load::Message::Line))
@@ -662,6 +807,7 @@ fn run(args: &[String]) {
             if wanted(&sc) {
                 let specs: Vec<&Spec> = (0..fortio_servers.len())
                     .map(|i| &fortio_servers[(i + round) % fortio_servers.len()])
+                    .chain(baseline_copy.iter())
                     .collect();
                 for (s, m) in
                     specs
@@ -672,13 +818,15 @@ fn run(args: &[String]) {
                 }
             }
         }
+        // The main servers, and the build before this work.
+        let with_before: Vec<&Spec> = order.iter().copied().chain(baseline.iter()).collect();
         let sc = "paced 256";
-        for s in order.iter().filter(|_| wanted(sc)) {
+        for s in with_before.iter().filter(|_| wanted(sc)) {
             add(sc, s, paced(s, 256, secs));
         }
         for (line_len, conns) in [(64, 1), (64, 16), (4096, 1), (4096, 16)] {
             let sc = format!("stream {line_len}B x{conns}");
-            for s in order.iter().filter(|_| wanted(&sc)) {
+            for s in with_before.iter().filter(|_| wanted(&sc)) {
                 add(&sc, s, streaming(s, conns, line_len, secs));
             }
         }
@@ -690,8 +838,57 @@ fn run(args: &[String]) {
             ("burst 1000", |s, _| burst(s)),
         ];
         for (sc, f) in once {
-            for s in order.iter().filter(|_| wanted(sc)) {
+            for s in with_before.iter().filter(|_| wanted(sc)) {
                 add(sc, s, f(s, secs));
+            }
+        }
+        // Memory against the copy peer too (tokio's smallest per-connection state).
+        if wanted("memory") {
+            add("memory", &fortio_servers[2], memory(&fortio_servers[2]));
+        }
+        // The worst a client can do to memory: flood and never read; against the peers, once.
+        if round == 0 && wanted("flooders") {
+            for s in [&main_servers[0], &main_servers[1], &fortio_servers[2]]
+                .into_iter()
+                .chain(baseline.iter())
+            {
+                add("flooders 64", s, flooders(s, 64));
+            }
+        }
+        // The prefixed stream against the plain one (tcp-echo against itself, alternating).
+        let plain = &variants[1];
+        let pair = if round % 2 == 0 {
+            [&main_servers[0], plain]
+        } else {
+            [plain, &main_servers[0]]
+        };
+        for (line_len, conns) in [(64, 1), (4096, 1), (64, 16)] {
+            let sc = format!("prefix stream {line_len}B x{conns}");
+            for s in pair.iter().filter(|_| wanted(&sc)) {
+                add(&sc, s, streaming(s, conns, line_len, secs));
+            }
+        }
+        // UDP datagrams.
+        for clients in [1, 16] {
+            let sc = format!("udp {clients}");
+            for i in 0..udp_servers.len() {
+                let s = &udp_servers[(i + round) % udp_servers.len()];
+                if wanted(&sc) {
+                    add(&sc, s, udp_ping_pong(s, clients, secs));
+                }
+            }
+        }
+        // TLS.
+        for i in 0..tls_servers.len() {
+            let s = &tls_servers[(i + round) % tls_servers.len()];
+            if wanted("tls handshakes") {
+                add("tls handshakes", s, tls_handshakes(s, &cert, secs));
+            }
+            for (line_len, conns) in [(64, 1), (4096, 1), (4096, 16)] {
+                let sc = format!("tls stream {line_len}B x{conns}");
+                if wanted(&sc) {
+                    add(&sc, s, tls_streaming(s, &cert, conns, line_len, secs));
+                }
             }
         }
         if round == 0 {
@@ -709,20 +906,18 @@ fn run(args: &[String]) {
                 add("log ping-pong 16", s, m);
             }
         }
-        // The socket buffer cap: tcp-echo against itself with the kernel's autotuning, in
-        // alternating order.
-        let pair = if round % 2 == 0 {
-            [&main_servers[0], &autotuned]
-        } else {
-            [&autotuned, &main_servers[0]]
-        };
+        // The socket buffer cap: tcp-echo against itself at the Deployments' and the default
+        // buffer and with the kernel's autotuning, in rotating order.
+        let trio: Vec<&Spec> = (0..caps.len())
+            .map(|i| &caps[(i + round) % caps.len()])
+            .collect();
         for (line_len, conns) in [(64, 1), (4096, 1), (4096, 16)] {
             let sc = format!("cap stream {line_len}B x{conns}");
-            for s in pair.iter().filter(|_| wanted(&sc)) {
+            for s in trio.iter().filter(|_| wanted(&sc)) {
                 add(&sc, s, streaming(s, conns, line_len, secs));
             }
         }
-        for s in pair.iter().filter(|_| round == 0 && wanted("cap flooders")) {
+        for s in trio.iter().filter(|_| round == 0 && wanted("cap flooders")) {
             add("cap flooders", s, flooders(s, 64));
         }
         for s in selves {
@@ -731,6 +926,7 @@ fn run(args: &[String]) {
             }
         }
     }
+    let _ = std::fs::remove_dir_all(&pki);
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     report::write(&records, rounds, secs, &command, started.elapsed());
 }

@@ -16,6 +16,12 @@ const NAIVE_COPY: &str = "naive copy";
 const TOKIO_COPY: &str = "tokio copy";
 const COPY_SERVERS: [&str; 3] = [ECHO, NAIVE_COPY, TOKIO_COPY];
 const AUTOTUNED: &str = "tcp-echo autotuned";
+const DEPLOYMENT: &str = "tcp-echo 24 KiB";
+const NO_PREFIX: &str = "tcp-echo no prefix";
+const UDP_PEER: &str = "std UdpSocket";
+const TLS_PEER: &str = "tokio-rustls";
+/// The build before this work, when `--tcp-echo-baseline` gives it.
+pub const BEFORE: &str = "tcp-echo before";
 
 /// A one-line summary of a measurement, for progress output.
 pub fn brief(m: &BTreeMap<String, f64>) -> String {
@@ -300,7 +306,7 @@ pub fn write(records: &[Record], rounds: usize, secs: Duration, command: &str, t
     // Churn, memory, start-up, burst.
     md.push_str("\n## Churn, memory, start-up, a burst of connects\n\n");
     md.push_str("| server | churn conn/s (4 clients) | server CPU µs/conn | idle RSS kB | RSS with 1,000 idle conns kB | RSS per idle conn kB | kernel stack per conn kB | threads idle / with 1,000 | start-up to first echo ms | burst of 1,000: connects > 900 ms | listen overflows | slowest connect ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
-    for s in SERVERS {
+    for s in SERVERS.into_iter().chain([TOKIO_COPY]) {
         let _ = writeln!(
             md,
             "| {s} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {} |",
@@ -374,21 +380,24 @@ pub fn write(records: &[Record], rounds: usize, secs: Duration, command: &str, t
     // The socket buffer cap.
     md.push_str("## The cost of the socket buffer cap (tcp-echo against itself)\n\n");
     md.push_str(
-        "`--socket-buffer 65536` (the default) fixes each connection's send and receive buffers \
-         (the kernel doubles the value); `--socket-buffer 0` leaves them to the kernel's \
-         autotuning. The two run one after the other in each round, alternating which goes first. \
-         Memory: 64 clients that flood empty lines and never read, once all are stalled.\n\n",
+        "`--socket-buffer` fixes each connection's send and receive buffers (the kernel doubles \
+         the value): 24576 is what the Deployments set, 65536 the default; `--socket-buffer 0` \
+         leaves them to the kernel's autotuning. The three run one after the other in each \
+         round, in rotating order. Memory: 64 clients that flood empty lines and never read, once \
+         all are stalled.\n\n",
     );
     md.push_str(
-        "| measure | default (65536) | autotuned (0) | default vs autotuned |\n|---|---|---|---|\n",
+        "| measure | Deployments (24576) | default (65536) | autotuned (0) | Deployments vs autotuned | default vs autotuned |\n|---|---|---|---|---|---|\n",
     );
     for (len, conns) in [(64, 1), (4096, 1), (4096, 16)] {
         let sc = format!("cap stream {len}B x{conns}");
         let _ = writeln!(
             md,
-            "| streaming {len} B lines, {conns} conn: MB/s | {} | {} | {} |",
+            "| streaming {len} B lines, {conns} conn: MB/s | {} | {} | {} | {} | {} |",
+            cell(d.med(&sc, DEPLOYMENT, "mb_per_s")),
             cell(d.med(&sc, ECHO, "mb_per_s")),
             cell(d.med(&sc, AUTOTUNED, "mb_per_s")),
+            ratio_cell(d.ratio(&sc, "mb_per_s", DEPLOYMENT, AUTOTUNED)),
             ratio_cell(d.ratio(&sc, "mb_per_s", ECHO, AUTOTUNED)),
         );
     }
@@ -401,9 +410,11 @@ pub fn write(records: &[Record], rounds: usize, secs: Duration, command: &str, t
     ] {
         let _ = writeln!(
             md,
-            "| {label} | {} | {} | {} |",
+            "| {label} | {} | {} | {} | {} | {} |",
+            cell(d.med("cap flooders", DEPLOYMENT, metric)),
             cell(d.med("cap flooders", ECHO, metric)),
             cell(d.med("cap flooders", AUTOTUNED, metric)),
+            ratio_cell(d.ratio("cap flooders", metric, DEPLOYMENT, AUTOTUNED)),
             ratio_cell(d.ratio("cap flooders", metric, ECHO, AUTOTUNED)),
         );
     }
@@ -413,6 +424,192 @@ pub fn write(records: &[Record], rounds: usize, secs: Duration, command: &str, t
          to the pod's memory cgroup on cgroup v2. Its price is the streaming throughput above; \
          ping-pong, whose messages are small, does not notice it.\n\n",
     );
+
+    // Memory per connection against the peers.
+    md.push_str("## Memory per connection against the peers\n\n");
+    md.push_str(
+        "Idle: 1,000 connections that each had one line echoed (the table above). Flooding: 64 \
+         clients that send empty lines as fast as they can and never read, once all are stalled; \
+         the server's RSS growth per client and its kernel socket memory per client (`ss -tm`). \
+         tcp-echo at its default `--socket-buffer 65536`; the peers leave their buffers to the \
+         kernel's autotuning.\n\n",
+    );
+    md.push_str("| server | RSS per idle conn kB | kernel stack per conn kB | RSS per flooding conn kB | kernel socket memory per flooding conn kB |\n|---|---|---|---|---|\n");
+    for s in [ECHO, NAIVE, TOKIO_COPY] {
+        let _ = writeln!(
+            md,
+            "| {s} | {} | {} | {} | {} |",
+            cell(d.med("memory", s, "rss_per_conn_kb")),
+            cell(d.med("memory", s, "kernel_stack_per_conn_kb")),
+            cell(d.med("flooders 64", s, "rss_per_conn_kb")),
+            cell(d.med("flooders 64", s, "socket_per_conn_kb")),
+        );
+    }
+
+    // The prefix.
+    md.push_str("\n## The prefixed stream against the plain one (tcp-echo against itself)\n\n");
+    md.push_str(
+        "The prefix is inserted with vectored writes (`writev`: the prefix, then the slices of the \
+         read buffer between line starts), so no byte is copied; without a prefix each read is \
+         written as it is. The two run one after the other in each round, alternating which goes \
+         first. MB/s counts the bytes the clients sent.\n\n",
+    );
+    md.push_str("| lines | conns | prefix `one`: MB/s | no prefix: MB/s | prefixed vs plain | server CPU/line, prefixed vs plain |\n|---|---|---|---|---|---|\n");
+    for (len, conns) in [(64, 1), (4096, 1), (64, 16)] {
+        let sc = format!("prefix stream {len}B x{conns}");
+        let _ = writeln!(
+            md,
+            "| {len} B | {conns} | {} | {} | {} | {} |",
+            cell(d.med(&sc, ECHO, "mb_per_s")),
+            cell(d.med(&sc, NO_PREFIX, "mb_per_s")),
+            ratio_cell(d.ratio(&sc, "mb_per_s", ECHO, NO_PREFIX)),
+            ratio_cell(d.ratio(&sc, "server_us_per_op", ECHO, NO_PREFIX)),
+        );
+    }
+
+    // UDP.
+    md.push_str("\n## UDP (`--udp`): a datagram and its answer, repeated\n\n");
+    md.push_str(
+        "Each client thread has a socket of its own and sends a 64-byte datagram, then waits for \
+         its answer (the prefix and the datagram) before the next; a lost or wrong answer is an \
+         error. The peer, **std UdpSocket**, is one thread doing `recv_from` then `send_to` with \
+         the prefix, as tcp-echo's UDP thread does.\n\n",
+    );
+    md.push_str("| clients | server | datagrams/s | p50 µs | p99 µs | server CPU µs/datagram | errors |\n|---|---|---|---|---|---|---|\n");
+    for clients in [1, 16] {
+        let sc = format!("udp {clients}");
+        for s in [ECHO, UDP_PEER] {
+            let _ = writeln!(
+                md,
+                "| {clients} | {s} | {} | {} | {} | {} | {} |",
+                cell(d.med(&sc, s, "dgram_per_s")),
+                cell(d.med(&sc, s, "p50_us")),
+                cell(d.med(&sc, s, "p99_us")),
+                cell(d.med(&sc, s, "server_us_per_op")),
+                d.max(&sc, s, "errors"),
+            );
+        }
+    }
+    md.push_str("\n| clients | datagrams/s vs std UdpSocket | CPU/datagram vs std UdpSocket |\n|---|---|---|\n");
+    for clients in [1, 16] {
+        let sc = format!("udp {clients}");
+        let _ = writeln!(
+            md,
+            "| {clients} | {} | {} |",
+            ratio_cell(d.ratio(&sc, "dgram_per_s", ECHO, UDP_PEER)),
+            ratio_cell(d.ratio(&sc, "server_us_per_op", ECHO, UDP_PEER)),
+        );
+    }
+
+    // TLS.
+    md.push_str("\n## TLS (`--tls-port`)\n\n");
+    md.push_str(
+        "Both servers hold the same self-signed ECDSA P-256 certificate and echo without prefix. \
+         Handshakes: 4 clients connect, complete a full TLS 1.3 handshake (the client never \
+         resumes), have one line echoed and close, for the timed run. Streaming: as above, inside \
+         TLS. The peer, **tokio-rustls**, is rustls with ring (as tcp-echo) under tokio, a task \
+         per connection.\n\n",
+    );
+    md.push_str(
+        "| measure | tcp-echo | tokio-rustls | tcp-echo vs tokio-rustls |\n|---|---|---|---|\n",
+    );
+    let _ = writeln!(
+        md,
+        "| full handshakes/s (4 clients) | {} | {} | {} |",
+        cell(d.med("tls handshakes", ECHO, "handshakes_per_s")),
+        cell(d.med("tls handshakes", TLS_PEER, "handshakes_per_s")),
+        ratio_cell(d.ratio("tls handshakes", "handshakes_per_s", ECHO, TLS_PEER)),
+    );
+    let _ = writeln!(
+        md,
+        "| server CPU µs per handshake | {} | {} | {} |",
+        cell(d.med("tls handshakes", ECHO, "server_us_per_op")),
+        cell(d.med("tls handshakes", TLS_PEER, "server_us_per_op")),
+        ratio_cell(d.ratio("tls handshakes", "server_us_per_op", ECHO, TLS_PEER)),
+    );
+    for (len, conns) in [(64, 1), (4096, 1), (4096, 16)] {
+        let sc = format!("tls stream {len}B x{conns}");
+        let _ = writeln!(
+            md,
+            "| streaming {len} B lines, {conns} conn: MB/s | {} | {} | {} |",
+            cell(d.med(&sc, ECHO, "mb_per_s")),
+            cell(d.med(&sc, TLS_PEER, "mb_per_s")),
+            ratio_cell(d.ratio(&sc, "mb_per_s", ECHO, TLS_PEER)),
+        );
+        let _ = writeln!(
+            md,
+            "| … server CPU ns per line | {} | {} | {} |",
+            cell(d.med(&sc, ECHO, "server_us_per_op").map(|v| v * 1000.0)),
+            cell(d.med(&sc, TLS_PEER, "server_us_per_op").map(|v| v * 1000.0)),
+            ratio_cell(d.ratio(&sc, "server_us_per_op", ECHO, TLS_PEER)),
+        );
+    }
+    let errors: f64 = [
+        "tls handshakes",
+        "tls stream 64B x1",
+        "tls stream 4096B x1",
+        "tls stream 4096B x16",
+    ]
+    .iter()
+    .flat_map(|sc| [ECHO, TLS_PEER].map(|s| d.max(sc, s, "errors")))
+    .sum();
+    let _ = writeln!(md, "\nErrors in the TLS runs: {errors}. Inside TLS rustls keeps the plaintext in buffers of its own, so there the echo is a copy: each read is handed to rustls, which encrypts it into its output buffer.\n");
+
+    // Before and after.
+    if d.records.iter().any(|r| r.server == BEFORE) {
+        md.push_str("## Before and after (the same run)\n\n");
+        md.push_str(
+            "**tcp-echo before** is the build given by `--tcp-echo-baseline` (the code before \
+             this round of work), measured in every round beside the others, the same way. Each \
+             ratio against a peer, before and after, is the median of its per-round ratios.\n\n",
+        );
+        md.push_str("| scenario | measure | before | after | after vs before | before vs peer | after vs peer |\n|---|---|---|---|---|---|---|\n");
+        let mut rows: Vec<(String, &str, &str, &str)> = Vec::new();
+        for conns in [1, 16, 256, 1000] {
+            let sc = format!("ping-pong {conns}");
+            rows.push((sc.clone(), "rt_per_s", "round trips/s", NAIVE));
+            rows.push((sc.clone(), "server_us_per_op", "server CPU µs/rt", NAIVE));
+            rows.push((sc, "p99_us", "p99 µs", NAIVE));
+        }
+        for conns in [1, 16, 256] {
+            let sc = format!("fortio {conns}");
+            rows.push((sc.clone(), "rt_per_s", "round trips/s", NAIVE_COPY));
+            rows.push((sc, "server_us_per_op", "server CPU µs/rt", NAIVE_COPY));
+        }
+        rows.push(("paced 256".into(), "p99_us", "p99 µs", NAIVE));
+        for (len, conns) in [(64, 1), (64, 16), (4096, 1), (4096, 16)] {
+            let sc = format!("stream {len}B x{conns}");
+            rows.push((sc.clone(), "mb_per_s", "MB/s", TOKIO));
+            rows.push((sc, "server_us_per_op", "server CPU/line", TOKIO));
+        }
+        rows.push(("churn".into(), "conn_per_s", "connections/s", NAIVE));
+        rows.push((
+            "memory".into(),
+            "rss_per_conn_kb",
+            "RSS per idle conn kB",
+            NAIVE,
+        ));
+        rows.push((
+            "flooders 64".into(),
+            "rss_per_conn_kb",
+            "RSS per flooding conn kB",
+            NAIVE,
+        ));
+        rows.push(("startup".into(), "startup_ms", "start-up ms", NAIVE));
+        for (sc, metric, label, peer) in rows {
+            let unit = |v: Option<f64>| cell(v);
+            let _ = writeln!(
+                md,
+                "| {sc} | {label} | {} | {} | {} | {} | {} |",
+                unit(d.med(&sc, BEFORE, metric)),
+                unit(d.med(&sc, ECHO, metric)),
+                ratio_cell(d.ratio(&sc, metric, ECHO, BEFORE)),
+                ratio_cell(d.ratio(&sc, metric, BEFORE, peer)).replace('×', &format!("× {peer}")),
+                ratio_cell(d.ratio(&sc, metric, ECHO, peer)).replace('×', &format!("× {peer}")),
+            );
+        }
+        md.push('\n');
+    }
 
     // Targets.
     md.push_str("## Targets\n\n| target | measured | met |\n|---|---|---|\n");
@@ -503,10 +700,45 @@ pub fn write(records: &[Record], rounds: usize, secs: Duration, command: &str, t
     );
     let per = d.med("memory", ECHO, "rss_per_conn_kb");
     target(
-        "≤ 10 kB RSS per idle connection",
+        "≤ 8 kB RSS per idle connection",
         format!("{} kB", cell(per)),
-        per.map(|v| v <= 10.0),
+        per.map(|v| v <= 8.0),
     );
+    for (len, conns) in [(64, 1), (4096, 1), (64, 16)] {
+        let r = d.ratio(
+            &format!("prefix stream {len}B x{conns}"),
+            "mb_per_s",
+            ECHO,
+            NO_PREFIX,
+        );
+        target(
+            &format!(
+                "the prefixed stream within 10 % of the plain one ({len} B lines, {conns} conn)"
+            ),
+            ratio_cell(r),
+            r.map(|r| r >= 0.9),
+        );
+    }
+    let flood = d
+        .med("cap flooders", DEPLOYMENT, "rss_per_conn_kb")
+        .zip(d.med("cap flooders", DEPLOYMENT, "socket_per_conn_kb"))
+        .zip(d.med("memory", ECHO, "kernel_stack_per_conn_kb"))
+        .map(|((rss, socket), stack)| rss + socket + stack);
+    target(
+        "a flooding, non-reading connection at the Deployments' settings: at most 256 KiB (RSS, kernel stack, socket buffers)",
+        format!("{} kB", cell(flood)),
+        flood.map(|v| v <= 256.0 * 1.024),
+    );
+    for clients in [1, 16] {
+        let r = d.ratio(&format!("udp {clients}"), "dgram_per_s", ECHO, UDP_PEER);
+        target(
+            &format!(
+                "UDP, {clients} client(s): datagrams/s level with a std UdpSocket echo (≥ 0.9×)"
+            ),
+            ratio_cell(r),
+            r.map(|r| r >= 0.9),
+        );
+    }
     let threads = d.med("memory", ECHO, "idle_threads");
     let busy_threads = d.med("memory", ECHO, "threads_1000");
     target(

@@ -502,7 +502,7 @@ fn more_connections_than_the_memory_limit_holds_fail() {
         "memory limit 67108864 bytes is below what 1024 connections",
     );
     let e = broken("", "Deployment", "tcp-echo-v2", |v| {
-        set_env(v, "ECHO_MAX_CONNECTIONS", "1100");
+        set_env(v, "ECHO_MAX_CONNECTIONS", "1250");
     });
     assert_fails(
         &e,
