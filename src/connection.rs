@@ -1,11 +1,13 @@
 //! One connection, from accept to close: its PROXY header, its open and close records, the
 //! banner, and the echo loop.
 //!
-//! Each `read` (through a `BufReader`) is echoed before the next one, in one vectored write:
-//! without a prefix the bytes leave straight from the read buffer, with one the prefix and
-//! the pieces of the read go as slices (see [`crate::echo`]); nothing is copied. A write that
-//! blocks (the client is not reading) holds up the next read, so a client that stops reading
-//! stops being read, and a connection never holds more than its read buffer and its slices.
+//! Each `read` (through a `BufReader`) is echoed before the next one, in vectored writes:
+//! without a prefix the bytes leave straight from the read buffer; with one, long lines leave
+//! from the read buffer after their prefix, and short ones are copied with theirs into a
+//! staging buffer of half the read buffer's size (see [`crate::echo`]). A write that blocks
+//! (the client is not reading) holds up the next read, so a client that stops reading stops
+//! being read, and a connection never holds more than its read buffer, its staging buffer and
+//! their slices.
 
 use std::fmt;
 use std::io::{self, BufRead, BufReader, ErrorKind, IoSlice, Read, Write};
@@ -32,10 +34,10 @@ pub(crate) const READ_BUFFER_MIN: usize = 2 * 1024;
 /// Largest read buffer: a streaming connection grows to it within three reads. (32 KiB reads
 /// cost 20% of streaming throughput against 64 KiB: twice the syscalls.)
 pub(crate) const READ_BUFFER_MAX: usize = 64 * 1024;
-/// The most slices one vectored write takes (half of Linux's `IOV_MAX`): with a prefix, 256
-/// lines leave in one write. Their array (16 bytes a slice) grows only while the connection
-/// streams with a prefix.
-pub(crate) const MAX_SLICES: usize = 512;
+/// The most slices one vectored write takes (an eighth of Linux's `IOV_MAX`): with a prefix,
+/// lines of [`echo::COPY_BELOW`] bytes or more take two slices each (the others share one);
+/// their arrays grow only while the connection streams with a prefix.
+pub(crate) const MAX_SLICES: usize = 128;
 
 /// The largest read buffer of a connection whose socket buffers are `socket_buffer` bytes
 /// (`None`: the kernel's autotuning): the receive queue holds about that much data (the
@@ -478,9 +480,13 @@ struct Echo<'a> {
     ctx: &'a Context,
     out: Stream<'a>,
     framer: Framer,
-    /// The slices of one prefixed write: as many as the largest read needed (given back when
-    /// the read buffer shrinks).
+    /// The parts of one prefixed write, their slices, and the lines it copies (given back
+    /// when the read buffer shrinks).
+    parts: Vec<echo::Part>,
     slices: Vec<IoSlice<'static>>,
+    stage: Vec<u8>,
+    /// The most bytes staged for one write: half the largest read buffer.
+    stage_cap: usize,
     log: Option<ReceivedLog<'a>>,
     /// The banner, while it is still to be sent before the first echo (`first-read`).
     banner_due: Option<Vec<u8>>,
@@ -515,18 +521,31 @@ impl Echo<'_> {
             self.framer.pass(data);
             return send(self.ticket, self.out, data);
         };
-        // The list grows with the reads (up to MAX_SLICES) and is kept while the connection
-        // streams: a connection that sent a line holds a few slices, not a streaming-sized list.
-        let mut slices = echo::recycle(std::mem::take(&mut self.slices));
+        // The lists and the staging buffer grow with the reads (up to their bounds) and are
+        // kept while the connection streams: a connection that sent a line holds a few bytes.
         let mut rest = data;
         let mut result = Ok(());
         while !rest.is_empty() && result.is_ok() {
-            slices.clear();
-            let n = self.framer.slices(prefix, rest, &mut slices, MAX_SLICES);
-            rest = &rest[n..];
+            self.parts.clear();
+            self.stage.clear();
+            let n = self.framer.frame(
+                prefix,
+                rest,
+                &mut self.stage,
+                self.stage_cap,
+                &mut self.parts,
+                MAX_SLICES,
+            );
+            let mut slices = echo::recycle(std::mem::take(&mut self.slices));
+            slices.extend(
+                self.parts
+                    .iter()
+                    .map(|p| IoSlice::new(p.bytes(&self.stage, rest))),
+            );
             result = send_slices(self.ticket, self.out, &mut slices);
+            self.slices = echo::recycle(slices);
+            rest = &rest[n..];
         }
-        self.slices = echo::recycle(slices);
         result
     }
 
@@ -542,10 +561,17 @@ impl Echo<'_> {
             Some(prefix) => {
                 let mut rest = data;
                 while !rest.is_empty() {
-                    let mut slices = Vec::new();
-                    let n = self.framer.slices(prefix, rest, &mut slices, MAX_SLICES);
-                    for slice in &slices {
-                        out.extend_from_slice(slice);
+                    let (mut stage, mut parts) = (Vec::new(), Vec::new());
+                    let n = self.framer.frame(
+                        prefix,
+                        rest,
+                        &mut stage,
+                        echo::MIN_STAGE,
+                        &mut parts,
+                        MAX_SLICES,
+                    );
+                    for part in &parts {
+                        out.extend_from_slice(part.bytes(&stage, rest));
                     }
                     rest = &rest[n..];
                 }
@@ -586,7 +612,9 @@ impl Echo<'_> {
 
     /// Gives back what only a streaming connection needs.
     fn shrink(&mut self) {
+        self.parts = Vec::new();
         self.slices = Vec::new();
+        self.stage = Vec::new();
     }
 
     fn outcome(&self, reason: Reason) -> Outcome {
@@ -644,7 +672,10 @@ fn echo_connection(
         ctx,
         out: stream,
         framer: Framer::default(),
+        parts: Vec::new(),
         slices: Vec::new(),
+        stage: Vec::new(),
+        stage_cap: (read_max / 2).max(echo::MIN_STAGE),
         log: log_enabled!(target: DATA_TARGET, Level::Info)
             .then(|| ReceivedLog::new(id, ConnectionBudget::new(&ctx.log_budget))),
         banner_due: None,
