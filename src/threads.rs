@@ -87,6 +87,13 @@ impl Background {
     }
 }
 
+impl Background {
+    /// Asks the thread to stop without waiting for it; dropping the handle then joins it.
+    pub(crate) fn request_stop(&mut self) {
+        drop(self.stop.take());
+    }
+}
+
 impl Drop for Background {
     fn drop(&mut self) {
         drop(self.stop.take());

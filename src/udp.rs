@@ -9,10 +9,9 @@
 //! within the server-wide log budget.
 
 use std::io::{self, ErrorKind};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use log::{info, log_enabled, warn, Level};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -32,9 +31,6 @@ pub(crate) const UDP_TARGET: &str = "tcp_echo::udp";
 /// than this would not fit in one datagram; over IPv6 the bound is 65,527, but the dual-stack
 /// socket answers IPv4 clients too, so the smaller bound holds for all.
 pub(crate) const MAX_REPLY: usize = 65_507;
-
-/// How often a UDP thread looks at its stop request while no datagram comes.
-const TICK: Duration = Duration::from_millis(100);
 
 labelled! {
     /// What became of a datagram, for `/metrics`.
@@ -92,9 +88,14 @@ pub(crate) fn bind(addr: SocketAddr, fallback: bool) -> Result<UdpSocket, Error>
     }
 }
 
-/// The UDP threads, one per socket; dropping them stops and joins them (within a tick).
+/// The UDP threads, one per socket; dropping them stops and joins them.
+///
+/// A thread blocks in `recv_from` with no timeout (a timeout would arm a kernel timer for
+/// every datagram awaited); to stop, it is asked to, then woken: its socket's reading side is
+/// shut (which wakes a blocked `recv_from` on Linux), and an empty datagram is sent to it
+/// (which wakes it anywhere).
 pub(crate) struct Udp {
-    _threads: Vec<Background>,
+    threads: Vec<(Background, Arc<UdpSocket>, SocketAddr)>,
 }
 
 impl Udp {
@@ -106,19 +107,48 @@ impl Udp {
                 addr: SocketAddr::new(ctx.config.bind, 0),
                 source,
             })?;
-            socket
-                .set_read_timeout(Some(TICK))
-                .map_err(|source| Error::Bind {
-                    addr: local,
-                    source,
-                })?;
             let ctx = Arc::clone(ctx);
-            threads.push(Background::start(
-                &format!("tcp-echo-udp-{}", local.port()),
-                move |stop| serve(&socket, local, &ctx, &stop),
-            )?);
+            let socket = Arc::new(socket);
+            let thread = Background::start(&format!("tcp-echo-udp-{}", local.port()), {
+                let socket = Arc::clone(&socket);
+                move |stop| serve(&socket, local, &ctx, &stop)
+            })?;
+            threads.push((thread, socket, local));
         }
-        Ok(Udp { _threads: threads })
+        Ok(Udp { threads })
+    }
+}
+
+impl Drop for Udp {
+    fn drop(&mut self) {
+        for (thread, socket, local) in &mut self.threads {
+            thread.request_stop();
+            let _ = socket2::SockRef::from(&**socket).shutdown(std::net::Shutdown::Read);
+            wake(*local);
+        }
+        // Each Background joins its thread as it drops.
+    }
+}
+
+/// Sends an empty datagram to the socket bound at `local` (on loopback when it is bound to
+/// every address), so that its thread returns from `recv_from`.
+fn wake(local: SocketAddr) {
+    let to = match local.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), local.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), local.port())
+        }
+        _ => local,
+    };
+    let from = if to.is_ipv4() {
+        SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0)
+    } else {
+        SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 0)
+    };
+    if let Ok(socket) = UdpSocket::bind(from) {
+        let _ = socket.send_to(&[], to);
     }
 }
 
@@ -127,12 +157,14 @@ fn serve(socket: &UdpSocket, local: SocketAddr, ctx: &Context, stop: &Stop) {
     let mut out = Vec::with_capacity(MAX_REPLY);
     let counters = &ctx.metrics.udp;
     let logging = log_enabled!(target: UDP_TARGET, Level::Info);
-    while !stop.requested() {
-        let (n, peer) = match socket.recv_from(&mut buf) {
+    loop {
+        let received = socket.recv_from(&mut buf);
+        if stop.requested() {
+            return;
+        }
+        let (n, peer) = match received {
             Ok(got) => got,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            // An ICMP error for an earlier reply (the client had gone) and the like.
+            // An ICMP error for an earlier reply (the client had gone), a signal, and the like.
             Err(_) => continue,
         };
         counters.received.fetch_add(1, Ordering::Relaxed);
