@@ -32,7 +32,7 @@ else
 $(error ARCH must be x86_64 or aarch64, not $(ARCH))
 endif
 
-.PHONY: help run build release test deps envoy metrics-parser kubectl manifests platforms static image image-test docker-check stress bench mesh-test
+.PHONY: help run build release test deps envoy metrics-parser kubectl manifests platforms static image image-test docker-check stress bench baseline mesh-test
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -138,12 +138,24 @@ stress: ## Reliability suite against the release binary (a few minutes); writes 
 	$(CARGO) test --release --features stress-test --test stress -- --test-threads 1 --nocapture
 	$(CARGO) run --release --example reliability_report
 
-bench: ## Benchmark against peer servers (several minutes); writes BENCHMARKS.md and bench/plot.svg
+bench: ## Benchmark against peer servers (several minutes); writes BENCHMARKS.md and bench/plot.svg (BASELINE_REV=REV: also measure that revision's build)
 	@scripts/ensure-apt.sh strace strace taskset util-linux ss iproute2
 	$(MAKE) static ARCH=x86_64
 	$(CARGO) build --release -p tcp-echo -p tcp-echo-bench
+	$(if $(BASELINE_REV),$(MAKE) baseline REV=$(BASELINE_REV))
 	target/release/tcp-echo-bench run --rounds $(or $(ROUNDS),5) --secs $(or $(SECS),1.5) \
-		--tcp-echo $(STATIC) --tcp-echo-glibc target/release/tcp-echo
+		--tcp-echo $(STATIC) --tcp-echo-glibc target/release/tcp-echo \
+		$(if $(BASELINE_REV),--tcp-echo-baseline target/baseline/$(BASELINE_REV)/tcp-echo)
+
+baseline: ## The static binary of revision REV, in target/baseline/REV/ (for make bench BASELINE_REV=REV)
+	@test -n "$(REV)" || { echo "usage: make baseline REV=<git revision>" >&2; exit 2; }
+	rm -rf target/baseline/src && git worktree prune
+	git worktree add --force --detach target/baseline/src $(REV)
+	cd target/baseline/src && CARGO_TARGET_DIR=$(abspath target/baseline/target) \
+		$(CARGO) build --release --target x86_64-unknown-linux-musl -p tcp-echo
+	mkdir -p target/baseline/$(REV)
+	cp target/baseline/target/x86_64-unknown-linux-musl/release/tcp-echo target/baseline/$(REV)/tcp-echo
+	git worktree remove --force target/baseline/src
 
 mesh-test: envoy kubectl ## Rehearse the walkthroughs through a real Envoy on loopback
 	@scripts/ensure-apt.sh curl curl

@@ -718,32 +718,33 @@ fn run(args: &[String]) {
     // TLS: tcp-echo's TLS port against tokio-rustls, both copy echoes with one certificate.
     let pki = std::env::temp_dir().join(format!("tcp-echo-bench-tls-{}", std::process::id()));
     let (cert, key) = tls::certificate(&pki);
-    let tls_servers = [
-        Spec {
-            name: "tcp-echo".into(),
-            program: tcp_echo.clone(),
-            args: [
-                "--banner",
-                "off",
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                "none",
-                "--tls-port",
-                "0",
-            ]
-            .map(String::from)
-            .into_iter()
-            .chain([
-                "--tls-cert".to_string(),
-                cert.display().to_string(),
-                "--tls-key".into(),
-                key.display().to_string(),
-            ])
-            .collect(),
-            env: vec![("RUST_LOG".into(), "warn".into())],
-            prefix: String::new(),
-        },
+    let tls_echo = |name: &str, program: PathBuf| Spec {
+        name: name.into(),
+        program,
+        args: [
+            "--banner",
+            "off",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "none",
+            "--tls-port",
+            "0",
+        ]
+        .map(String::from)
+        .into_iter()
+        .chain([
+            "--tls-cert".to_string(),
+            cert.display().to_string(),
+            "--tls-key".into(),
+            key.display().to_string(),
+        ])
+        .collect(),
+        env: vec![("RUST_LOG".into(), "warn".into())],
+        prefix: String::new(),
+    };
+    let mut tls_servers = vec![
+        tls_echo("tcp-echo", tcp_echo.clone()),
         Spec {
             name: "tokio-rustls".into(),
             program: me.clone(),
@@ -758,6 +759,11 @@ fn run(args: &[String]) {
             prefix: String::new(),
         },
     ];
+    // The same code built for glibc: the static build's musl `memcpy` and `memmove` weigh on
+    // TLS, which copies the plaintext in and out of rustls.
+    if let Some(g) = &glibc {
+        tls_servers.push(tls_echo("tcp-echo glibc", g.program.clone()));
+    }
 
     // `--only TEXT` runs only the scenarios whose name contains TEXT (for quick checks).
     let only = arg(args, "--only");
