@@ -195,7 +195,7 @@ struct Cli {
 
     /// Misbehave on purpose: a comma-separated SPEC of delay=DUR, jitter=DUR, connect-delay=DUR,
     /// rate=SIZE, close-after=SIZE|DUR, reset, hang, refuse, percent=P (durations 250ms or
-    /// 1.5s, sizes 4096, 64KiB or 1MiB). See README, "Faults"
+    /// 1.5s, sizes 4096, 64KiB or 1MiB). See docs/faults.md
     #[arg(long, env = "ECHO_FAULT", value_name = "SPEC", value_parser = parse_fault)]
     fault: Option<FaultSpec>,
 

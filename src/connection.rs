@@ -40,11 +40,12 @@ pub(crate) const READ_BUFFER_MAX: usize = 64 * 1024;
 pub(crate) const MAX_SLICES: usize = 128;
 
 /// The largest read buffer of a connection whose socket buffers are `socket_buffer` bytes
-/// (`None`: the kernel's autotuning): the receive queue holds about that much data (the
-/// kernel doubles the value for its own bookkeeping), so a larger buffer would never fill.
+/// (`None`: the kernel's autotuning): twice the value, as the kernel doubles it for the receive
+/// queue, which never holds more (at a 24 KiB socket buffer, 48 KiB reads stream 64-byte lines
+/// 1.5 times as fast as 24 KiB reads, `make bench`).
 pub(crate) fn read_buffer_max(socket_buffer: Option<usize>) -> usize {
     socket_buffer.map_or(READ_BUFFER_MAX, |b| {
-        b.clamp(READ_BUFFER_MIN, READ_BUFFER_MAX)
+        (2 * b).clamp(READ_BUFFER_MIN, READ_BUFFER_MAX)
     })
 }
 
@@ -860,19 +861,20 @@ mod tests {
         );
         // Small socket buffers: never more than the receive queue holds.
         assert_eq!(
-            next_read_capacity(8192, 8192, 1, read_buffer_max(Some(32768))),
-            32768
+            next_read_capacity(8192, 8192, 1, read_buffer_max(Some(8192))),
+            16384
         );
         assert_eq!(
-            next_read_capacity(32768, 32768, 1, read_buffer_max(Some(32768))),
-            32768
+            next_read_capacity(16384, 16384, 1, read_buffer_max(Some(8192))),
+            16384
         );
     }
 
     #[test]
     fn the_read_buffer_is_at_most_what_the_receive_queue_holds() {
         assert_eq!(read_buffer_max(None), READ_BUFFER_MAX);
-        assert_eq!(read_buffer_max(Some(32768)), 32768);
+        assert_eq!(read_buffer_max(Some(24576)), 49152);
+        assert_eq!(read_buffer_max(Some(32768)), READ_BUFFER_MAX);
         assert_eq!(read_buffer_max(Some(1 << 20)), READ_BUFFER_MAX);
         assert_eq!(read_buffer_max(Some(1024)), READ_BUFFER_MIN);
     }

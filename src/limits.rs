@@ -14,11 +14,11 @@ use crate::config::Config;
 /// RSS), its listeners, and slack for the kernel's bookkeeping.
 pub(crate) const MEMORY_BASE: u64 = 8 * 1024 * 1024;
 
-/// User space and the thread of one connection at worst, besides its read buffer: the slices
-/// of a prefixed write (8 KiB), the worker's touched stack and its heap, the thread's 16 KiB
-/// kernel stack and task, the socket's own structures. Measured with the read buffer: 54.8 kB
-/// of RSS and 16.0 kB of kernel stack per connection at a 24 KiB socket buffer, for clients
-/// that flood empty lines and never read (`make stress`, case 9).
+/// User space and the thread of one connection at worst, besides its read buffer: the staging
+/// buffer (half the read buffer) and the slices of a prefixed write, the worker's touched
+/// stack and its heap, the thread's 16 KiB kernel stack and task, the socket's own structures.
+/// Measured, the read buffer included: see ARCHITECTURE.md ("Bounded memory per connection"),
+/// `make stress` case 9.
 pub(crate) const CONNECTION_BASE: u64 = 64 * 1024;
 
 /// The socket's two kernel queues, as a multiple of `--socket-buffer`: each holds up to twice
@@ -233,10 +233,10 @@ mod tests {
     }
 
     #[test]
-    fn the_deployments_socket_buffer_bounds_a_connection_at_208_kib() {
+    fn the_deployments_socket_buffer_bounds_a_connection_at_232_kib() {
         let deployment = Some(24 * 1024);
-        assert_eq!(memory_per_connection(deployment, false), Some(208 * 1024));
-        assert_eq!(memory_per_connection(deployment, true), Some(272 * 1024));
+        assert_eq!(memory_per_connection(deployment, false), Some(232 * 1024));
+        assert_eq!(memory_per_connection(deployment, true), Some(296 * 1024));
         assert_eq!(memory_per_connection(None, false), None);
         // 1,024 connections fit 256 MiB (and 320 MiB with TLS).
         assert!(memory_needed(1024, deployment, false).unwrap() <= 256 << 20);

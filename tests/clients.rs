@@ -40,6 +40,17 @@ impl Drop for Proc {
     }
 }
 
+/// Scratch files, removed when dropped.
+struct Files(Vec<PathBuf>);
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        for f in &self.0 {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
 /// A TCP server that accepts and reads but never answers: what a health check must fail.
 fn silent_server() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -112,6 +123,7 @@ fn targets(servers: &[(&str, Server)]) -> Vec<(String, SocketAddr)> {
 struct Envoy {
     _proc: Proc,
     admin: SocketAddr,
+    _files: Files,
 }
 
 impl Envoy {
@@ -173,6 +185,7 @@ impl Envoy {
         Envoy {
             _proc: proc,
             admin: admin.unwrap(),
+            _files: Files(vec![config, admin_file]),
         }
     }
 
@@ -258,6 +271,7 @@ fn envoy_active_tcp_health_checks_mark_tcp_echo_healthy() {
 struct Haproxy {
     _proc: Proc,
     socket: PathBuf,
+    _files: Files,
 }
 
 impl Haproxy {
@@ -294,6 +308,7 @@ impl Haproxy {
         std::thread::spawn(move || for _ in BufReader::new(log).lines() {});
         Haproxy {
             _proc: Proc(child),
+            _files: Files(vec![config, socket.clone()]),
             socket,
         }
     }

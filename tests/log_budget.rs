@@ -7,7 +7,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use support::{exchange, field, read_exactly, Server, DEADLINE};
-/// The budget as the README states it: each connection's first 1,000 pieces, then 100 pieces
+/// The budget as docs/settings.md states it: each connection's first 1,000 pieces, then 100 pieces
 /// a second server-wide after a burst of 1,000.
 const PIECES_PER_CONNECTION: u64 = 1000;
 const SERVER_RATE: u64 = 100;

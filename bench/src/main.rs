@@ -330,6 +330,7 @@ fn memory(spec: &Spec) -> BTreeMap<String, f64> {
     let s = start(spec);
     std::thread::sleep(Duration::from_millis(200)); // settle after start-up
     let idle_rss = proc::status(s.pid(), "VmRSS:").unwrap_or(0) as f64;
+    let idle_anon = proc::status(s.pid(), "RssAnon:").unwrap_or(0) as f64;
     let idle_threads = proc::status(s.pid(), "Threads:").unwrap_or(0) as f64;
     let ks0 = proc::kernel_stack_kb().unwrap_or(0) as f64;
     let ((rss, threads, ks), errors) = load::hold_idle(s.addr, 1000, &spec.prefix, || {
@@ -342,6 +343,7 @@ fn memory(spec: &Spec) -> BTreeMap<String, f64> {
     });
     BTreeMap::from([
         ("idle_rss_kb".to_string(), idle_rss),
+        ("idle_rss_anon_kb".to_string(), idle_anon),
         ("rss_1000_kb".to_string(), rss),
         ("rss_per_conn_kb".to_string(), (rss - idle_rss) / 1000.0),
         ("kernel_stack_per_conn_kb".to_string(), (ks - ks0) / 1000.0),

@@ -19,7 +19,7 @@ use tcp_echo_k8s::{check, pods};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// Connections the admin port holds at once (README, "Admin port": 128).
+/// Connections the admin port holds at once (docs/admin-and-health-checks.md: 128).
 const ADMIN_SLOTS: usize = 128;
 
 fn docker(args: &[&str]) -> Output {
