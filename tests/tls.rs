@@ -1259,3 +1259,55 @@ fn the_probe_speaks_tls_and_shows_what_each_version_was_offered() {
     let (code, _) = probe(&[&s.tls_addrs[0].to_string(), "--tls"]);
     assert_eq!(code, Some(2));
 }
+
+/// The walkthroughs' certificate, made by the script docs/tls.md tells users to run: the
+/// server serves it, and the probe and `openssl s_client` trust it for each routed name.
+#[test]
+fn the_walkthroughs_certificate_script_makes_a_certificate_clients_trust() {
+    let dir = std::env::temp_dir().join(format!("tcp-echo-tls-{}-script", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("k8s/components/tls/certificate.sh");
+    let out = Command::new("sh")
+        .arg(&script)
+        .arg(&dir)
+        .output()
+        .expect("run the certificate script");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let s = Server::start(
+        &[
+            "--port",
+            "none",
+            "--tls-port",
+            "0",
+            "--prefix",
+            "one",
+            "--tls-cert",
+            path(&cert),
+            "--tls-key",
+            path(&key),
+        ],
+        &[],
+    );
+    let addr = s.tls_addrs[0].to_string();
+    for name in ["v1.example.com", "v2.example.com", "echo.example.com"] {
+        let (code, out) = probe(&[
+            &addr,
+            "--tls",
+            "--sni",
+            name,
+            "--ca",
+            path(&cert),
+            "--connections",
+            "2",
+        ]);
+        assert_eq!(code, Some(0), "{name}: {out}");
+        assert!(out.contains(name), "{out}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
