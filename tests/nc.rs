@@ -3,11 +3,10 @@
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
-use support::{wait_until, Server, DEADLINE};
+use support::{wait_until, Screen, Server, DEADLINE};
 
 fn nc() -> Command {
     let found = Command::new("sh")
@@ -53,30 +52,8 @@ fn an_nc_session_shows_the_banner_then_echoes_each_typed_line() {
         .spawn()
         .expect("start nc");
     let mut stdin = child.stdin.take().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                break;
-            }
-        }
-    });
-    let mut screen = Vec::new();
-    let mut expect = |want: &str| {
-        let deadline = std::time::Instant::now() + DEADLINE;
-        while !String::from_utf8_lossy(&screen).ends_with(want) {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match rx.recv_timeout(left.max(Duration::from_millis(1))) {
-                Ok(chunk) => screen.extend_from_slice(&chunk),
-                Err(_) => panic!(
-                    "nc showed {:?}, expected it to end with {want:?}",
-                    String::from_utf8_lossy(&screen)
-                ),
-            }
-        }
-    };
+    let mut screen = Screen::of(child.stdout.take().unwrap());
+    let mut expect = |want: &str| screen.expect(want);
     expect("Welcome, you are connected to node EchoNode.\nRunning on Pod tcp-echo-v1-abc.\n");
     stdin.write_all(b"hello\n").unwrap();
     expect("one hello\n");

@@ -10,7 +10,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{http_get, read_exactly, run_to_exit, Server, DEADLINE};
+use support::{http_get, read_exactly, run_to_exit, Screen, Server, DEADLINE};
 
 /// The largest UDP payload over IPv4.
 const MAX_DATAGRAM: usize = 65_507;
@@ -194,27 +194,12 @@ fn nc_u_sends_a_datagram_per_line_and_prints_each_answer() {
         .spawn()
         .expect("nc is not installed: run `make deps` (Debian package netcat-openbsd)");
     let mut stdin = child.stdin.take().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                break;
-            }
-        }
-    });
-    let mut seen = Vec::new();
+    let mut screen = Screen::of(child.stdout.take().unwrap());
     for line in ["hello", "world"] {
         stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
-        let want = format!("one {line}\n");
-        let deadline = Instant::now() + DEADLINE;
-        while !String::from_utf8_lossy(&seen).ends_with(&want) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            seen.extend(rx.recv_timeout(left).expect("nc printed the answer"));
-        }
+        screen.expect(&format!("one {line}\n"));
     }
-    assert_eq!(String::from_utf8_lossy(&seen), "one hello\none world\n");
+    assert_eq!(screen.text(), "one hello\none world\n");
     let _ = child.kill();
     let _ = child.wait();
     // One record per datagram, with the peer and the data.

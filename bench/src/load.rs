@@ -234,6 +234,40 @@ pub struct Streaming {
     pub errors: u64,
 }
 
+/// A stream of replies checked against an expected block that repeats.
+pub struct Replies {
+    expected: Vec<u8>,
+    pos: usize,
+    /// Bytes received.
+    pub got: u64,
+    /// Chunks that differed from the expected bytes.
+    pub errors: u64,
+}
+
+impl Replies {
+    pub fn new(expected: Vec<u8>) -> Replies {
+        Replies {
+            expected,
+            pos: 0,
+            got: 0,
+            errors: 0,
+        }
+    }
+
+    /// Checks the next `data` received.
+    pub fn check(&mut self, mut data: &[u8]) {
+        self.got += data.len() as u64;
+        while !data.is_empty() {
+            let take = data.len().min(self.expected.len() - self.pos);
+            if data[..take] != self.expected[self.pos..self.pos + take] {
+                self.errors += 1;
+            }
+            self.pos = (self.pos + take) % self.expected.len();
+            data = &data[take..];
+        }
+    }
+}
+
 /// `conns` clients each pipeline `line_len`-byte lines for `dur` while a reader drains and
 /// verifies the echo; then each half-closes and reads the rest.
 pub fn streaming(
@@ -272,34 +306,23 @@ pub fn streaming(
                     sent
                 });
                 let mut buf = vec![0u8; 256 * 1024];
-                let (mut pos, mut got, mut errors) = (0usize, 0u64, 0u64);
+                let mut replies = Replies::new(expected);
                 loop {
-                    let n = match r.read(&mut buf).await {
+                    match r.read(&mut buf).await {
                         Ok(0) => break,
-                        Ok(n) => n,
+                        Ok(n) => replies.check(&buf[..n]),
                         Err(_) => {
-                            errors += 1;
+                            replies.errors += 1;
                             break;
                         }
-                    };
-                    // Compare with the expected stream, which repeats every block.
-                    let mut data = &buf[..n];
-                    while !data.is_empty() {
-                        let take = data.len().min(expected.len() - pos);
-                        if data[..take] != expected[pos..pos + take] {
-                            errors += 1;
-                        }
-                        pos = (pos + take) % expected.len();
-                        data = &data[take..];
                     }
-                    got += n as u64;
                 }
                 let sent = writer.await.unwrap_or(0);
-                let lines = got / reply_line as u64;
+                let lines = replies.got / reply_line as u64;
                 if lines * line_len as u64 != sent {
-                    errors += 1; // missing bytes
+                    replies.errors += 1; // missing bytes
                 }
-                (lines, errors)
+                (lines, replies.errors)
             }));
         }
         let mut out = Streaming {

@@ -11,7 +11,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::load::{runtime, Streaming};
+use crate::load::{runtime, Replies, Streaming};
 
 /// Writes a self-signed ECDSA P-256 certificate for `localhost` (rcgen's default key, the kind
 /// tcp-echo makes for itself) and its key into `dir`: (certificate, key).
@@ -195,34 +195,24 @@ pub fn streaming(
                     sent
                 });
                 let mut buf = vec![0u8; 256 * 1024];
-                let (mut pos, mut got, mut errors) = (0usize, 0u64, 0u64);
+                let mut replies = Replies::new(expected);
                 loop {
-                    let n = match r.read(&mut buf).await {
+                    match r.read(&mut buf).await {
                         Ok(0) => break,
-                        Ok(n) => n,
+                        Ok(n) => replies.check(&buf[..n]),
                         // The server's close without close_notify ends the stream too.
                         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
                         Err(_) => {
-                            errors += 1;
+                            replies.errors += 1;
                             break;
                         }
-                    };
-                    let mut data = &buf[..n];
-                    while !data.is_empty() {
-                        let take = data.len().min(expected.len() - pos);
-                        if data[..take] != expected[pos..pos + take] {
-                            errors += 1;
-                        }
-                        pos = (pos + take) % expected.len();
-                        data = &data[take..];
                     }
-                    got += n as u64;
                 }
                 let sent = writer.await.unwrap_or(0);
-                if got != sent {
-                    errors += 1;
+                if replies.got != sent {
+                    replies.errors += 1;
                 }
-                (got / line_len as u64, errors)
+                (replies.got / line_len as u64, replies.errors)
             }));
         }
         let mut out = Streaming {

@@ -791,3 +791,48 @@ pub fn kernel_stack_kb() -> u64 {
         .and_then(|v| v.parse().ok())
         .expect("KernelStack")
 }
+
+/// What an interactive client (`nc`) has printed so far, read by a thread of its own.
+pub struct Screen {
+    text: Vec<u8>,
+    chunks: std::sync::mpsc::Receiver<Vec<u8>>,
+}
+
+impl Screen {
+    /// Starts reading `out` (a child's stdout) into the screen.
+    pub fn of(mut out: impl Read + Send + 'static) -> Screen {
+        let (tx, chunks) = std::sync::mpsc::channel::<Vec<u8>>();
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Screen {
+            text: Vec::new(),
+            chunks,
+        }
+    }
+
+    /// Waits (within [`DEADLINE`]) until the screen ends with `want`; panics with what it shows.
+    pub fn expect(&mut self, want: &str) {
+        let deadline = Instant::now() + DEADLINE;
+        while !String::from_utf8_lossy(&self.text).ends_with(want) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.chunks.recv_timeout(left.max(Duration::from_millis(1))) {
+                Ok(chunk) => self.text.extend_from_slice(&chunk),
+                Err(_) => panic!(
+                    "the client showed {:?}, expected it to end with {want:?}",
+                    String::from_utf8_lossy(&self.text)
+                ),
+            }
+        }
+    }
+
+    /// Everything shown so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.text).into_owned()
+    }
+}
