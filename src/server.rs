@@ -335,7 +335,6 @@ impl Running {
                     .transpose()?
             }
         };
-        info!("settings: {}", ctx.config);
         let reports = Reports::start()?;
         let acceptors = match Acceptors::start(listeners, &addrs, plain, &ctx, &pool, &reports) {
             Ok(acceptors) => acceptors,
@@ -348,6 +347,9 @@ impl Running {
         };
         // From here on the acceptors hold the only references to the pool (and its Sender).
         drop(pool);
+        // The last line of the start: everything is open and every thread runs (tests and
+        // scripts wait for it).
+        info!("settings: {}", ctx.config);
         Ok(Running {
             ctx,
             acceptors,
