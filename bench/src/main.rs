@@ -600,7 +600,28 @@ fn main() {
     }
 }
 
+/// The flags `run` takes, each with a value.
+const RUN_FLAGS: [&str; 6] = [
+    "--rounds",
+    "--secs",
+    "--tcp-echo",
+    "--tcp-echo-glibc",
+    "--tcp-echo-baseline",
+    "--only",
+];
+
 fn run(args: &[String]) {
+    // A mistyped flag (or `--help`) must not start a quarter of an hour of measurements.
+    let mut rest = args.iter().skip(2);
+    while let Some(flag) = rest.next() {
+        if !RUN_FLAGS.contains(&flag.as_str()) || rest.next().is_none() {
+            eprintln!(
+                "tcp-echo-bench run: unexpected {flag:?}; flags (each with a value): {}",
+                RUN_FLAGS.join(" ")
+            );
+            std::process::exit(2);
+        }
+    }
     let rounds: usize = arg(args, "--rounds").map_or(5, |v| v.parse().expect("--rounds"));
     let secs =
         Duration::from_secs_f64(arg(args, "--secs").map_or(1.5, |v| v.parse().expect("--secs")));
