@@ -96,39 +96,49 @@ impl Framer {
         max_parts: usize,
     ) -> usize {
         debug_assert!(max_parts >= 2 && stage_cap >= MIN_STAGE && prefix.len() <= MAX_PREFIX + 1);
+        // The staged part being extended, by where it starts in `stage`: pushed once a line
+        // goes out as a slice or framing stops (not touched per line). A staged part at the
+        // end of `parts` is extended, as it ends where `stage` does.
+        let mut run = match parts.last() {
+            Some(&Part::Staged(start, end)) if end == stage.len() => {
+                parts.pop();
+                Some(start)
+            }
+            _ => None,
+        };
         let mut consumed = 0;
         while consumed < input.len() {
             let rest = &input[consumed..];
-            let (line, ends) = match memchr(b'\n', rest) {
-                Some(i) => (&rest[..=i], true),
-                None => (rest, false),
+            let (len, ends) = match memchr(b'\n', rest) {
+                Some(i) => (i + 1, true),
+                None => (rest.len(), false),
             };
             let before: &[u8] = if self.at_line_start { prefix } else { &[] };
-            let copied = line.len() < COPY_BELOW;
-            let staged = before.len() + if copied { line.len() } else { 0 };
-            // A new staged part unless the last part is staged (it ends where `stage` does).
-            let new_staged = staged > 0 && !matches!(parts.last(), Some(Part::Staged(..)));
-            let needed = usize::from(new_staged) + usize::from(!copied);
+            let copied = len < COPY_BELOW;
+            let staged = before.len() + if copied { len } else { 0 };
+            let open = usize::from(run.is_some());
+            let needed = open + usize::from(staged > 0 && run.is_none()) + usize::from(!copied);
             if parts.len() + needed > max_parts || stage.len() + staged > stage_cap {
                 break;
             }
-            if staged > 0 {
-                let start = stage.len();
-                append(stage, before);
-                if copied {
-                    append(stage, line);
-                }
-                match parts.last_mut() {
-                    Some(Part::Staged(_, end)) if !new_staged => *end = stage.len(),
-                    _ => parts.push(Part::Staged(start, stage.len())),
-                }
+            if staged > 0 && run.is_none() {
+                run = Some(stage.len());
             }
-            if !copied {
-                parts.push(Part::Input(consumed, consumed + line.len()));
+            append(stage, before);
+            if copied {
+                append(stage, &rest[..len]);
+            } else {
+                if let Some(start) = run.take() {
+                    parts.push(Part::Staged(start, stage.len()));
+                }
+                parts.push(Part::Input(consumed, consumed + len));
             }
             self.at_line_start = ends;
             self.newlines += u64::from(ends);
-            consumed += line.len();
+            consumed += len;
+        }
+        if let Some(start) = run {
+            parts.push(Part::Staged(start, stage.len()));
         }
         consumed
     }
@@ -158,7 +168,10 @@ fn append(out: &mut Vec<u8>, src: &[u8]) {
         out.extend_from_slice(src);
         return;
     }
-    out.reserve(n);
+    // The capacity check inline: `Vec::reserve` is a call, once per line otherwise.
+    if out.capacity() - out.len() < n {
+        out.reserve(n);
+    }
     // SAFETY: `reserve` made room for `n` more bytes after `len`. Each move below reads `N <= n`
     // bytes of `src`, starting at 0 or at `n - N`, and writes them at the same offsets in that
     // room; the two moves of a pair may overlap each other, never `src`. After them all `n`
