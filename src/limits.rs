@@ -29,8 +29,10 @@ pub(crate) const SOCKET_QUEUES: u64 = 5;
 
 /// What TLS adds to a connection at worst: rustls' record buffers (one record in, at most
 /// 16 KiB of plaintext decrypted, one record's worth of encrypted output) and its state.
-/// Measured: 148.2 kB of RSS per TLS connection for clients that flood and never read, 73.9 kB
-/// more than a plain one (case 9); 41.5 kB for an idle TLS connection (`make stress`, case 12).
+/// Measured (`make stress`, case 12): 148.2 kB of RSS per TLS connection for clients that
+/// flood and never read, 73.9 kB more than a plain one (case 9), and within the user-space share
+/// of the ceiling ([`CONNECTION_BASE`], the read buffer and this: 176 KiB at 24 KiB); 41.5 kB
+/// for an idle TLS connection. The whole ceiling, 296 KiB, against 259 kB measured.
 pub(crate) const TLS_EXTRA: u64 = 64 * 1024;
 
 /// Memory one connection may hold at worst, counted as a memory cgroup charges it, for a
