@@ -1,13 +1,16 @@
 //! The scratch property without Docker: the static binary runs and echoes in an empty root
 //! directory (no libc, no loader, no /etc, nothing), which is what a `FROM scratch` image gives
 //! it. Run by `make test`, which builds the binary and passes its path in `TCP_ECHO_STATIC`.
+//! Also the memory it gives back, which depends on its allocator (musl's).
 
 mod support;
 
+use std::io::Write;
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Command;
 
-use support::{exchange, Server};
+use support::{exchange, read_exactly, wait_until, Server, DEADLINE};
 
 fn static_binary() -> PathBuf {
     let path = std::env::var_os("TCP_ECHO_STATIC")
@@ -120,4 +123,68 @@ fn the_static_binary_echoes_in_an_empty_root() {
     );
     drop(s);
     let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn a_connection_that_streamed_and_went_quiet_gives_its_buffers_back() {
+    // 32 connections stream with a prefix (each grows its read buffer to 64 KiB and its
+    // staging buffer to 32 KiB), then stay open and silent: after a quiet second the server's
+    // memory is back within 8 kB per connection of where the idle connections left it. The
+    // static binary, the one the image ships: glibc's allocator keeps freed memory in its
+    // arenas, musl's gives it back.
+    const N: usize = 32;
+    let mut cmd = Command::new(static_binary());
+    cmd.args(["--port", "0", "--prefix", "p", "--max-connections", "64"]);
+    for var in support::SERVER_VARS {
+        cmd.env_remove(var);
+    }
+    let s = Server::spawn(cmd);
+    let pid = s.pid();
+    let rss = || support::proc_status(pid, "VmRSS:");
+    let mut conns: Vec<TcpStream> = (0..N).map(|_| s.connect()).collect();
+    for c in &mut conns {
+        served_as(c, "hello\n", "p hello\n");
+    }
+    let idle = rss();
+    let line = [b'x'; 4095];
+    let input: Vec<u8> = (0..256).flat_map(|_| [&line[..], b"\n"].concat()).collect();
+    let expected = support::expected_echo(&input, Some("p"));
+    let writers: Vec<_> = conns
+        .iter()
+        .map(|c| {
+            let mut w = c.try_clone().unwrap();
+            let input = input.clone();
+            std::thread::spawn(move || w.write_all(&input).unwrap())
+        })
+        .collect();
+    // Read the echoes while every client still sends, then hold the connections open.
+    let mut grown = 0;
+    for c in &mut conns {
+        assert_eq!(read_exactly(c, expected.len()), expected);
+        grown = grown.max(rss());
+    }
+    for w in writers {
+        w.join().unwrap();
+    }
+    let per_conn = |now: usize| now.saturating_sub(idle) / N;
+    assert!(
+        per_conn(grown) >= 32,
+        "streaming did not grow the buffers ({} kB over idle per connection): the test \
+         measures nothing",
+        per_conn(grown)
+    );
+    wait_until(
+        "the quiet connections' buffers given back",
+        DEADLINE,
+        || per_conn(rss()) <= 8,
+    );
+    // Still served, at the small size.
+    for c in &mut conns {
+        served_as(c, "again\n", "p again\n");
+    }
+}
+
+fn served_as(c: &mut TcpStream, line: &str, echo: &str) {
+    c.write_all(line.as_bytes()).unwrap();
+    assert_eq!(read_exactly(c, echo.len()), echo.as_bytes());
 }
