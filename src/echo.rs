@@ -109,26 +109,6 @@ impl Framer {
         let mut newlines = Newlines::new(input);
         let mut consumed = 0;
         while consumed < input.len() {
-            if run.is_some() && self.at_line_start {
-                // The common case, in a loop of its own: whole short lines, each staged with
-                // its prefix into the open run (which holds its place in `parts`).
-                let room = stage_cap - prefix.len();
-                let mut lines = 0;
-                while let Some(i) = newlines.find(consumed) {
-                    let line = &input[consumed..=i];
-                    if line.len() >= COPY_BELOW || stage.len() + line.len() > room {
-                        break;
-                    }
-                    append(stage, prefix);
-                    append(stage, line);
-                    lines += 1;
-                    consumed = i + 1;
-                }
-                self.newlines += lines;
-                if consumed == input.len() {
-                    break;
-                }
-            }
             let rest = &input[consumed..];
             let (len, ends) = match newlines.find(consumed) {
                 Some(i) => (i + 1 - consumed, true),

@@ -184,6 +184,47 @@ fn a_connection_that_streamed_and_went_quiet_gives_its_buffers_back() {
     }
 }
 
+#[test]
+fn an_idle_connection_that_had_a_prefixed_line_echoed_costs_at_most_8_kb() {
+    // ARCHITECTURE.md's budget, on the binary the image ships: 300 connections each have one
+    // line echoed with a prefix, then stay open. Each costs its worker's stack pages and its
+    // buffers; a frame on the echo path that grows past the stack's first page costs every
+    // idle connection 4 kB more (a framer change once measured 11.3 kB).
+    const N: usize = 300;
+    let mut cmd = Command::new(static_binary());
+    cmd.args(["--port", "0", "--prefix", "one", "--max-connections", "400"]);
+    for var in support::SERVER_VARS {
+        cmd.env_remove(var);
+    }
+    // Records at `warn` (as `make bench` measures), the settings line that `spawn` waits for.
+    cmd.env("RUST_LOG", "warn,tcp_echo::server=info");
+    let s = Server::spawn(cmd);
+    let pid = s.pid();
+    let rss = || support::proc_status(pid, "VmRSS:");
+    let line = format!("{}\n", "x".repeat(63));
+    let echo = format!("one {line}");
+    // The first workers and allocations are the server's fixed cost, not the connections'.
+    let mut warm: Vec<TcpStream> = (0..20).map(|_| s.connect()).collect();
+    for c in &mut warm {
+        served_as(c, &line, &echo);
+    }
+    let before = rss();
+    let mut conns: Vec<TcpStream> = (0..N).map(|_| s.connect()).collect();
+    for c in &mut conns {
+        served_as(c, &line, &echo);
+    }
+    // In /proc's kB (KiB), as `make bench` reports it.
+    let per_conn = rss().saturating_sub(before) as f64 / N as f64;
+    assert!(
+        per_conn <= 8.0,
+        "{per_conn:.2} kB of RSS per idle connection, over the 8 kB budget"
+    );
+    assert!(
+        per_conn >= 1.0,
+        "{per_conn:.2} kB: the test measures nothing"
+    );
+}
+
 fn served_as(c: &mut TcpStream, line: &str, echo: &str) {
     c.write_all(line.as_bytes()).unwrap();
     assert_eq!(read_exactly(c, echo.len()), echo.as_bytes());
