@@ -107,6 +107,11 @@ fn run_workload(
         assert_eq!(exchange(addr, &data), data);
         bytes += data.len() as u64;
     }
+    // The server releases a closed connection's slot after the client sees its echo: under
+    // load a held connection could otherwise find the last slot still taken.
+    wait_until("the 5 connections released", DEADLINE, || {
+        read()["tcp_echo_connections_open"] == 0.0
+    });
     let mut held: Vec<TcpStream> = (0..3)
         .map(|_| {
             let mut s = connect(addr);
