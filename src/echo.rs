@@ -10,9 +10,10 @@
 //! is, after its prefix; shorter lines are copied, each with its prefix, into a staging buffer
 //! and leave as one slice of it. (Each slice of a vectored write costs the kernel about as
 //! much as copying a few hundred bytes: 64-byte lines as two slices each streamed at half the
-//! speed of the plain echo, `make bench`.) The parts and the staged bytes are bounded per call,
-//! so a read of one-byte lines leaves in several writes, never in an array that grows with the
-//! input. Whatever the chunking of the input and the bounds, the concatenated parts equal
+//! speed of the plain echo, `make bench`.) Runs of lines of up to 64 bytes, the common case,
+//! take a loop of their own with two fixed-size moves per line. The parts and the staged
+//! bytes are bounded per call, so a read of one-byte lines leaves in several writes, never in
+//! an array that grows with the input. Whatever the chunking of the input and the bounds, the concatenated parts equal
 //! [`expected_echo`] of the concatenated input, and after every call they equal the expected
 //! echo of all the input consumed so far: framing never delays a byte.
 
@@ -109,6 +110,30 @@ impl Framer {
         let mut newlines = Newlines::new(input);
         let mut consumed = 0;
         while consumed < input.len() {
+            // Runs of short lines go through the tight loop of `stage_short_lines`; the
+            // line it stops at (long, open, or at a bound) is framed below.
+            if self.at_line_start
+                && prefix.len() <= PREFIX_PAD
+                && (run.is_some() || parts.len() < max_parts)
+            {
+                let start = stage.len();
+                let rest = input.len() - consumed;
+                let want = (stage_cap + STAGE_SLACK).min(start + 2 * rest + STAGE_SLACK);
+                if stage.capacity() < want {
+                    stage.reserve_exact(
+                        want.max(2 * stage.capacity()).min(stage_cap + STAGE_SLACK) - start,
+                    );
+                }
+                let (to, lines) = stage_short_lines(prefix, input, consumed, stage, stage_cap);
+                if lines > 0 {
+                    run.get_or_insert(start);
+                    self.newlines += lines;
+                    consumed = to;
+                    if consumed == input.len() {
+                        break;
+                    }
+                }
+            }
             let rest = &input[consumed..];
             let (len, ends) = match newlines.find(consumed) {
                 Some(i) => (i + 1 - consumed, true),
@@ -157,6 +182,86 @@ impl Framer {
     pub(crate) fn lines(&self) -> u64 {
         self.newlines + u64::from(!self.at_line_start)
     }
+}
+
+/// The longest prefix (with its space) that [`stage_short_lines`] copies as one fixed-size move.
+const PREFIX_PAD: usize = 16;
+
+/// The longest line [`stage_short_lines`] copies as one fixed-size move.
+const SHORT_LINE: usize = 64;
+
+/// Room the staging buffer keeps beyond the bytes staged, for the fixed-size moves of
+/// [`stage_short_lines`] (which write up to this much past the end of what they stage).
+pub(crate) const STAGE_SLACK: usize = PREFIX_PAD + SHORT_LINE;
+
+/// Stages whole lines of at most [`SHORT_LINE`] bytes, each after `prefix` (at most
+/// [`PREFIX_PAD`] bytes), from `input[from..]` into `stage`, while the staged bytes stay within
+/// `stage_cap` and the capacity of `stage` keeps [`STAGE_SLACK`] to spare. Returns where it
+/// stopped (the start of a line) and how many lines it staged.
+///
+/// The common case of a prefixed stream (64-byte lines) made cheap: each line is two
+/// fixed-size moves (the prefix as [`PREFIX_PAD`] bytes, the line as [`SHORT_LINE`] bytes,
+/// each overwritten past its end by what follows) and no bookkeeping but two offsets. Kept
+/// out of line and free of calls but the newline search's, so that it adds nothing to the
+/// deepest stack of a connection (an idle connection's memory is the pages its stack touched).
+#[inline(never)]
+fn stage_short_lines(
+    prefix: &[u8],
+    input: &[u8],
+    mut from: usize,
+    stage: &mut Vec<u8>,
+    stage_cap: usize,
+) -> (usize, u64) {
+    let mut padded = [0u8; PREFIX_PAD];
+    padded[..prefix.len()].copy_from_slice(prefix);
+    let plen = prefix.len();
+    let end = stage_cap.min(stage.capacity().saturating_sub(STAGE_SLACK));
+    let mut len = stage.len();
+    let base = stage.as_mut_ptr();
+    let mut lines = 0;
+    // The newlines are taken block by block, each block's from its bitmask: where the next
+    // block is read does not depend on where the last line ended, so the processor reads
+    // ahead while lines are copied (a search from each line's end waited for each read).
+    let mut block = from & !63;
+    let mut mask = newline_mask(input, block) & (u64::MAX << (from - block));
+    while from + SHORT_LINE <= input.len() {
+        while mask == 0 {
+            block += 64;
+            // No newline in reach of a short line (or none left): let the caller take it.
+            if block >= input.len() || block >= from + SHORT_LINE {
+                break;
+            }
+            mask = newline_mask(input, block);
+        }
+        if mask == 0 {
+            break;
+        }
+        let newline = block + mask.trailing_zeros() as usize;
+        let n = newline + 1 - from;
+        if n > SHORT_LINE || len + plen + n > end {
+            break;
+        }
+        mask &= mask - 1;
+        // SAFETY: `len + plen + n <= capacity - STAGE_SLACK`, so the moves' destinations,
+        // `len..len + PREFIX_PAD` and `len + plen..len + plen + SHORT_LINE`, are within the
+        // capacity of `stage`; the line's move reads `input[from..from + SHORT_LINE]`, which
+        // exists (the loop's condition). The bytes past `len + plen + n` are overwritten by the
+        // next line or left beyond the length set below.
+        unsafe {
+            std::ptr::copy_nonoverlapping(padded.as_ptr(), base.add(len), PREFIX_PAD);
+            std::ptr::copy_nonoverlapping(
+                input.as_ptr().add(from),
+                base.add(len + plen),
+                SHORT_LINE,
+            );
+        }
+        len += plen + n;
+        from = newline + 1;
+        lines += 1;
+    }
+    // SAFETY: every byte up to `len` was written above (or was already initialised).
+    unsafe { stage.set_len(len) };
+    (from, lines)
 }
 
 /// Appends `src` to `out`. Up to 64 bytes are copied inline with two overlapping fixed-size
@@ -496,6 +601,24 @@ mod tests {
     }
 
     #[test]
+    fn lines_around_the_short_line_length_are_echoed_in_any_reads() {
+        // Lines of 1 to 70 bytes (the tight loop takes those up to SHORT_LINE), cut into
+        // reads of every size from 1 to 200, with staging bounds that stop it anywhere.
+        let input: Vec<u8> = (1..=70)
+            .chain((55..=70).rev())
+            .flat_map(|n| [vec![b'a' + (n % 26) as u8; n - 1], vec![b'\n']].concat())
+            .collect();
+        for read in 1..=200 {
+            for cap in [MIN_STAGE, MIN_STAGE + 37, 4 * MIN_STAGE] {
+                let chunks: Vec<&[u8]> = input.chunks(read).collect();
+                let (out, lines) = run_staged(Some("one"), 8, cap, &chunks);
+                assert_eq!(out, expected_echo(&input, Some("one")), "reads of {read}");
+                assert_eq!(lines, count_pieces(&input));
+            }
+        }
+    }
+
+    #[test]
     fn the_longest_prefix_is_echoed_whole() {
         let prefix = "p".repeat(MAX_PREFIX);
         let (out, _) = run(Some(&prefix), 2, &[b"a\nb\nc"]);
@@ -620,7 +743,9 @@ mod tests {
             input in bytes(),
             cuts in prop::collection::vec(0usize..2000, 0..20),
             max in 2usize..40,
-            prefix in prop_oneof![Just(None), Just(Some("one")), Just(Some("p"))],
+            // With its space, the last prefix is the longest that `stage_short_lines` moves
+            // in one piece.
+            prefix in prop_oneof![Just(None), Just(Some("one")), Just(Some("p")), Just(Some("fifteen-bytes!!"))],
         ) {
             let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(input.len())).collect();
             cuts.push(input.len());

@@ -215,6 +215,7 @@ fn an_idle_connection_that_had_a_prefixed_line_echoed_costs_at_most_8_kb() {
     }
     // In /proc's kB (KiB), as `make bench` reports it.
     let per_conn = rss().saturating_sub(before) as f64 / N as f64;
+    eprintln!("{per_conn:.2} kB of RSS per idle connection");
     assert!(
         per_conn <= 8.0,
         "{per_conn:.2} kB of RSS per idle connection, over the 8 kB budget"
