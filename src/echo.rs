@@ -6,7 +6,7 @@
 //! `one hello\n`; `PING` -> `one PING`).
 //!
 //! [`Framer::frame`] describes the echo of a read as [`Part`]s for one vectored write
-//! (`writev`): a line of [`COPY_BELOW`] bytes or more is written from the read buffer as it
+//! (`sendmsg`): a line of [`COPY_BELOW`] bytes or more is written from the read buffer as it
 //! is, after its prefix; shorter lines are copied, each with its prefix, into a staging buffer
 //! and leave as one slice of it. (Each slice of a vectored write costs the kernel about as
 //! much as copying a few hundred bytes: 64-byte lines as two slices each streamed at half the
@@ -389,8 +389,15 @@ fn newline_mask(input: &[u8], start: usize) -> u64 {
     }
 }
 
-/// [`newline_mask`] of the last block, shorter than 64 bytes.
-#[cfg(target_arch = "x86_64")]
+/// [`newline_mask`] elsewhere: byte by byte (which the compiler may vectorise).
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn newline_mask(input: &[u8], start: usize) -> u64 {
+    let block = input.get(start..).unwrap_or_default();
+    short_newline_mask(&block[..block.len().min(64)])
+}
+
+/// [`newline_mask`] of a block of at most 64 bytes (on x86_64, of the last block, shorter).
 #[inline(never)]
 fn short_newline_mask(block: &[u8]) -> u64 {
     block
