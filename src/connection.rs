@@ -176,27 +176,14 @@ impl Read for Stream<'_> {
     }
 }
 
-/// `sendmsg` flags: a peer gone is an error, never a `SIGPIPE` (as std's own `send`).
-#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
-const NO_SIGPIPE: libc::c_int = libc::MSG_NOSIGNAL;
-#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
-const NO_SIGPIPE: libc::c_int = 0;
-
 impl Write for Stream<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.write_vectored(&[IoSlice::new(buf)])
     }
 
-    /// On a plain socket, socket calls rather than `writev`, which goes through the file
-    /// layer first: `send` for one slice (the usual echo of a read), `sendmsg` for several.
-    /// (`perf` of ping-pong at 256 connections: the `writev` path took 2.7% of the server's
-    /// samples, `sendto` 0.7%.)
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         match self {
-            Stream::Plain(s) => match bufs {
-                [one] => s.write(one),
-                _ => socket2::SockRef::from(*s).send_vectored_with_flags(bufs, NO_SIGPIPE),
-            },
+            Stream::Plain(s) => socket::send_vectored(s, bufs),
             #[cfg(feature = "tls")]
             Stream::Tls(t) => t.write_vectored(bufs),
         }

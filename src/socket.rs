@@ -1,12 +1,48 @@
 //! What the kernel knows about a connected socket: how much input is queued, how much output
-//! the peer has not yet acknowledged, and whether the connection is gone.
+//! the peer has not yet acknowledged, and whether the connection is gone; and writing to it
+//! with the socket calls.
 //!
 //! Linux answers all three. Other systems answer what they can: every Unix has `FIONREAD`;
 //! macOS has `SO_NWRITE` for output not yet acknowledged; elsewhere the answer is "unknown",
 //! and the drain at shutdown then waits for nothing (see drain.rs).
 
+use std::io::{self, IoSlice, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
+
+/// `sendmsg` flags: a peer gone is an error, never a `SIGPIPE` (as with std's own `send`).
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+const NO_SIGPIPE: libc::c_int = libc::MSG_NOSIGNAL;
+#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+const NO_SIGPIPE: libc::c_int = 0;
+
+/// Writes `bufs` to `socket` with the socket calls rather than `writev`, which goes through
+/// the file layer first: `send` for one slice (the usual echo of a read), `sendmsg` for
+/// several. (`perf` of ping-pong at 256 connections: the `writev` path took 2.7% of the
+/// server's samples, `sendto` 0.7%.)
+pub(crate) fn send_vectored(socket: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    match bufs {
+        [one] => (&mut &*socket).write(one),
+        _ => socket2::SockRef::from(socket).send_vectored_with_flags(bufs, NO_SIGPIPE),
+    }
+}
+
+/// A socket as a writer that uses [`send_vectored`] (for rustls' `write_tls`).
+pub(crate) struct Sender<'a>(pub(crate) &'a TcpStream);
+
+impl Write for Sender<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&mut &*self.0).write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        send_vectored(self.0, bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
 
 /// Bytes received by the kernel and not yet read (`FIONREAD`, Linux's `SIOCINQ`).
 pub(crate) fn queued_input(stream: &TcpStream) -> Option<u64> {

@@ -34,6 +34,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig, ServerConnection};
 
 use crate::metrics::labelled;
+use crate::socket;
 use crate::threads;
 
 /// Encrypted output rustls holds at most before it is written to the socket: one full
@@ -593,7 +594,7 @@ impl<'a> Session<'a> {
     /// Writes everything rustls has encrypted to the socket.
     fn flush_tls(&self, conn: &mut ServerConnection) -> io::Result<()> {
         while conn.wants_write() {
-            conn.write_tls(&mut &*self.socket)?;
+            conn.write_tls(&mut socket::Sender(self.socket))?;
         }
         Ok(())
     }
