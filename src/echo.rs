@@ -113,7 +113,7 @@ impl Framer {
             // Runs of short lines go through the tight loop of `stage_short_lines`; the
             // line it stops at (long, open, or at a bound) is framed below.
             if self.at_line_start
-                && prefix.len() <= PREFIX_PAD
+                && (1..=PREFIX_PAD).contains(&prefix.len())
                 && (run.is_some() || parts.len() < max_parts)
             {
                 let start = stage.len();
@@ -212,13 +212,16 @@ fn stage_short_lines(
     stage: &mut Vec<u8>,
     stage_cap: usize,
 ) -> (usize, u64) {
+    let (start, plen) = (from, prefix.len());
     let mut padded = [0u8; PREFIX_PAD];
-    padded[..prefix.len()].copy_from_slice(prefix);
-    let plen = prefix.len();
-    let end = stage_cap.min(stage.capacity().saturating_sub(STAGE_SLACK));
-    let mut len = stage.len();
-    let base = stage.as_mut_ptr();
-    let mut lines = 0;
+    padded[..plen].copy_from_slice(prefix);
+    let staged = stage.len();
+    // Bytes that may still be staged, and where the next line's prefix goes.
+    let mut room = stage_cap
+        .min(stage.capacity().saturating_sub(STAGE_SLACK))
+        .saturating_sub(staged);
+    // SAFETY: `staged` is within the allocation of `stage` (its length).
+    let mut out = unsafe { stage.as_mut_ptr().add(staged) };
     // The newlines are taken block by block, each block's from its bitmask: where the next
     // block is read does not depend on where the last line ended, so the processor reads
     // ahead while lines are copied (a search from each line's end waited for each read).
@@ -227,41 +230,39 @@ fn stage_short_lines(
     while from + SHORT_LINE <= input.len() {
         while mask == 0 {
             block += 64;
-            // No newline in reach of a short line (or none left): let the caller take it.
-            if block >= input.len() || block >= from + SHORT_LINE {
+            // No newline in reach of a short line: let the caller take it. (A block before
+            // `from + SHORT_LINE` is within the input.)
+            if block >= from + SHORT_LINE {
                 break;
             }
             mask = newline_mask(input, block);
         }
-        if mask == 0 {
-            break;
-        }
         let newline = block + mask.trailing_zeros() as usize;
         let n = newline + 1 - from;
-        if n > SHORT_LINE || len + plen + n > end {
+        if mask == 0 || n > SHORT_LINE || plen + n > room {
             break;
         }
         mask &= mask - 1;
-        // SAFETY: `len + plen + n <= capacity - STAGE_SLACK`, so the moves' destinations,
-        // `len..len + PREFIX_PAD` and `len + plen..len + plen + SHORT_LINE`, are within the
-        // capacity of `stage`; the line's move reads `input[from..from + SHORT_LINE]`, which
-        // exists (the loop's condition). The bytes past `len + plen + n` are overwritten by the
-        // next line or left beyond the length set below.
+        // SAFETY: `plen + n <= room`, and `room` keeps `STAGE_SLACK` of the capacity of `stage`
+        // after it, so the moves' destinations, `out..out + PREFIX_PAD` and
+        // `out + plen..out + plen + SHORT_LINE`, are within that capacity; the line's move reads
+        // `input[from..from + SHORT_LINE]`, which exists (the loop's condition). The bytes past
+        // the line are overwritten by the next line's or left beyond the length set below.
         unsafe {
-            std::ptr::copy_nonoverlapping(padded.as_ptr(), base.add(len), PREFIX_PAD);
-            std::ptr::copy_nonoverlapping(
-                input.as_ptr().add(from),
-                base.add(len + plen),
-                SHORT_LINE,
-            );
+            std::ptr::copy_nonoverlapping(padded.as_ptr(), out, PREFIX_PAD);
+            std::ptr::copy_nonoverlapping(input.as_ptr().add(from), out.add(plen), SHORT_LINE);
+            out = out.add(plen + n);
         }
-        len += plen + n;
+        room -= plen + n;
         from = newline + 1;
-        lines += 1;
     }
-    // SAFETY: every byte up to `len` was written above (or was already initialised).
+    // SAFETY: `out` is where the last line staged ended, within the capacity of `stage`, and
+    // every byte before it is initialised.
+    let len = unsafe { out.offset_from(stage.as_ptr()) } as usize;
     unsafe { stage.set_len(len) };
-    (from, lines)
+    // Each line staged added the prefix to its bytes.
+    let lines = (len - staged - (from - start)) / plen;
+    (from, lines as u64)
 }
 
 /// Appends `src` to `out`. Up to 64 bytes are copied inline with two overlapping fixed-size

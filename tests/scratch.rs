@@ -133,12 +133,7 @@ fn a_connection_that_streamed_and_went_quiet_gives_its_buffers_back() {
     // static binary, the one the image ships: glibc's allocator keeps freed memory in its
     // arenas, musl's gives it back.
     const N: usize = 32;
-    let mut cmd = Command::new(static_binary());
-    cmd.args(["--port", "0", "--prefix", "p", "--max-connections", "64"]);
-    for var in support::SERVER_VARS {
-        cmd.env_remove(var);
-    }
-    let s = Server::spawn(cmd);
+    let s = static_server(&["--prefix", "p", "--max-connections", "64"], None);
     let pid = s.pid();
     let rss = || support::proc_status(pid, "VmRSS:");
     let mut conns: Vec<TcpStream> = (0..N).map(|_| s.connect()).collect();
@@ -191,14 +186,11 @@ fn an_idle_connection_that_had_a_prefixed_line_echoed_costs_at_most_8_kb() {
     // buffers; a frame on the echo path that grows past the stack's first page costs every
     // idle connection 4 kB more (a framer change once measured 11.3 kB).
     const N: usize = 300;
-    let mut cmd = Command::new(static_binary());
-    cmd.args(["--port", "0", "--prefix", "one", "--max-connections", "400"]);
-    for var in support::SERVER_VARS {
-        cmd.env_remove(var);
-    }
     // Records at `warn` (as `make bench` measures), the settings line that `spawn` waits for.
-    cmd.env("RUST_LOG", "warn,tcp_echo::server=info");
-    let s = Server::spawn(cmd);
+    let s = static_server(
+        &["--prefix", "one", "--max-connections", "400"],
+        Some("warn,tcp_echo::server=info"),
+    );
     let pid = s.pid();
     let rss = || support::proc_status(pid, "VmRSS:");
     let line = format!("{}\n", "x".repeat(63));
@@ -224,6 +216,20 @@ fn an_idle_connection_that_had_a_prefixed_line_echoed_costs_at_most_8_kb() {
         per_conn >= 1.0,
         "{per_conn:.2} kB: the test measures nothing"
     );
+}
+
+/// The static binary on port 0 with `args`, none of the server's variables from the test's
+/// environment, and `RUST_LOG` if given.
+fn static_server(args: &[&str], rust_log: Option<&str>) -> Server {
+    let mut cmd = Command::new(static_binary());
+    cmd.args(["--port", "0"]).args(args);
+    for var in support::SERVER_VARS {
+        cmd.env_remove(var);
+    }
+    if let Some(filter) = rust_log {
+        cmd.env("RUST_LOG", filter);
+    }
+    Server::spawn(cmd)
 }
 
 fn served_as(c: &mut TcpStream, line: &str, echo: &str) {
