@@ -315,6 +315,41 @@ fn streaming(spec: &Spec, conns: usize, line_len: usize, secs: Duration) -> BTre
     })
 }
 
+/// Streaming through two servers in turns, `first` `second` `second` `first`, each for half
+/// of `secs` at a time, and each server's two halves combined: a change of the machine's
+/// speed during the pair (they come within seconds here) falls on both alike.
+fn streaming_pair(
+    [first, second]: [&Spec; 2],
+    conns: usize,
+    line_len: usize,
+    secs: Duration,
+) -> [BTreeMap<String, f64>; 2] {
+    let half = secs / 2;
+    let a = streaming(first, conns, line_len, half);
+    let b = streaming(second, conns, line_len, half);
+    let b2 = streaming(second, conns, line_len, half);
+    let a2 = streaming(first, conns, line_len, half);
+    [combine(&a, &a2), combine(&b, &b2)]
+}
+
+/// Two streaming measurements of equal length as one: per-line figures weighted by each run's
+/// lines, errors and CPU seconds added, rates and shares averaged.
+fn combine(x: &BTreeMap<String, f64>, y: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    let lines = |m: &BTreeMap<String, f64>| m.get("lines_per_s").copied().unwrap_or(0.0);
+    let (wx, wy) = (lines(x), lines(y));
+    x.iter()
+        .filter_map(|(k, &vx)| {
+            let vy = *y.get(k)?;
+            let v = match k.as_str() {
+                "errors" | "server_cpu_s" => vx + vy,
+                k if k.ends_with("_per_op") && wx + wy > 0.0 => (vx * wx + vy * wy) / (wx + wy),
+                _ => (vx + vy) / 2.0,
+            };
+            Some((k.clone(), v))
+        })
+        .collect()
+}
+
 fn churn(spec: &Spec, secs: Duration) -> BTreeMap<String, f64> {
     measure(spec, |s| {
         let (n, errors, took) = load::churn(s.addr, 4, secs, &spec.prefix);
@@ -884,7 +919,7 @@ fn run(args: &[String]) {
                 add("flooders 64", s, flooders(s, 64));
             }
         }
-        // The prefixed stream against the plain one (tcp-echo against itself, alternating).
+        // The prefixed stream against the plain one (tcp-echo against itself, in turns).
         let plain = &variants[1];
         let pair = if round % 2 == 0 {
             [&main_servers[0], plain]
@@ -893,8 +928,10 @@ fn run(args: &[String]) {
         };
         for (line_len, conns) in [(64, 1), (4096, 1), (64, 16)] {
             let sc = format!("prefix stream {line_len}B x{conns}");
-            for s in pair.iter().filter(|_| wanted(&sc)) {
-                add(&sc, s, streaming(s, conns, line_len, secs));
+            if wanted(&sc) {
+                let [a, b] = streaming_pair(pair, conns, line_len, secs);
+                add(&sc, pair[0], a);
+                add(&sc, pair[1], b);
             }
         }
         // UDP datagrams.

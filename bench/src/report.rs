@@ -461,8 +461,10 @@ pub fn write(records: &[Record], rounds: usize, secs: Duration, command: &str, t
          to 64 bytes take a loop of two fixed-size moves per line, and the last column, the share \
          of the server's CPU spent in user space, shows the copy and the framing (without a \
          prefix, user space only counts newlines). Without a prefix each read is written as it \
-         is. The two run one after the other in each round, alternating which goes first. MB/s \
-         counts the bytes the clients sent.\n\n",
+         is. In each round the two run in turns, A B B A, each for half the timed run at a time \
+         (which goes first alternates between rounds), and each one's two halves are combined, \
+         so that the machine's changes of speed fall on both alike. MB/s counts the bytes the \
+         clients sent.\n\n",
     );
     md.push_str("| lines | conns | prefix `one`: MB/s | no prefix: MB/s | prefixed vs plain | server CPU/line, prefixed vs plain | server CPU in user space, prefixed / plain |\n|---|---|---|---|---|---|---|\n");
     for (len, conns) in [(64, 1), (4096, 1), (64, 16)] {
