@@ -28,8 +28,10 @@ pub(crate) fn send_vectored(socket: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Res
 }
 
 /// A socket as a writer that uses [`send_vectored`] (for rustls' `write_tls`).
+#[cfg(feature = "tls")]
 pub(crate) struct Sender<'a>(pub(crate) &'a TcpStream);
 
+#[cfg(feature = "tls")]
 impl Write for Sender<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         (&mut &*self.0).write(buf)
