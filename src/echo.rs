@@ -204,8 +204,49 @@ pub(crate) const STAGE_SLACK: usize = PREFIX_PAD + SHORT_LINE;
 /// each overwritten past its end by what follows) and no bookkeeping but two offsets. Kept
 /// out of line and free of calls but the newline search's, so that it adds nothing to the
 /// deepest stack of a connection (an idle connection's memory is the pages its stack touched).
+/// Where the processor has AVX2 (checked once), the moves and the compares take 32 bytes at a
+/// time.
 #[inline(never)]
 fn stage_short_lines(
+    prefix: &[u8],
+    input: &[u8],
+    from: usize,
+    stage: &mut Vec<u8>,
+    stage_cap: usize,
+) -> (usize, u64) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the processor has AVX2.
+        return unsafe { stage_short_lines_avx2(prefix, input, from, stage, stage_cap) };
+    }
+    // SAFETY: without AVX2's instructions.
+    unsafe { stage_lines::<false>(prefix, input, from, stage, stage_cap) }
+}
+
+/// [`stage_short_lines`] compiled for AVX2.
+///
+/// # Safety
+/// The processor has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn stage_short_lines_avx2(
+    prefix: &[u8],
+    input: &[u8],
+    from: usize,
+    stage: &mut Vec<u8>,
+    stage_cap: usize,
+) -> (usize, u64) {
+    // SAFETY: the processor has AVX2 (the caller's promise).
+    unsafe { stage_lines::<true>(prefix, input, from, stage, stage_cap) }
+}
+
+/// The body of [`stage_short_lines`], with AVX2's compares where `AVX2` (inlined into a function
+/// compiled for AVX2, whose moves then take 32 bytes at a time too).
+///
+/// # Safety
+/// With `AVX2`, the processor has AVX2.
+#[inline(always)]
+unsafe fn stage_lines<const AVX2: bool>(
     prefix: &[u8],
     input: &[u8],
     mut from: usize,
@@ -226,7 +267,8 @@ fn stage_short_lines(
     // block is read does not depend on where the last line ended, so the processor reads
     // ahead while lines are copied (a search from each line's end waited for each read).
     let mut block = from & !63;
-    let mut mask = newline_mask(input, block) & (u64::MAX << (from - block));
+    // SAFETY: with `AVX2`, the processor has it (this function's promise), here and below.
+    let mut mask = unsafe { newline_mask::<AVX2>(input, block) } & (u64::MAX << (from - block));
     while from + SHORT_LINE <= input.len() {
         while mask == 0 {
             block += 64;
@@ -235,7 +277,7 @@ fn stage_short_lines(
             if block >= from + SHORT_LINE {
                 break;
             }
-            mask = newline_mask(input, block);
+            mask = unsafe { newline_mask::<AVX2>(input, block) };
         }
         let newline = block + mask.trailing_zeros() as usize;
         let n = newline + 1 - from;
@@ -335,7 +377,8 @@ impl<'a> Newlines<'a> {
             #[cfg(target_arch = "x86_64")]
             start: 0,
             #[cfg(target_arch = "x86_64")]
-            mask: newline_mask(input, 0),
+            // SAFETY: without AVX2's instructions.
+            mask: unsafe { newline_mask::<false>(input, 0) },
         }
     }
 
@@ -350,7 +393,8 @@ impl<'a> Newlines<'a> {
         let block = from & !63;
         if block != self.start {
             self.start = block;
-            self.mask = newline_mask(self.input, block);
+            // SAFETY: without AVX2's instructions.
+            self.mask = unsafe { newline_mask::<false>(self.input, block) };
         }
         let ahead = self.mask & (u64::MAX << (from - block));
         if ahead != 0 {
@@ -371,34 +415,51 @@ impl<'a> Newlines<'a> {
 }
 
 /// Bit `i` set where `input[start + i]` is a newline, for the (up to) 64 bytes from `start`.
-#[cfg(target_arch = "x86_64")]
+/// On x86_64 a whole block is compared at once: with `AVX2` as two 32-byte compares, else as
+/// four of 16 bytes (SSE2 is part of every x86_64 CPU); elsewhere byte by byte (which the
+/// compiler may vectorise).
+///
+/// # Safety
+/// With `AVX2`, the processor has AVX2.
 #[inline(always)]
-fn newline_mask(input: &[u8], start: usize) -> u64 {
-    use std::arch::x86_64::{
-        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8,
-    };
+unsafe fn newline_mask<const AVX2: bool>(input: &[u8], start: usize) -> u64 {
     let block = input.get(start..).unwrap_or_default();
     if block.len() < 64 {
         return short_newline_mask(block);
     }
-    // SAFETY: SSE2 is in every x86_64 CPU; the four unaligned 16-byte loads read `block[..64]`,
-    // which exists.
-    unsafe {
-        let newline = _mm_set1_epi8(b'\n' as i8);
-        let at = |i: usize| {
-            let bytes = _mm_loadu_si128(block.as_ptr().add(i).cast::<__m128i>());
-            u64::from(_mm_movemask_epi8(_mm_cmpeq_epi8(bytes, newline)) as u16)
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{
+            __m128i, __m256i, _mm256_cmpeq_epi8, _mm256_loadu_si256, _mm256_movemask_epi8,
+            _mm256_set1_epi8, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8,
         };
-        at(0) | at(16) << 16 | at(32) << 32 | at(48) << 48
+        let p = block.as_ptr();
+        if AVX2 {
+            // SAFETY: the processor has AVX2 (the caller's promise); the two unaligned 32-byte
+            // loads read `block[..64]`, which exists. (No closure: at opt-level z it stays a
+            // call.)
+            return unsafe {
+                let newline = _mm256_set1_epi8(b'\n' as i8);
+                let low = _mm256_cmpeq_epi8(_mm256_loadu_si256(p.cast::<__m256i>()), newline);
+                let high =
+                    _mm256_cmpeq_epi8(_mm256_loadu_si256(p.add(32).cast::<__m256i>()), newline);
+                u64::from(_mm256_movemask_epi8(low) as u32)
+                    | u64::from(_mm256_movemask_epi8(high) as u32) << 32
+            };
+        }
+        // SAFETY: SSE2 is in every x86_64 CPU; the four unaligned 16-byte loads read
+        // `block[..64]`, which exists.
+        unsafe {
+            let newline = _mm_set1_epi8(b'\n' as i8);
+            let at = |i: usize| {
+                let bytes = _mm_loadu_si128(p.add(i).cast::<__m128i>());
+                u64::from(_mm_movemask_epi8(_mm_cmpeq_epi8(bytes, newline)) as u16)
+            };
+            at(0) | at(16) << 16 | at(32) << 32 | at(48) << 48
+        }
     }
-}
-
-/// [`newline_mask`] elsewhere: byte by byte (which the compiler may vectorise).
-#[cfg(not(target_arch = "x86_64"))]
-#[inline(always)]
-fn newline_mask(input: &[u8], start: usize) -> u64 {
-    let block = input.get(start..).unwrap_or_default();
-    short_newline_mask(&block[..block.len().min(64)])
+    #[cfg(not(target_arch = "x86_64"))]
+    short_newline_mask(&block[..64])
 }
 
 /// [`newline_mask`] of a block of at most 64 bytes (on x86_64, of the last block, shorter).
@@ -625,6 +686,65 @@ mod tests {
                 let (out, lines) = run_staged(Some("one"), 8, cap, &chunks);
                 assert_eq!(out, expected_echo(&input, Some("one")), "reads of {read}");
                 assert_eq!(lines, count_pieces(&input));
+            }
+        }
+    }
+
+    #[test]
+    fn the_short_line_loop_stages_alike_with_and_without_avx2() {
+        // The tests above run the AVX2 build of the loop where the processor has it; this one
+        // runs both and compares them (and the mask of every block).
+        let input: Vec<u8> = (0..3000u32)
+            .map(|i| {
+                if (i * 7919) % 37 < 2 {
+                    b'\n'
+                } else {
+                    b'a' + (i % 26) as u8
+                }
+            })
+            .collect();
+        for prefix in [&b"p "[..], b"one ", b"fifteen-bytes! "] {
+            for from in [0, 1, 63, 64, 65, 200] {
+                for cap in [MIN_STAGE, 1000, 8000] {
+                    let run = |avx2: bool| {
+                        let mut stage = Vec::with_capacity(cap + STAGE_SLACK);
+                        // SAFETY: AVX2 only where the processor has it.
+                        let r = unsafe {
+                            if avx2 {
+                                stage_lines::<true>(prefix, &input, from, &mut stage, cap)
+                            } else {
+                                stage_lines::<false>(prefix, &input, from, &mut stage, cap)
+                            }
+                        };
+                        (r, stage)
+                    };
+                    let (plain, staged) = run(false);
+                    let ((to, lines), name) = (plain, &prefix[..prefix.len() - 1]);
+                    assert!(
+                        to > from,
+                        "prefix {prefix:?} from {from} cap {cap}: no line"
+                    );
+                    let want = expected_echo(&input[from..to], std::str::from_utf8(name).ok());
+                    assert_eq!(staged, want, "prefix {prefix:?} from {from} cap {cap}");
+                    assert_eq!(lines, count_newlines(&input[from..to]));
+                    #[cfg(target_arch = "x86_64")]
+                    if std::is_x86_feature_detected!("avx2") {
+                        assert_eq!(run(true), (plain, staged));
+                    }
+                }
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            for start in 0..input.len() {
+                // SAFETY: the processor has AVX2.
+                let (narrow, wide) = unsafe {
+                    (
+                        newline_mask::<false>(&input, start),
+                        newline_mask::<true>(&input, start),
+                    )
+                };
+                assert_eq!(narrow, wide, "block at {start}");
             }
         }
     }

@@ -934,6 +934,18 @@ fn run(args: &[String]) {
                 add(&sc, pair[1], b);
             }
         }
+        // EXPERIMENT: the prefixed stream, this build against the baseline, in turns.
+        if let Some(before) = baseline.as_ref() {
+            let pair = if round % 2 == 0 { [&main_servers[0], before] } else { [before, &main_servers[0]] };
+            for (line_len, conns) in [(64, 1), (4096, 1), (64, 16)] {
+                let sc = format!("ab stream {line_len}B x{conns}");
+                if wanted(&sc) {
+                    let [a, b] = streaming_pair(pair, conns, line_len, secs);
+                    add(&sc, pair[0], a);
+                    add(&sc, pair[1], b);
+                }
+            }
+        }
         // UDP datagrams.
         for clients in [1, 16] {
             let sc = format!("udp {clients}");
