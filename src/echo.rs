@@ -214,11 +214,29 @@ fn stage_short_lines(
     stage: &mut Vec<u8>,
     stage_cap: usize,
 ) -> (usize, u64) {
+    // Too near the end for a line to be moved whole: the caller takes it. (Nothing deeper
+    // runs, so a connection that echoed one short line has touched no more stack than before.)
+    if from + SHORT_LINE > input.len() {
+        return (from, 0);
+    }
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the processor has AVX2.
         return unsafe { stage_short_lines_avx2(prefix, input, from, stage, stage_cap) };
     }
+    stage_short_lines_sse2(prefix, input, from, stage, stage_cap)
+}
+
+/// [`stage_short_lines`] without AVX2 (a function of its own, so that the dispatch adds no
+/// frame to the stack).
+#[inline(never)]
+fn stage_short_lines_sse2(
+    prefix: &[u8],
+    input: &[u8],
+    from: usize,
+    stage: &mut Vec<u8>,
+    stage_cap: usize,
+) -> (usize, u64) {
     // SAFETY: without AVX2's instructions.
     unsafe { stage_lines::<false>(prefix, input, from, stage, stage_cap) }
 }

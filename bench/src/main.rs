@@ -936,7 +936,11 @@ fn run(args: &[String]) {
         }
         // EXPERIMENT: the prefixed stream, this build against the baseline, in turns.
         if let Some(before) = baseline.as_ref() {
-            let pair = if round % 2 == 0 { [&main_servers[0], before] } else { [before, &main_servers[0]] };
+            let pair = if round % 2 == 0 {
+                [&main_servers[0], before]
+            } else {
+                [before, &main_servers[0]]
+            };
             for (line_len, conns) in [(64, 1), (4096, 1), (64, 16)] {
                 let sc = format!("ab stream {line_len}B x{conns}");
                 if wanted(&sc) {
