@@ -95,6 +95,7 @@ test: deps static platforms manifests ## fmt check, clippy, other platforms buil
 		METRICS_PYTHON=$(abspath $(MESH_VENV)/bin/python) \
 		$(CARGO) test --features scratch-test,clients-test
 	$(CARGO) test -p tcp-echo-probe --all-features
+	$(CARGO) test --release -p tcp-echo-lines
 	KUBECTL=$(KUBECTL) $(CARGO) test -p tcp-echo-k8s
 	# The walkthroughs rehearsed through a real Envoy, with the static binary the image ships.
 	TCP_ECHO_BIN=$(abspath $(STATIC)) ENVOY_BIN=$(ENVOY_BIN) KUBECTL=$(KUBECTL) \

@@ -461,14 +461,20 @@ fn send(ticket: &Ticket, mut out: Stream<'_>, mut bytes: &[u8]) -> Result<(), Re
 }
 
 /// Writes all of `slices` with vectored writes; a short write may end inside a slice, and the
-/// rest follows.
+/// rest follows. With `more`, another part of the same reply is written right after, and the
+/// kernel may hold the end of this one back to send them together (plain sockets only).
 fn send_slices(
     ticket: &Ticket,
     mut out: Stream<'_>,
     mut slices: &mut [IoSlice<'_>],
+    more: bool,
 ) -> Result<(), Reason> {
     while !slices.is_empty() {
-        match out.write_vectored(slices) {
+        let written = match out {
+            Stream::Plain(socket) if more => socket::send_vectored_more(socket, slices),
+            _ => out.write_vectored(slices),
+        };
+        match written {
             Ok(0) => return Err(classify_write(ErrorKind::WriteZero.into())),
             Ok(n) => {
                 IoSlice::advance_slices(&mut slices, n);
@@ -549,7 +555,9 @@ impl Echo<'_> {
                     .iter()
                     .map(|p| IoSlice::new(p.bytes(&self.stage, rest))),
             );
-            result = send_slices(self.ticket, self.out, &mut slices);
+            // The parts of one read leave as one reply: segments are not cut at the steps.
+            let more = n < rest.len();
+            result = send_slices(self.ticket, self.out, &mut slices, more);
             self.slices = echo::recycle(slices);
             rest = &rest[n..];
         }

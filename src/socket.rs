@@ -27,6 +27,20 @@ pub(crate) fn send_vectored(socket: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Res
     }
 }
 
+/// `sendmsg` flag: more of the same reply follows at once, so the kernel holds a part of a
+/// segment back for it (`MSG_MORE`; where there is no such flag, nothing is held back).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const MORE: libc::c_int = libc::MSG_MORE;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const MORE: libc::c_int = 0;
+
+/// [`send_vectored`] for a part of a reply whose next part is written right after (a read
+/// framed in several steps): the kernel sends the parts in as few segments as if they were one
+/// write. The last part of a reply is written with [`send_vectored`], which sends everything.
+pub(crate) fn send_vectored_more(socket: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    socket2::SockRef::from(socket).send_vectored_with_flags(bufs, NO_SIGPIPE | MORE)
+}
+
 /// A socket as a writer that uses [`send_vectored`] (for rustls' `write_tls`).
 #[cfg(feature = "tls")]
 pub(crate) struct Sender<'a>(pub(crate) &'a TcpStream);
