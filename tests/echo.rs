@@ -76,6 +76,26 @@ fn bytes_without_a_newline_come_back_at_once_on_an_open_connection() {
 }
 
 #[test]
+fn a_read_echoed_in_several_writes_arrives_whole_while_the_connection_stays_open() {
+    // At the smallest socket buffer the staging buffer holds 4 KiB: a read of 2,048 empty
+    // lines (10 KiB with the prefix) leaves in several writes, all but the last sent with
+    // `MSG_MORE`. The last one must send everything: nothing may wait for a next read. (Had
+    // it `MSG_MORE` too, the kernel would hold the end back for 200 ms each time: 2 s here.)
+    let s = Server::with(&["--prefix", "one", "--socket-buffer", "4096"]);
+    let mut c = s.connect();
+    let start = std::time::Instant::now();
+    for _ in 0..10 {
+        c.write_all(&[b'\n'; 2048]).unwrap();
+        assert_eq!(read_exactly(&mut c, 5 * 2048), b"one \n".repeat(2048));
+    }
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "10 echoes took {took:?}: held back"
+    );
+}
+
+#[test]
 fn a_line_typed_byte_by_byte_is_echoed_byte_by_byte() {
     let s = Server::with(&["--prefix", "one"]);
     let mut c = s.connect();
