@@ -315,9 +315,10 @@ fn streaming(spec: &Spec, conns: usize, line_len: usize, secs: Duration) -> BTre
     })
 }
 
-/// Streaming through two servers in turns, `first` `second` `second` `first`, each for half
-/// of `secs` at a time, and each server's two halves combined: a change of the machine's
-/// speed during the pair (they come within seconds here) falls on both alike.
+/// Streaming through two servers in turns, `first` `second` `second` `first` `second` `first`
+/// `first` `second`, each for half of `secs` at a time, and each server's four parts combined:
+/// a change of the machine's speed during the pair (they come within seconds here) falls on
+/// both alike, and a burst of another tenant's load on one part weighs a quarter.
 fn streaming_pair(
     [first, second]: [&Spec; 2],
     conns: usize,
@@ -325,11 +326,13 @@ fn streaming_pair(
     secs: Duration,
 ) -> [BTreeMap<String, f64>; 2] {
     let half = secs / 2;
-    let a = streaming(first, conns, line_len, half);
-    let b = streaming(second, conns, line_len, half);
-    let b2 = streaming(second, conns, line_len, half);
-    let a2 = streaming(first, conns, line_len, half);
-    [combine(&a, &a2), combine(&b, &b2)]
+    let run = |s: &Spec| streaming(s, conns, line_len, half);
+    let (a, b, b2, a2) = (run(first), run(second), run(second), run(first));
+    let (b3, a3, a4, b4) = (run(second), run(first), run(first), run(second));
+    [
+        combine(&combine(&a, &a2), &combine(&a3, &a4)),
+        combine(&combine(&b, &b2), &combine(&b3, &b4)),
+    ]
 }
 
 /// Two streaming measurements of equal length as one: per-line figures weighted by each run's

@@ -463,9 +463,9 @@ pub fn write(records: &[Record], rounds: usize, secs: Duration, command: &str, t
          per line (built for speed, in a binary built for size), and the last column, the share \
          of the server's CPU spent in user space, shows the copy and the framing (without a \
          prefix, user space only counts newlines). Without a prefix each read is written as it \
-         is. In each round the two run in turns, A B B A, each for half the timed run at a time \
-         (which goes first alternates between rounds), and each one's two halves are combined, \
-         so that the machine's changes of speed fall on both alike. MB/s counts the bytes the \
+         is. In each round the two run in turns, A B B A B A A B, each for half the timed run at a \
+         time (which goes first alternates between rounds), and each one's four parts are \
+         combined, so that the machine's changes of speed fall on both alike. MB/s counts the bytes the \
          clients sent.\n\n",
     );
     md.push_str("| lines | conns | prefix `one`: MB/s | no prefix: MB/s | prefixed vs plain | server CPU/line, prefixed vs plain | server CPU in user space, prefixed / plain |\n|---|---|---|---|---|---|---|\n");
