@@ -205,7 +205,7 @@ fn s2_slow_silent_and_non_reading_clients() {
                 c.write_all(line.as_bytes()).unwrap();
                 assert_eq!(read_exactly(&mut c, line.len()), line.as_bytes());
                 worst.fetch_max(t.elapsed().as_micros() as u64, Ordering::SeqCst);
-                if n % 5 == 0 {
+                if n.is_multiple_of(5) {
                     let t = Instant::now();
                     assert_eq!(support::exchange(addr, b"fresh\n"), b"fresh\n");
                     worst_fresh.fetch_max(t.elapsed().as_micros() as u64, Ordering::SeqCst);
