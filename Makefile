@@ -126,6 +126,7 @@ image-test: docker-check kubectl ## Run the images for real through Docker; run 
 	$(MAKE) image ARCH=aarch64
 	@scripts/ensure-apt.sh qemu-aarch64-static qemu-user-static nc netcat-openbsd
 	TCP_ECHO_IMAGE=$(IMAGE):$(VERSION) TCP_ECHO_IMAGE_ARM64=$(IMAGE):$(VERSION)-arm64 \
+	TCP_ECHO_STATIC=$(abspath target/x86_64-unknown-linux-musl/release/tcp-echo) \
 	TCP_ECHO_STATIC_ARM64=$(abspath target/aarch64-unknown-linux-musl/release/tcp-echo) \
 		$(CARGO) test --features container-test --test container -- --test-threads 2
 	TCP_ECHO_IMAGE=$(IMAGE):$(VERSION) KUBECTL=$(KUBECTL) $(CARGO) test -p tcp-echo-k8s --features pod-test --test pod -- --nocapture

@@ -150,13 +150,22 @@ pub fn write(records: &[Record], rounds: usize, secs: Duration, command: &str, t
         })
         .unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    // Loopback streaming depends on these: BBR without the fq qdisc has TCP pace every
+    // socket with a timer of its own, which costs the server's core far more than CUBIC does.
+    let sysctl = |name: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/{name}"))
+            .map_or_else(|_| "unknown".to_string(), |v| v.trim().to_string())
+    };
     md.push_str("# Benchmarks\n\n");
     md.push_str("Written by `make bench` (the `bench/` crate) from the run described below; not edited by hand.\n\n");
     let _ = writeln!(
         md,
-        "- Machine: {cpu}, {} cores, Linux {}.",
+        "- Machine: {cpu}, {} cores, Linux {}, TCP congestion control {} (default qdisc {}; \
+         with bbr and no fq, TCP paces each socket itself, and loopback streams run slower).",
         crate::proc::cores(),
-        kernel.trim()
+        kernel.trim(),
+        sysctl("ipv4/tcp_congestion_control"),
+        sysctl("core/default_qdisc"),
     );
     let _ = writeln!(
         md,
