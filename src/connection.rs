@@ -500,6 +500,9 @@ struct Echo<'a> {
     stage: Vec<u8>,
     /// The most bytes staged for one write: half the largest read buffer.
     stage_cap: usize,
+    /// Whether a read's parts but the last are sent with `MSG_MORE` (asked of the socket the
+    /// first time a read takes several writes).
+    hold_back: Option<bool>,
     log: Option<ReceivedLog<'a>>,
     /// The banner, while it is still to be sent before the first echo (`first-read`).
     banner_due: Option<Vec<u8>>,
@@ -555,8 +558,12 @@ impl Echo<'_> {
                     .iter()
                     .map(|p| IoSlice::new(p.bytes(&self.stage, rest))),
             );
-            // The parts of one read leave as one reply: segments are not cut at the steps.
-            let more = n < rest.len();
+            // The parts of one read leave as one reply: segments are not cut at the steps
+            // (unless the socket is paced, see `socket::paces`).
+            let more = n < rest.len()
+                && *self
+                    .hold_back
+                    .get_or_insert_with(|| socket::holds_back_parts(self.out.socket()));
             result = send_slices(self.ticket, self.out, &mut slices, more);
             self.slices = echo::recycle(slices);
             rest = &rest[n..];
@@ -691,6 +698,7 @@ fn echo_connection(
         slices: Vec::new(),
         stage: Vec::new(),
         stage_cap: (read_max / 2).max(echo::MIN_STAGE),
+        hold_back: None,
         log: log_enabled!(target: DATA_TARGET, Level::Info)
             .then(|| ReceivedLog::new(id, ConnectionBudget::new(&ctx.log_budget))),
         banner_due: None,
