@@ -220,6 +220,50 @@ impl Clients {
         self.clients = clients;
         result
     }
+
+    /// Open loop, below saturation: every client sends its line once per `period` (phases
+    /// spread evenly over the period) for `dur`. Latency runs from the send to the complete
+    /// echo; the send times come from tokio's timer (1 ms granularity), and the echo always
+    /// returns well within the period, so no send waits on a slow reply. The first period is
+    /// not recorded (a window's start, where the clients' tasks are spawned). All echoes are in
+    /// when this returns.
+    pub fn paced(&mut self, rt: &Runtime, period: Duration, dur: Duration) -> PingPong {
+        let clients = std::mem::take(&mut self.clients);
+        let conns = clients.len().max(1) as u32;
+        let (clients, result) = rt.block_on(async move {
+            // A short lead, so that every client's first send is scheduled before it is due.
+            let start = Instant::now() + Duration::from_millis(5);
+            let deadline = start + dur;
+            let tasks: Vec<_> = clients
+                .into_iter()
+                .enumerate()
+                .map(|(i, mut c)| {
+                    let mut next = start + period * i as u32 / conns;
+                    tokio::spawn(async move {
+                        let mut r = PingPong::empty();
+                        let mut warm = PingPong::empty();
+                        while next < deadline {
+                            tokio::time::sleep_until(next.into()).await;
+                            let into = if next < start + period {
+                                &mut warm
+                            } else {
+                                &mut r
+                            };
+                            if !c.timed_round_trip(into).await {
+                                break;
+                            }
+                            next += period;
+                        }
+                        r.errors += warm.errors;
+                        (c, r)
+                    })
+                })
+                .collect();
+            collect(tasks, start).await
+        });
+        self.clients = clients;
+        result
+    }
 }
 
 /// Result of a streaming run.
@@ -502,43 +546,4 @@ pub fn time_to_first_echo(spawn: impl FnOnce() -> std::process::ChildStderr) -> 
     // Keep draining its log so that the server never blocks on it.
     std::thread::spawn(move || for _ in lines {});
     took
-}
-
-/// Open loop, below saturation: `conns` clients each send one line every `period` (phases
-/// spread evenly) for `dur`. Latency runs from the send to the complete echo; the send times
-/// come from tokio's timer (1 ms granularity), and the echo always returns well within the
-/// period, so no send waits on a slow reply.
-pub fn paced(
-    addr: SocketAddr,
-    conns: usize,
-    period: Duration,
-    dur: Duration,
-    prefix: &str,
-) -> PingPong {
-    let prefix = prefix.to_string();
-    runtime().block_on(async move {
-        let streams = connect_all(addr, conns).await.expect("connect");
-        let start = Instant::now() + Duration::from_millis(50);
-        let deadline = start + dur;
-        let tasks: Vec<_> = streams
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let mut c = Client::new(i, s, &prefix, Message::Line);
-                let mut next = start + period * i as u32 / conns as u32;
-                tokio::spawn(async move {
-                    let mut r = PingPong::empty();
-                    while next < deadline {
-                        tokio::time::sleep_until(next.into()).await;
-                        if !c.timed_round_trip(&mut r).await {
-                            break;
-                        }
-                        next += period;
-                    }
-                    ((), r)
-                })
-            })
-            .collect();
-        collect(tasks, start).await.1
-    })
 }

@@ -6,7 +6,8 @@
 //!
 //! The load generator is pinned to core 0 and each server to core 1. The machine's speed
 //! changes within seconds to minutes, so servers are compared only within a round: ping-pong
-//! runs every server of a round at once and measures them in alternating 250 ms windows; the
+//! and the open-loop (paced) run start every server of a round at once and measure them in
+//! alternating 250 ms windows; the
 //! other scenarios run the servers one after another, a fresh process each time. Ratios are
 //! taken per round and their median reported.
 
@@ -225,15 +226,25 @@ fn latency_metrics(r: &load::PingPong) -> (BTreeMap<String, f64>, f64) {
 /// Length of one timed window of ping-pong.
 const WINDOW: Duration = Duration::from_millis(250);
 
-/// Ping-pong with `conns` clients against every server of `specs`: all are started and
-/// connected first, then measured in short windows taken in turns (A B C, B C A, ...), so that
-/// the machine's changes of speed, which come within seconds here, fall on all of them alike.
-/// Each server is measured for about `secs` in all.
+/// How the clients of a latency scenario load their server.
+#[derive(Debug, Clone, Copy)]
+enum Pace {
+    /// Closed loop: each client sends its next message as soon as the last echo is in.
+    PingPong,
+    /// Open loop, below saturation: each client sends once per this period.
+    Every(Duration),
+}
+
+/// A latency scenario with `conns` clients against every server of `specs`: all are started
+/// and connected first, then measured in short windows taken in turns (A B C, B C A, ...), so
+/// that the machine's changes of speed, which come within seconds here, fall on all of them
+/// alike. Each server is measured for about `secs` in all.
 fn ping_pong(
     specs: &[&Spec],
     conns: usize,
     secs: Duration,
     message: load::Message,
+    pace: Pace,
 ) -> Vec<BTreeMap<String, f64>> {
     let rt = load::runtime();
     let servers: Vec<Running> = specs.iter().map(|s| start(s)).collect();
@@ -261,7 +272,10 @@ fn ping_pong(
             // /proc reads around it (a scan of every server thread for context switches).
             let own0 = proc::cpu_time(me).unwrap_or_default();
             let t = Instant::now();
-            let r = clients[i].ping_pong(&rt, WINDOW);
+            let r = match pace {
+                Pace::PingPong => clients[i].ping_pong(&rt, WINDOW),
+                Pace::Every(period) => clients[i].paced(&rt, period, WINDOW),
+            };
             wall[i] += t.elapsed();
             own_cpu[i] += proc::cpu_time(me).unwrap_or_default().saturating_sub(own0);
             usage[i].add(Usage::of(pid).since(before));
@@ -288,18 +302,6 @@ fn ping_pong(
             m
         })
         .collect()
-}
-
-fn paced(spec: &Spec, conns: usize, secs: Duration) -> BTreeMap<String, f64> {
-    measure(spec, |s| {
-        latency_metrics(&load::paced(
-            s.addr,
-            conns,
-            Duration::from_millis(10),
-            secs,
-            &spec.prefix,
-        ))
-    })
 }
 
 fn streaming(spec: &Spec, conns: usize, line_len: usize, secs: Duration) -> BTreeMap<String, f64> {
@@ -861,10 +863,13 @@ fn run(args: &[String]) {
                 // The same code built for glibc, beside them at 256 connections.
                 specs.extend(glibc.iter().filter(|_| conns == 256));
                 specs.extend(baseline.iter());
-                for (s, m) in specs
-                    .iter()
-                    .zip(ping_pong(&specs, conns, secs, load::Message::Line))
-                {
+                for (s, m) in specs.iter().zip(ping_pong(
+                    &specs,
+                    conns,
+                    secs,
+                    load::Message::Line,
+                    Pace::PingPong,
+                )) {
                     add(&sc, s, m);
                 }
             }
@@ -876,11 +881,13 @@ fn run(args: &[String]) {
                     .map(|i| &fortio_servers[(i + round) % fortio_servers.len()])
                     .chain(baseline_copy.iter())
                     .collect();
-                for (s, m) in
-                    specs
-                        .iter()
-                        .zip(ping_pong(&specs, conns, secs, load::Message::Fortio))
-                {
+                for (s, m) in specs.iter().zip(ping_pong(
+                    &specs,
+                    conns,
+                    secs,
+                    load::Message::Fortio,
+                    Pace::PingPong,
+                )) {
                     add(&sc, s, m);
                 }
             }
@@ -888,8 +895,17 @@ fn run(args: &[String]) {
         // The main servers, and the build before this work.
         let with_before: Vec<&Spec> = order.iter().copied().chain(baseline.iter()).collect();
         let sc = "paced 256";
-        for s in with_before.iter().filter(|_| wanted(sc)) {
-            add(sc, s, paced(s, 256, secs));
+        if wanted(sc) {
+            let paced = Pace::Every(Duration::from_millis(10));
+            for (s, m) in with_before.iter().zip(ping_pong(
+                &with_before,
+                256,
+                secs,
+                load::Message::Line,
+                paced,
+            )) {
+                add(sc, s, m);
+            }
         }
         for (line_len, conns) in [(64, 1), (64, 16), (4096, 1), (4096, 16)] {
             let sc = format!("stream {line_len}B x{conns}");
@@ -984,10 +1000,13 @@ fn run(args: &[String]) {
         // Logging and prefix costs: tcp-echo against itself.
         let selves: Vec<&Spec> = std::iter::once(&main_servers[0]).chain(&variants).collect();
         if wanted("log ping-pong 16") {
-            for (s, m) in selves
-                .iter()
-                .zip(ping_pong(&selves, 16, secs, load::Message::Line))
-            {
+            for (s, m) in selves.iter().zip(ping_pong(
+                &selves,
+                16,
+                secs,
+                load::Message::Line,
+                Pace::PingPong,
+            )) {
                 add("log ping-pong 16", s, m);
             }
         }

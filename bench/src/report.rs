@@ -176,8 +176,8 @@ pub fn write(records: &[Record], rounds: usize, secs: Duration, command: &str, t
     md.push_str(
         "- Method: the load generator (one tokio thread) is pinned to core 0, each server to core 1 \
          (`taskset`; the benchmark checks both placements). The machine's speed changes within \
-         seconds to minutes, so servers are compared only within a round. Ping-pong starts every \
-         server of the round, connects all the clients, and then measures the servers in \
+         seconds to minutes, so servers are compared only within a round. Ping-pong (and the \
+         open-loop run) starts every server of the round, connects all the clients, and then measures the servers in \
          alternating 250 ms windows (A B C, B C A, ...), each server about the timed-run length in \
          all; the other scenarios run the servers one after another (the order rotates every \
          round), a fresh server process each time. Figures are medians over rounds, and ratios are \
@@ -252,13 +252,24 @@ pub fn write(records: &[Record], rounds: usize, secs: Duration, command: &str, t
          machine can measure, and the per-round ratios scatter around 1.00. tcp-echo arms no \
          timer per read (its idle timeout is a separate watch), so the kernel does no more for it \
          than for the naive server; tokio batched answers several connections per wake-up, which \
-         a thread-per-connection server cannot. The open-loop run below keeps both cores well below \
-         saturation: 256 connections each send a line every 10 ms (25,600 round trips/s); latency runs from the \
-         moment each line is sent to its complete echo, so it shows what the server adds.\n\n",
+         a thread-per-connection server cannot. In the open-loop run below, 256 connections each \
+         send a line every 10 ms (25,600 round trips/s), and latency runs from the moment each \
+         line is sent to its complete echo. The server's core stays below saturation; the load \
+         generator's, which wakes on a timer for each line, is the busier (both are in the \
+         table), so part of every server's latency is the load generator's own queueing, the \
+         same for all. Like ping-pong, the servers are measured in alternating 250 ms windows \
+         (the first 10 ms of each not recorded), so that the machine's changes of speed, which \
+         move p99 several-fold from one minute to the next here, fall on all of them alike.\n\n",
     );
-    md.push_str("| 256 conns, one line each per 10 ms | round trips/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/rt | errors |\n|---|---|---|---|---|---|---|\n");
+    md.push_str("| 256 conns, one line each per 10 ms | round trips/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/rt | errors | server core busy | load generator core busy |\n|---|---|---|---|---|---|---|---|---|\n");
     for s in SERVERS {
-        let _ = writeln!(md, "| {s} | {} |", round_trip_cells(&d, "paced 256", s));
+        let _ = writeln!(
+            md,
+            "| {s} | {} | {} | {} |",
+            round_trip_cells(&d, "paced 256", s),
+            cell(d.med("paced 256", s, "server_core_busy")),
+            cell(d.med("paced 256", s, "client_core_busy"))
+        );
     }
     md.push_str("\n![round trips/s and p99 against connections](bench/plot.svg)\n\n");
 
