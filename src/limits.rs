@@ -15,7 +15,7 @@ use crate::config::Config;
 pub(crate) const MEMORY_BASE: u64 = 8 * 1024 * 1024;
 
 /// User space and the thread of one connection at worst, besides its read buffer: the staging
-/// buffer (half the read buffer) and the slices of a prefixed write, the worker's touched
+/// buffer (nine sixteenths of the read buffer) and the slices of a prefixed write, the worker's touched
 /// stack and its heap, the thread's 16 KiB kernel stack and task, the socket's own structures.
 /// Measured, the read buffer included: see ARCHITECTURE.md ("Bounded memory per connection"),
 /// `make stress` case 9.

@@ -77,9 +77,9 @@ fn bytes_without_a_newline_come_back_at_once_on_an_open_connection() {
 
 #[test]
 fn a_read_echoed_in_several_writes_arrives_whole_while_the_connection_stays_open() {
-    // At the smallest socket buffer the staging buffer holds 4 KiB: a read of 2,048 empty
-    // lines (10 KiB with the prefix) leaves in several writes, all but the last sent with
-    // `MSG_MORE`. The last one must send everything: nothing may wait for a next read. (Had
+    // At the smallest socket buffer the staging buffer holds its minimum, 8.25 KiB: a read of
+    // 2,048 empty lines (10 KiB with the prefix) leaves in several writes, all but the last
+    // sent with `MSG_MORE` (unless the congestion control is BBR). The last one must send everything: nothing may wait for a next read. (Had
     // it `MSG_MORE` too, the kernel would hold the end back for 200 ms each time: 2 s here.)
     let s = Server::with(&["--prefix", "one", "--socket-buffer", "4096"]);
     let mut c = s.connect();

@@ -128,7 +128,7 @@ fn the_static_binary_echoes_in_an_empty_root() {
 #[test]
 fn a_connection_that_streamed_and_went_quiet_gives_its_buffers_back() {
     // 32 connections stream with a prefix (each grows its read buffer to 64 KiB and its
-    // staging buffer to 32 KiB), then stay open and silent: after a quiet second the server's
+    // staging buffer to 36 KiB), then stay open and silent: after a quiet second the server's
     // memory is back within 8 kB per connection of where the idle connections left it. The
     // static binary, the one the image ships: glibc's allocator keeps freed memory in its
     // arenas, musl's gives it back.

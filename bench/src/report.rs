@@ -475,9 +475,9 @@ pub fn write(records: &[Record], rounds: usize, secs: Duration, command: &str, t
     md.push_str("\n## The prefixed stream against the plain one (tcp-echo against itself)\n\n");
     md.push_str(
         "Lines of 8 KiB or more leave from the read buffer after their prefix (slices of \
-         one `sendmsg`); shorter lines are copied with their prefix into a staging buffer of half \
-         the read buffer and leave together (a slice costs the kernel more than copying a short \
-         line, and a write within half a read suits a pacing congestion control); a read that \
+         one `sendmsg`); shorter lines are copied with their prefix into a staging buffer of nine \
+         sixteenths of the read buffer and leave together (a slice costs the kernel more than copying a short \
+         line, and a write within nine sixteenths of a read suits a pacing congestion control); a read that \
          takes several such writes sends all but the last with `MSG_MORE` (unless the \
          connection's congestion control is BBR), so the kernel cuts its segments as for one \
          write. That copy and the longer reply are what the prefix costs: runs of lines of up to 64 bytes take a loop of two fixed-size moves \
