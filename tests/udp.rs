@@ -343,20 +343,27 @@ fn the_probe_tallies_versions_over_udp_and_counts_lost_datagrams() {
     assert!(text.contains("3 lost"), "{text}");
     assert!(start.elapsed() < Duration::from_secs(3));
     drop(silent);
-    // Nothing bound: refused (port unreachable), not lost.
-    let free = UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
+    // Nothing bound: refused (port unreachable), not lost. The port is one just freed, which
+    // a test running beside this one may bind meanwhile: only then is another port tried.
+    for attempt in 1.. {
+        let free = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let out = support::command(
+            &["probe", &free.to_string(), "--udp", "--connections", "2"],
+            &[],
+        )
+        .output()
         .unwrap();
-    let out = support::command(
-        &["probe", &free.to_string(), "--udp", "--connections", "2"],
-        &[],
-    )
-    .output()
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.contains("2 refused"), "{text}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let refused = out.status.code() == Some(1) && text.contains("2 refused");
+        let taken = || UdpSocket::bind(free).is_err();
+        if refused {
+            break;
+        }
+        assert!(attempt < 5 && taken(), "{free} was free: {text}");
+    }
     // A wrong answer is a wrong echo.
     let liar = UdpSocket::bind("127.0.0.1:0").unwrap();
     let liar_addr = liar.local_addr().unwrap();
