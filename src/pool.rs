@@ -55,7 +55,10 @@ impl<J: Send + 'static> Pool<J> {
         handler: impl Fn(J) + Send + Sync + 'static,
     ) -> Pool<J> {
         let max_threads = max_threads.max(1);
-        let (tx, rx) = crossbeam_channel::bounded(max_threads);
+        // A list of blocks that grows with the jobs queued, bounded in `execute`: a channel
+        // of `max_threads` slots would be allocated and written whole at start (the server's
+        // 1,024 slots: 20 pages of its idle memory, and their page faults in its start-up).
+        let (tx, rx) = crossbeam_channel::unbounded();
         Pool {
             tx,
             shared: Arc::new(Inner {
@@ -75,6 +78,11 @@ impl<J: Send + 'static> Pool<J> {
     /// by that number, never fills; if it did, the job would be given back too.
     pub(crate) fn execute(&self, job: J) -> Result<(), (J, io::Error)> {
         let mut state = self.shared.lock();
+        // Only `execute` sends, under the lock: the queue cannot grow between this check and
+        // the send.
+        if self.tx.len() >= self.shared.max_threads {
+            return Err((job, io::Error::other("the job queue is full")));
+        }
         if state.available <= 0 && state.threads < self.shared.max_threads {
             match self.spawn(&mut state) {
                 // The new worker takes this job: it is not counted as available.
@@ -82,12 +90,13 @@ impl<J: Send + 'static> Pool<J> {
                 Err(e) => return Err((job, e)),
             }
         }
-        match self.tx.try_send(job) {
+        match self.tx.send(job) {
             Ok(()) => {
                 state.available -= 1;
                 Ok(())
             }
-            Err(e) => Err((e.into_inner(), io::Error::other("the job queue is full"))),
+            // Unreachable: the pool holds a receiver as long as it holds the sender.
+            Err(e) => Err((e.into_inner(), io::Error::other("the job queue is closed"))),
         }
     }
 
