@@ -390,32 +390,26 @@ pub(crate) enum Report {
 /// Reports the reporter thread has not logged yet, at most.
 const REPORTS_QUEUED: usize = 1024;
 
-/// The reporter thread (`tcp-echo-report`) and its channel. Dropping it stops the thread once
-/// every sender is gone and the queue is logged.
+/// The acceptors' reports, queued until [`Reports::start`] starts the thread that logs them
+/// (after the acceptors: the first client is not kept waiting for it).
 pub(crate) struct Reports {
     tx: Sender<Report>,
+    rx: Receiver<Report>,
     /// Reports dropped because the queue was full.
     dropped: Arc<AtomicU64>,
-    _thread: Background,
 }
 
 impl Reports {
-    /// Starts the reporter thread.
-    pub(crate) fn start() -> Result<Reports, Error> {
-        // Bounded in `ReportSender::send`; a list of blocks that grows with the reports
-        // queued, where a channel of `REPORTS_QUEUED` slots would be allocated and written
-        // whole at start (16 pages of the idle server's memory).
+    /// An empty queue. Bounded in `ReportSender::send`: a list of blocks that grows with the
+    /// reports queued, where a channel of `REPORTS_QUEUED` slots would be allocated and
+    /// written whole at start (16 pages of the idle server's memory).
+    pub(crate) fn new() -> Reports {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let dropped = Arc::new(AtomicU64::new(0));
-        let seen = Arc::clone(&dropped);
-        let thread = Background::start("tcp-echo-report", move |stop| {
-            report(&rx, &seen, stop.receiver())
-        })?;
-        Ok(Reports {
+        Reports {
             tx,
-            dropped,
-            _thread: thread,
-        })
+            rx,
+            dropped: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     fn sender(&self) -> ReportSender {
@@ -424,6 +418,21 @@ impl Reports {
             dropped: Arc::clone(&self.dropped),
         }
     }
+
+    /// Starts the reporter thread (`tcp-echo-report`), which logs the reports as they come.
+    /// Dropping the [`Reporter`] stops it once what is queued is logged.
+    pub(crate) fn start(self) -> Result<Reporter, Error> {
+        let Reports { rx, dropped, .. } = self;
+        let thread = Background::start("tcp-echo-report", move |stop| {
+            report(&rx, &dropped, stop.receiver())
+        })?;
+        Ok(Reporter { _thread: thread })
+    }
+}
+
+/// The reporter thread; see [`Reports::start`].
+pub(crate) struct Reporter {
+    _thread: Background,
 }
 
 /// An acceptor's end of the reports: sending never blocks; a full queue drops and counts.
@@ -697,8 +706,9 @@ mod tests {
         let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
         let ctx = Arc::new(Context::new(config));
         let pool = Arc::new(Pool::new("t", 4, Duration::from_secs(1), |_job: Job| {}));
-        let reports = Reports::start().unwrap();
+        let reports = Reports::new();
         let acceptors = Acceptors::start(listeners, &addrs, 2, &ctx, &pool, &reports).unwrap();
+        let _reporter = reports.start().unwrap();
         for addr in &addrs {
             TcpStream::connect(addr).expect("accepting");
         }

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::connection::{self, Job};
 use crate::echo;
 use crate::error::Error;
-use crate::listener::{self, Acceptors, Reports};
+use crate::listener::{self, Acceptors, Reporter, Reports};
 use crate::log_budget::ServerBudget;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
@@ -226,7 +226,7 @@ struct Running {
     ctx: Arc<Context>,
     acceptors: Acceptors,
     /// Logs the acceptors' refusals; after them, so that it outlives their senders.
-    _reports: Reports,
+    _reporter: Reporter,
     watch: Watch,
     /// Serves `/readyz` and friends until the server returns.
     _admin: Option<Admin>,
@@ -335,9 +335,13 @@ impl Running {
                     .transpose()?
             }
         };
-        let reports = Reports::start()?;
-        let acceptors = match Acceptors::start(listeners, &addrs, plain, &ctx, &pool, &reports) {
-            Ok(acceptors) => acceptors,
+        // The acceptors first, then the thread that logs their refusals: a client that
+        // connected as soon as the server said where it listens is accepted meanwhile.
+        let reports = Reports::new();
+        let started = Acceptors::start(listeners, &addrs, plain, &ctx, &pool, &reports)
+            .and_then(|acceptors| Ok((reports.start()?, acceptors)));
+        let (reporter, acceptors) = match started {
+            Ok(started) => started,
             Err(e) => {
                 // The acceptors already started are stopped and joined (dropped); close what
                 // they admitted, so that no worker outlives the failed start for long.
@@ -353,7 +357,7 @@ impl Running {
         Ok(Running {
             ctx,
             acceptors,
-            _reports: reports,
+            _reporter: reporter,
             watch,
             _admin: admin,
             udp,
@@ -371,7 +375,7 @@ impl Running {
         let Running {
             ctx,
             acceptors,
-            _reports,
+            _reporter,
             watch,
             _admin,
             udp,
