@@ -953,7 +953,7 @@ fn run(args: &[String]) {
                 add(&sc, pair[1], b);
             }
         }
-        // EXPERIMENT: the prefixed stream, this build against the baseline, in turns.
+        // The prefixed stream, this build against the build before, in turns.
         if let Some(before) = baseline.as_ref() {
             let pair = if round % 2 == 0 {
                 [&main_servers[0], before]

@@ -90,6 +90,22 @@ impl Data<'_> {
         )
     }
 
+    /// The ratio `a` / `b` of each round, in round order, as text.
+    fn per_round_ratios(&self, scenario: &str, metric: &str, a: &str, b: &str) -> String {
+        let bs: BTreeMap<usize, f64> = self.values(scenario, b, metric).into_iter().collect();
+        let all: Vec<String> = self
+            .values(scenario, a, metric)
+            .into_iter()
+            .filter_map(|(round, v)| bs.get(&round).filter(|d| **d > 0.0).map(|d| v / d))
+            .map(|r| format!("{r:.2}"))
+            .collect();
+        if all.is_empty() {
+            "–".into()
+        } else {
+            all.join(", ")
+        }
+    }
+
     /// The largest value over rounds (for error counts).
     fn max(&self, scenario: &str, server: &str, metric: &str) -> f64 {
         self.values(scenario, server, metric)
@@ -648,6 +664,21 @@ pub fn write(records: &[Record], rounds: usize, secs: Duration, command: &str, t
                 ratio_cell(d.ratio(&sc, metric, ECHO, peer)).replace('×', &format!("× {peer}")),
             );
         }
+        md.push_str(
+            "\nThe streams above run one server after another. The prefixed stream was also run \
+             against the build before in turns (`A B B A B A A B`, as for the prefixed stream \
+             against the plain one below), where a change of the machine's speed falls on both \
+             alike:\n\n| scenario | after vs before, MB/s (median) | per round |\n|---|---|---|\n",
+        );
+        for (len, conns) in [(64, 1), (4096, 1), (64, 16)] {
+            let sc = format!("ab stream {len}B x{conns}");
+            let _ = writeln!(
+                md,
+                "| stream {len}B x{conns}, in turns | {} | {} |",
+                ratio_cell(d.ratio(&sc, "mb_per_s", ECHO, BEFORE)),
+                d.per_round_ratios(&sc, "mb_per_s", ECHO, BEFORE)
+            );
+        }
         md.push('\n');
     }
 
@@ -750,17 +781,17 @@ pub fn write(records: &[Record], rounds: usize, secs: Duration, command: &str, t
         per.map(|v| v <= 8.0),
     );
     for (len, conns) in [(64, 1), (4096, 1), (64, 16)] {
-        let r = d.ratio(
-            &format!("prefix stream {len}B x{conns}"),
-            "mb_per_s",
-            ECHO,
-            NO_PREFIX,
-        );
+        let sc = format!("prefix stream {len}B x{conns}");
+        let r = d.ratio(&sc, "mb_per_s", ECHO, NO_PREFIX);
         target(
             &format!(
                 "the prefixed stream within 10 % of the plain one ({len} B lines, {conns} conn)"
             ),
-            ratio_cell(r),
+            format!(
+                "{} (per round {})",
+                ratio_cell(r),
+                d.per_round_ratios(&sc, "mb_per_s", ECHO, NO_PREFIX)
+            ),
             r.map(|r| r >= 0.9),
         );
     }
