@@ -896,7 +896,7 @@ fn run(args: &[String]) {
         let with_before: Vec<&Spec> = order.iter().copied().chain(baseline.iter()).collect();
         let sc = "paced 256";
         if wanted(sc) {
-            let paced = Pace::Every(Duration::from_millis(10));
+            let paced = Pace::Every(Duration::from_millis(20));
             for (s, m) in with_before.iter().zip(ping_pong(
                 &with_before,
                 256,
