@@ -769,7 +769,7 @@ pub fn write(records: &[Record], rounds: usize, secs: Duration, command: &str, t
         "idle RSS ≤ 2 MB",
         format!(
             "{} kB, of which {} kB anonymous; the rest is the binary's code as mapped from the \
-             page cache (a larger binary since TLS: a build without it measures about 1.3 MB)",
+             page cache (a larger binary since TLS: a build without it measures about 1.1 MB)",
             cell(idle),
             cell(d.med("memory", ECHO, "idle_rss_anon_kb"))
         ),
