@@ -81,22 +81,23 @@ impl Data<'_> {
 
     /// Median over rounds of the within-round ratio a/b.
     fn ratio(&self, scenario: &str, metric: &str, a: &str, b: &str) -> Option<f64> {
+        median(self.round_ratios(scenario, metric, a, b))
+    }
+
+    /// The ratio `a` / `b` of each round where both were measured, in round order.
+    fn round_ratios(&self, scenario: &str, metric: &str, a: &str, b: &str) -> Vec<f64> {
         let bs: BTreeMap<usize, f64> = self.values(scenario, b, metric).into_iter().collect();
-        median(
-            self.values(scenario, a, metric)
-                .into_iter()
-                .filter_map(|(round, v)| bs.get(&round).filter(|d| **d > 0.0).map(|d| v / d))
-                .collect(),
-        )
+        self.values(scenario, a, metric)
+            .into_iter()
+            .filter_map(|(round, v)| bs.get(&round).filter(|d| **d > 0.0).map(|d| v / d))
+            .collect()
     }
 
     /// The ratio `a` / `b` of each round, in round order, as text.
     fn per_round_ratios(&self, scenario: &str, metric: &str, a: &str, b: &str) -> String {
-        let bs: BTreeMap<usize, f64> = self.values(scenario, b, metric).into_iter().collect();
         let all: Vec<String> = self
-            .values(scenario, a, metric)
+            .round_ratios(scenario, metric, a, b)
             .into_iter()
-            .filter_map(|(round, v)| bs.get(&round).filter(|d| **d > 0.0).map(|d| v / d))
             .map(|r| format!("{r:.2}"))
             .collect();
         if all.is_empty() {
