@@ -529,13 +529,12 @@ struct Echo<'a> {
 }
 
 impl Echo<'_> {
-    /// Echoes `data`, one read's worth (the banner first, if it is due), and logs it.
+    /// Echoes `data`, one read's worth (the banner first, if it is due), and logs it: once
+    /// echoed, so that the reply does not wait for the log's writes (a faulted connection's
+    /// before its echo, which the fault may hold back).
     fn data(&mut self, data: &[u8]) -> Result<(), Reason> {
         if let Some(banner) = self.banner_due.take() {
             send(self.ticket, self.out, &banner)?;
-        }
-        if let Some(log) = self.log.as_mut() {
-            log.record(data);
         }
         self.bytes += data.len() as u64;
         self.ctx
@@ -543,8 +542,23 @@ impl Echo<'_> {
             .bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         if self.fault.is_some() {
+            self.record(data);
             return self.faulted(data);
         }
+        let result = self.echo(data);
+        self.record(data);
+        result
+    }
+
+    /// Logs `data` as `Received` records, within the log budget.
+    fn record(&mut self, data: &[u8]) {
+        if let Some(log) = self.log.as_mut() {
+            log.record(data);
+        }
+    }
+
+    /// Echoes `data` on an unfaulted connection: as it came, or framed with the prefix.
+    fn echo(&mut self, data: &[u8]) -> Result<(), Reason> {
         let Some(prefix) = self.ctx.prefix.as_deref() else {
             self.framer.pass(data);
             return send(self.ticket, self.out, data);
@@ -564,20 +578,28 @@ impl Echo<'_> {
                 &mut self.parts,
                 MAX_SLICES,
             );
-            let mut slices = echo::recycle(std::mem::take(&mut self.slices));
-            slices.extend(
-                self.parts
-                    .iter()
-                    .map(|p| IoSlice::new(p.bytes(&self.stage, rest))),
-            );
             // The parts of one read leave as one reply: segments are not cut at the steps
             // (unless the socket is paced, see `socket::paces`).
             let more = n < rest.len()
                 && *self
                     .hold_back
                     .get_or_insert_with(|| socket::holds_back_parts(self.out.socket()));
-            result = send_slices(self.ticket, self.out, &mut slices, more);
-            self.slices = echo::recycle(slices);
+            result = match self.parts[..] {
+                // One part (a line, or a run of short lines staged whole): a plain write,
+                // with no list of slices to build.
+                [part] if !more => send(self.ticket, self.out, part.bytes(&self.stage, rest)),
+                _ => {
+                    let mut slices = echo::recycle(std::mem::take(&mut self.slices));
+                    slices.extend(
+                        self.parts
+                            .iter()
+                            .map(|p| IoSlice::new(p.bytes(&self.stage, rest))),
+                    );
+                    let sent = send_slices(self.ticket, self.out, &mut slices, more);
+                    self.slices = echo::recycle(slices);
+                    sent
+                }
+            };
             rest = &rest[n..];
         }
         result

@@ -2,8 +2,11 @@
 
 mod support;
 
-use std::io::Write;
-use std::net::Shutdown;
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::os::unix::fs::OpenOptionsExt;
+use std::process::Stdio;
 use std::time::Duration;
 
 use support::{assert_silent, connect, exchange, read_exactly, read_to_eof, Server, DEADLINE};
@@ -216,6 +219,60 @@ fn logs_keep_go_echo_lines_under_one_uuid() {
     for field in ["reason=EOF", "bytes=6", "lines=1", "duration="] {
         assert!(closed.contains(field), "{field} missing: {closed}");
     }
+}
+
+#[test]
+fn a_reply_does_not_wait_for_its_log_records() {
+    // stderr is a pipe that this test stops reading once the connection's open record is
+    // in, and then fills to the last byte: from then on every log record blocks its writer.
+    // The echo of what the worker read must leave before that read's `Received` records.
+    let mut child = support::command(&["--port", "0", "--prefix", "one", "--banner", "off"], &[])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tcp-echo");
+    let mut log = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut next_line = || {
+        let mut line = String::new();
+        assert!(
+            log.read_line(&mut line).expect("read the log") > 0,
+            "exited"
+        );
+        line
+    };
+    let port = loop {
+        let line = next_line();
+        if let Some((_, addr)) = line.trim().split_once("listening on ") {
+            break addr.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+        }
+    };
+    let mut c = connect(SocketAddr::from(([127, 0, 0, 1], port)));
+    while !next_line().contains("TCP connection open.") {}
+    // A file description of the pipe of its own, non-blocking (the server's stays blocking):
+    // 4 KiB writes, then single bytes, until not one more fits.
+    let mut filler = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(format!("/proc/{}/fd/2", child.id()))
+        .expect("open the server's stderr pipe");
+    let chunk = [b'#'; 4096];
+    for size in [chunk.len(), 1] {
+        loop {
+            match filler.write(&chunk[..size]) {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => panic!("fill the pipe: {e}"),
+            }
+        }
+    }
+    c.set_read_timeout(Some(DEADLINE)).unwrap();
+    c.write_all(b"hello\n").unwrap();
+    assert_eq!(read_exactly(&mut c, 10), b"one hello\n");
+    // Once the log is read again, the records follow.
+    while !next_line().contains("Received Data (converted to string): hello") {}
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 #[test]
