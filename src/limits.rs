@@ -130,12 +130,12 @@ pub(crate) fn raise_open_files(config: &Config) {
 }
 
 /// Threads the server needs at its fullest: a worker per connection, an acceptor per TCP port
-/// and a thread per UDP socket, the main thread, the signal handler, the watch and the
-/// reporter, the admin port's thread and the certificate watcher.
+/// and a thread per UDP socket, the main thread (which also logs the refusals and enforces the
+/// time limits), the signal handler, the admin port's thread and the certificate watcher.
 pub(crate) fn threads_needed(config: &Config) -> u64 {
     let admin = u64::from(config.admin_port.is_some());
     let certificates = u64::from(!config.tls_ports.is_empty());
-    config.max_connections as u64 + echo_sockets(config) + 4 + admin + certificates
+    config.max_connections as u64 + echo_sockets(config) + 2 + admin + certificates
 }
 
 /// The warning when a thread limit (`limit`, named `name`) is below what is `needed`.
@@ -266,10 +266,10 @@ mod tests {
         assert_eq!(descriptors_needed(&c), 100 + 2 + SPARE_DESCRIPTORS);
         let c = c.with_admin_port(0).unwrap();
         assert_eq!(descriptors_needed(&c), 100 + 2 + 129 + SPARE_DESCRIPTORS);
-        assert_eq!(threads_needed(&c), 100 + 2 + 4 + 1);
+        assert_eq!(threads_needed(&c), 100 + 2 + 2 + 1);
         // With --udp, a socket and a thread per plain port besides each listener.
         let c = c.with_udp(true);
         assert_eq!(descriptors_needed(&c), 100 + 4 + 129 + SPARE_DESCRIPTORS);
-        assert_eq!(threads_needed(&c), 100 + 4 + 4 + 1);
+        assert_eq!(threads_needed(&c), 100 + 4 + 2 + 1);
     }
 }

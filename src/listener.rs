@@ -11,8 +11,9 @@
 //! connections still queued), takes what the accept queue holds, and closes the listener.
 //!
 //! The acceptors write no log record themselves: a refusal or an accept error becomes a
-//! [`Report`] on a bounded channel, which the reporter thread (`tcp-echo-report`) logs. A log
-//! that cannot be written (stderr blocked) holds up that thread, never the accepting.
+//! [`Report`] on a bounded channel, which the thread that runs the server logs while it waits
+//! for the shutdown request. A log that cannot be written (stderr blocked) holds up that
+//! thread, never the accepting.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -31,7 +32,7 @@ use crate::error::Error;
 use crate::metrics::Refusal;
 use crate::pool::Pool;
 use crate::server::Context;
-use crate::threads::{self, Background};
+use crate::threads;
 
 /// First pause after a failed accept; it doubles up to [`ACCEPT_BACKOFF_MAX`].
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(1);
@@ -355,7 +356,7 @@ fn after_accept_error(e: &io::Error) -> AfterError {
     }
 }
 
-/// What the reporter thread logs for the acceptors.
+/// What an acceptor reports, for the thread that runs the server to log.
 #[derive(Debug)]
 pub(crate) enum Report {
     /// A client was told the server is full.
@@ -387,11 +388,11 @@ pub(crate) enum Report {
     },
 }
 
-/// Reports the reporter thread has not logged yet, at most.
+/// Reports not logged yet, at most.
 const REPORTS_QUEUED: usize = 1024;
 
-/// The acceptors' reports, queued until [`Reports::start`] starts the thread that logs them
-/// (after the acceptors: the first client is not kept waiting for it).
+/// The acceptors' reports, queued until the thread that runs the server logs them (between
+/// its waits: see `server::Running::supervise`).
 pub(crate) struct Reports {
     tx: Sender<Report>,
     rx: Receiver<Report>,
@@ -419,20 +420,50 @@ impl Reports {
         }
     }
 
-    /// Starts the reporter thread (`tcp-echo-report`), which logs the reports as they come.
-    /// Dropping the [`Reporter`] stops it once what is queued is logged.
-    pub(crate) fn start(self) -> Result<Reporter, Error> {
-        let Reports { rx, dropped, .. } = self;
-        let thread = Background::start("tcp-echo-report", move |stop| {
-            report(&rx, &dropped, stop.receiver())
-        })?;
-        Ok(Reporter { _thread: thread })
+    /// The queue's receiving end, to wait on with `select!`; pass what it yields to
+    /// [`log`](Reports::log).
+    pub(crate) fn receiver(&self) -> &Receiver<Report> {
+        &self.rx
     }
-}
 
-/// The reporter thread; see [`Reports::start`].
-pub(crate) struct Reporter {
-    _thread: Background,
+    /// Logs `report`, then how many reports the full queue dropped since the last time.
+    pub(crate) fn log(&self, report: Report) {
+        match report {
+            Report::Busy { peer, max } => {
+                warn!("TCP connection refused: server busy ({max} connections). peer={peer}")
+            }
+            Report::NoWorker {
+                peer,
+                open,
+                max,
+                error,
+            } => warn!(
+                "TCP connection refused: no worker thread could be started ({error}) with \
+                 {open} connections open, below --max-connections {max}: a thread or pid limit \
+                 is lower than --max-connections. peer={peer}"
+            ),
+            Report::AcceptFailed {
+                port,
+                failures,
+                error,
+            } => warn!(
+                "accept failed on port {port} ({failures} in a row): {error}; retrying in up to \
+                 {} ms",
+                ACCEPT_BACKOFF_MAX.as_millis()
+            ),
+        }
+        let n = self.dropped.swap(0, Ordering::Relaxed);
+        if n > 0 {
+            warn!("{n} refusal or accept-error records were not logged (the log is behind)");
+        }
+    }
+
+    /// Logs every report queued now (once the acceptors have stopped: all there will be).
+    pub(crate) fn log_queued(&self) {
+        while let Ok(r) = self.rx.try_recv() {
+            self.log(r);
+        }
+    }
 }
 
 /// An acceptor's end of the reports: sending never blocks; a full queue drops and counts.
@@ -448,50 +479,6 @@ impl ReportSender {
         if self.tx.len() >= REPORTS_QUEUED || self.tx.try_send(r).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
-    }
-}
-
-/// The reporter thread: logs each report as it comes, until stopped (then what is queued).
-fn report(rx: &Receiver<Report>, dropped: &AtomicU64, stop: &Receiver<()>) {
-    let log = |r: Report| match r {
-        Report::Busy { peer, max } => {
-            warn!("TCP connection refused: server busy ({max} connections). peer={peer}")
-        }
-        Report::NoWorker {
-            peer,
-            open,
-            max,
-            error,
-        } => warn!(
-            "TCP connection refused: no worker thread could be started ({error}) with {open} \
-             connections open, below --max-connections {max}: a thread or pid limit is lower \
-             than --max-connections. peer={peer}"
-        ),
-        Report::AcceptFailed {
-            port,
-            failures,
-            error,
-        } => warn!(
-            "accept failed on port {port} ({failures} in a row): {error}; retrying in up to {} ms",
-            ACCEPT_BACKOFF_MAX.as_millis()
-        ),
-    };
-    let dropped_since = || dropped.swap(0, Ordering::Relaxed);
-    loop {
-        crossbeam_channel::select! {
-            recv(rx) -> r => match r {
-                Ok(r) => log(r),
-                Err(_) => break,
-            },
-            recv(stop) -> _ => break,
-        }
-        let n = dropped_since();
-        if n > 0 {
-            warn!("{n} refusal or accept-error records were not logged (the log is behind)");
-        }
-    }
-    while let Ok(r) = rx.try_recv() {
-        log(r);
     }
 }
 
@@ -708,7 +695,6 @@ mod tests {
         let pool = Arc::new(Pool::new("t", 4, Duration::from_secs(1), |_job: Job| {}));
         let reports = Reports::new();
         let acceptors = Acceptors::start(listeners, &addrs, 2, &ctx, &pool, &reports).unwrap();
-        let _reporter = reports.start().unwrap();
         for addr in &addrs {
             TcpStream::connect(addr).expect("accepting");
         }

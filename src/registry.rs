@@ -4,9 +4,9 @@
 //!
 //! The lock is taken once when a connection is admitted, once when it ends, and by the watch
 //! once per tick; never per line. A worker marks progress with one relaxed store per read or
-//! write. The watch (one thread) ends a connection that made no progress for the idle timeout,
-//! or that has been open for the maximum duration, by shutting its read side, which wakes the
-//! worker's blocked `read`. (A receive timeout on the socket would do the idle part, but arms
+//! write. The watch (run by the thread that runs the server, between its waits) ends a
+//! connection that made no progress for the idle timeout, or that has been open for the
+//! maximum duration, by shutting its read side, which wakes the worker's blocked `read`. (A receive timeout on the socket would do the idle part, but arms
 //! and cancels a kernel timer on every blocking read.) A connection ended for its maximum
 //! duration gets `--drain-timeout` to deliver what it had received; if it is still open then
 //! (a client that reads a little every few minutes keeps a write going), the watch shuts
@@ -21,8 +21,7 @@ use std::time::{Duration, Instant};
 
 use log::debug;
 
-use crate::error::Error;
-use crate::threads::{self, Background, Stop};
+use crate::threads;
 
 /// Open connections, shared by the acceptors, the workers and the shutdown sequence.
 #[derive(Debug)]
@@ -351,34 +350,43 @@ impl Registry {
     }
 }
 
-/// The watch thread (`tcp-echo-watch`): ends connections over their time limits once per
-/// tick. Dropping it stops and joins the thread.
+/// The watch over the time limits: ends the connections over them once per tick. It has no
+/// thread of its own; the thread that runs the server calls [`Watch::run_due`] between its
+/// waits (see `server::Running::supervise`).
 pub(crate) struct Watch {
-    _thread: Option<Background>,
+    registry: Arc<Registry>,
+    limits: Limits,
+    /// The tick and when it next falls due; `None` when there is no limit to watch.
+    next: Option<(Duration, Instant)>,
 }
 
 impl Watch {
-    /// Starts the watch over `registry` if `limits` has anything to watch.
-    pub(crate) fn start(registry: &Arc<Registry>, limits: Limits) -> Result<Watch, Error> {
-        let Some(tick) = limits.tick() else {
-            return Ok(Watch { _thread: None });
-        };
-        let registry = Arc::clone(registry);
-        let thread = Background::start("tcp-echo-watch", move |stop| {
-            watch(&registry, limits, tick, &stop)
-        })?;
-        Ok(Watch {
-            _thread: Some(thread),
-        })
+    /// A watch over `registry`, due one tick from now (never if `limits` has nothing to
+    /// watch).
+    pub(crate) fn new(registry: &Arc<Registry>, limits: Limits) -> Watch {
+        Watch {
+            registry: Arc::clone(registry),
+            next: limits.tick().map(|tick| (tick, Instant::now() + tick)),
+            limits,
+        }
     }
-}
 
-fn watch(registry: &Registry, limits: Limits, tick: Duration, stop: &Stop) {
-    while !stop.wait(tick) {
-        let ended = registry.end_overdue(limits, Instant::now());
+    /// When the next look is due (`None`: never).
+    pub(crate) fn due(&self) -> Option<Instant> {
+        self.next.map(|(_, at)| at)
+    }
+
+    /// Ends the connections over a limit if a look is due at `now`, and schedules the next.
+    pub(crate) fn run_due(&mut self, now: Instant) {
+        let Some((tick, at)) = self.next else { return };
+        if now < at {
+            return;
+        }
+        let ended = self.registry.end_overdue(self.limits, now);
         if ended > 0 {
             debug!("time limits: ended {ended} connections");
         }
+        self.next = Some((tick, now + tick));
     }
 }
 
@@ -419,6 +427,32 @@ mod tests {
         assert_eq!(stream.read(&mut buf).expect("read"), 0);
         // Ended once only.
         assert_eq!(registry.end_overdue(IDLE, now + t * 3), 0);
+    }
+
+    #[test]
+    fn the_watch_looks_once_a_tick_is_due_and_schedules_the_next() {
+        let registry = Registry::new(4);
+        let (ticket, _client) = admitted(&registry);
+        let mut watch = Watch::new(&registry, IDLE);
+        // IDLE's tick: a tenth of 10 s, capped at 1 s.
+        let tick = Duration::from_secs(1);
+        let due = watch.due().expect("a limit to watch");
+        // Not due yet: no look, and the schedule stands.
+        watch.run_due(due - Duration::from_millis(1));
+        assert_eq!(ticket.ended(), None);
+        assert_eq!(watch.due(), Some(due));
+        // Due, and long past the timeout: the connection is ended; the next look is a tick on.
+        let late = due + Duration::from_secs(20);
+        watch.run_due(late);
+        assert_eq!(ticket.ended(), Some(Ended::Idle));
+        assert_eq!(watch.due(), Some(late + tick));
+        // Nothing to watch, never due.
+        let none = Limits {
+            idle: None,
+            max_duration: None,
+            ..IDLE
+        };
+        assert_eq!(Watch::new(&registry, none).due(), None);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::connection::{self, Job};
 use crate::echo;
 use crate::error::Error;
-use crate::listener::{self, Acceptors, Reporter, Reports};
+use crate::listener::{self, Acceptors, Reports};
 use crate::log_budget::ServerBudget;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
@@ -213,20 +213,25 @@ impl Server {
     /// Serves until shutdown is requested; then turns readiness off, keeps accepting for the
     /// shutdown delay, stops accepting, lets open connections finish (every byte received is
     /// echoed) for at most the drain timeout, closes the rest, and returns what was done.
+    ///
+    /// The calling thread does the server's upkeep meanwhile: it logs the refusals and ends
+    /// the connections over their time limits.
     pub fn run(self) -> Result<Summary, Error> {
-        let running = Running::start(self)?;
-        running.signal.wait();
+        let mut running = Running::start(self)?;
+        running.supervise(None);
         Ok(running.shut_down())
     }
 }
 
-/// A server while it serves: every thread it started. Dropping it (a failed start) stops and
-/// joins them all.
+/// A server while it serves: every thread it started, and the upkeep that the thread running
+/// it does between its waits ([`supervise`](Running::supervise)). Dropping it (a failed
+/// start) stops and joins the threads.
 struct Running {
     ctx: Arc<Context>,
     acceptors: Acceptors,
-    /// Logs the acceptors' refusals; after them, so that it outlives their senders.
-    _reporter: Reporter,
+    /// The acceptors' refusals, to log.
+    reports: Reports,
+    /// The time limits, to enforce.
     watch: Watch,
     /// Serves `/readyz` and friends until the server returns.
     _admin: Option<Admin>,
@@ -244,7 +249,7 @@ struct Running {
 }
 
 impl Running {
-    /// Starts the watch, the pool, the admin endpoint, the reporter and the acceptors.
+    /// Starts the pool, the admin endpoint and the acceptors.
     fn start(server: Server) -> Result<Running, Error> {
         let Server {
             config,
@@ -283,7 +288,7 @@ impl Running {
                 move |job: Job| connection::serve(job, &ctx),
             ))
         };
-        let watch = Watch::start(&ctx.registry, limits)?;
+        let watch = Watch::new(&ctx.registry, limits);
         let ready = Arc::new(AtomicBool::new(true));
         let admin = match admin {
             None => None,
@@ -335,13 +340,9 @@ impl Running {
                     .transpose()?
             }
         };
-        // The acceptors first, then the thread that logs their refusals: a client that
-        // connected as soon as the server said where it listens is accepted meanwhile.
         let reports = Reports::new();
-        let started = Acceptors::start(listeners, &addrs, plain, &ctx, &pool, &reports)
-            .and_then(|acceptors| Ok((reports.start()?, acceptors)));
-        let (reporter, acceptors) = match started {
-            Ok(started) => started,
+        let acceptors = match Acceptors::start(listeners, &addrs, plain, &ctx, &pool, &reports) {
+            Ok(acceptors) => acceptors,
             Err(e) => {
                 // The acceptors already started are stopped and joined (dropped); close what
                 // they admitted, so that no worker outlives the failed start for long.
@@ -354,10 +355,15 @@ impl Running {
         // The last line of the start: everything is open and every thread runs (tests and
         // scripts wait for it).
         info!("settings: {}", ctx.config);
+        // The first echo would detect the CPU's features (for the SIMD newline search): about
+        // 40 µs where a hypervisor traps `cpuid`. Done here, while the first client is still
+        // reading where the server listens.
+        #[cfg(target_arch = "x86_64")]
+        std::hint::black_box(std::arch::is_x86_feature_detected!("avx2"));
         Ok(Running {
             ctx,
             acceptors,
-            _reporter: reporter,
+            reports,
             watch,
             _admin: admin,
             udp,
@@ -369,38 +375,70 @@ impl Running {
         })
     }
 
+    /// Waits until shutdown is requested, or until `until` passes (`None`: no end). Meanwhile
+    /// it logs the acceptors' refusals as they come and ends the connections over their time
+    /// limits at each tick of the watch: the server's upkeep, done by the thread that would
+    /// otherwise only wait, so that no thread of its own has to be started for it.
+    fn supervise(&mut self, until: Option<Instant>) {
+        loop {
+            let now = Instant::now();
+            self.watch.run_due(now);
+            if until.is_some_and(|until| now >= until) {
+                return;
+            }
+            let wake = match (until, self.watch.due()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let timer = wake.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
+            crossbeam_channel::select! {
+                recv(self.signal.receiver()) -> _ => return,
+                recv(self.reports.receiver()) -> report => {
+                    if let Ok(report) = report {
+                        self.reports.log(report);
+                    }
+                }
+                recv(timer) -> _ => {}
+            }
+        }
+    }
+
     /// The shutdown, once it is requested: readiness off, the delay, stop accepting, drain,
     /// force-close what is left at the deadline.
-    fn shut_down(self) -> Summary {
-        let Running {
-            ctx,
-            acceptors,
-            _reporter,
-            watch,
-            _admin,
-            udp,
-            #[cfg(feature = "tls")]
-            _certificates,
-            ready,
-            signal,
-            _own_handle,
-        } = self;
-        let config = &ctx.config;
-        let registry = &ctx.registry;
-        ready.store(false, Ordering::Release);
-        let delay = config.shutdown_delay;
+    fn shut_down(mut self) -> Summary {
+        self.ready.store(false, Ordering::Release);
+        let delay = self.ctx.config.shutdown_delay;
         if !delay.is_zero() {
             info!(
                 "shutdown requested: /readyz answers 503; still accepting for {:.1}s so that \
                  the endpoints drop this server first (a second request stops at once)",
                 delay.as_secs_f64()
             );
-            signal.wait_timeout(delay);
+            // Still accepting: the upkeep goes on.
+            self.supervise(Some(Instant::now() + delay));
         }
+        let Running {
+            ctx,
+            acceptors,
+            reports,
+            // Every reader is woken at shutdown: the watch has nothing left to do.
+            watch: _,
+            _admin,
+            udp,
+            #[cfg(feature = "tls")]
+            _certificates,
+            ready: _,
+            signal: _,
+            _own_handle,
+        } = self;
+        let config = &ctx.config;
+        let registry = &ctx.registry;
         let deadline = Instant::now() + config.drain_timeout;
         // Stop accepting first: after this, no connection is admitted, and the ones that were
         // waiting in the accept queues have been taken.
         let taken = acceptors.stop();
+        // The acceptors are gone: what is queued is every refusal there will be.
+        reports.log_queued();
         // A datagram is answered at once: nothing of UDP to drain.
         drop(udp);
         info!(
@@ -410,8 +448,6 @@ impl Running {
             config.drain_timeout.as_secs_f64()
         );
         registry.begin_shutdown(deadline);
-        // Every reader is awake now; the watch has nothing left to do.
-        drop(watch);
 
         let mut forced = registry.wait_until_empty(deadline);
         if forced > 0 {

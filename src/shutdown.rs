@@ -5,7 +5,6 @@
 //! unhandled SIGTERM is ignored and the pod waits its whole grace period for SIGKILL.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -40,14 +39,10 @@ impl ShutdownHandle {
 }
 
 impl ShutdownSignal {
-    /// Blocks until shutdown is requested (or every handle is gone).
-    pub(crate) fn wait(&self) {
-        let _ = self.rx.recv();
-    }
-
-    /// Blocks until shutdown is requested again, or `d` passes.
-    pub(crate) fn wait_timeout(&self, d: Duration) {
-        let _ = self.rx.recv_timeout(d);
+    /// The channel a shutdown request arrives on, to wait on with `select!`: a message is a
+    /// request; a disconnection means every handle is gone.
+    pub(crate) fn receiver(&self) -> &Receiver<()> {
+        &self.rx
     }
 }
 

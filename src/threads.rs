@@ -58,11 +58,6 @@ impl Stop {
     pub(crate) fn requested(&self) -> bool {
         self.wait(Duration::ZERO)
     }
-
-    /// The channel that disconnects when the stop is requested, for `select!`.
-    pub(crate) fn receiver(&self) -> &Receiver<()> {
-        &self.0
-    }
 }
 
 /// A background thread; dropping this handle asks it to stop (its [`Stop`] disconnects) and

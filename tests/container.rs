@@ -462,8 +462,8 @@ fn the_arm64_binary_echoes_under_qemu() {
 
 #[test]
 fn under_a_pid_limit_the_server_says_why_it_refuses() {
-    // 24 tasks for the container: the main thread, the signal handler, the acceptor and the
-    // watch leave about 20 workers, far below the default --max-connections 1024.
+    // 24 tasks for the container: the main thread, the signal handler and the acceptor leave
+    // about 21 workers, far below the default --max-connections 1024.
     let c = Container::run(
         &[
             "--pids-limit",

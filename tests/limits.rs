@@ -167,18 +167,34 @@ fn idle_timeout_zero_means_never() {
     support::assert_silent(&mut b, Duration::from_secs(3));
     served(&mut b, "y\n");
     assert!(never.log.matching("TCP connection closed.").is_empty());
-    // No thread watches the time limits: nothing could end the connection later either.
-    let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", never.pid()))
+}
+
+#[test]
+fn the_upkeep_has_no_thread_of_its_own() {
+    // The watch over the time limits and the logging of refusals are done by the main thread
+    // while it waits for the shutdown request: idle, the server runs the main thread, the
+    // signal handler's and an acceptor per port, nothing else.
+    let s = Server::with(&["--idle-timeout", "0.3", "--max-connections", "1"]);
+    s.log
+        .wait_for("settings", DEADLINE, |l| l.contains("settings:"));
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", s.pid()))
         .unwrap()
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
         .collect();
-    assert!(
-        !names.iter().any(|n| n.trim() == "tcp-echo-watch"),
-        "{names:?}"
-    );
-    assert!(names
-        .iter()
-        .any(|n| n.trim().starts_with("tcp-echo-accept")));
+    names.sort();
+    assert_eq!(names, ["ctrl-c", "tcp-echo", "tcp-echo-accept"]);
+    // And both are done: a silent client is ended, a refusal is logged.
+    let mut quiet = s.connect();
+    served(&mut quiet, "q\n");
+    let mut refused = s.connect();
+    let reply = String::from_utf8(read_to_eof(&mut refused)).unwrap();
+    assert!(reply.contains("busy"), "{reply:?}");
+    s.log
+        .wait_for("busy warning", DEADLINE, |l| l.contains("server busy"));
+    s.log.wait_for("the idle timeout", DEADLINE, |l| {
+        l.contains("reason=idle timeout")
+    });
 }
 
 #[test]

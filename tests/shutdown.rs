@@ -187,6 +187,40 @@ fn with_a_shutdown_delay_readiness_turns_503_at_once_and_it_keeps_accepting_unti
 }
 
 #[test]
+fn during_the_shutdown_delay_refusals_are_logged_and_time_limits_enforced() {
+    // The main thread does the server's upkeep while it waits out the delay too.
+    let mut s = Server::with(&[
+        "--max-connections",
+        "1",
+        "--idle-timeout",
+        "1.5",
+        "--shutdown-delay",
+        "6",
+    ]);
+    let mut quiet = s.connect();
+    quiet.write_all(b"q\n").unwrap();
+    assert_eq!(read_exactly(&mut quiet, 2), b"q\n");
+    s.signal(libc::SIGTERM);
+    s.log
+        .wait_for("the delay", DEADLINE, |l| l.contains("shutdown requested"));
+    // Still accepting, and full: the next client is told busy, and the refusal is logged.
+    let mut refused = s.connect();
+    let reply = String::from_utf8(read_to_eof(&mut refused)).unwrap();
+    assert!(reply.contains("busy"), "{reply:?}");
+    s.log
+        .wait_for("busy warning", DEADLINE, |l| l.contains("server busy"));
+    // The silent client is ended at its idle timeout, well before the delay is over.
+    s.log.wait_for("the idle timeout", DEADLINE, |l| {
+        l.contains("reason=idle timeout")
+    });
+    assert!(
+        s.log.matching("stopped accepting").is_empty(),
+        "the delay ended first"
+    );
+    assert_eq!(s.wait_exit(DEADLINE).code(), Some(0));
+}
+
+#[test]
 fn a_second_signal_during_the_shutdown_delay_exits_at_once() {
     let mut s = Server::with(&["--shutdown-delay", "30"]);
     s.signal(libc::SIGTERM);

@@ -37,9 +37,9 @@ fn record(order: u32, case: &str, load: &str, usage: &Usage, outcome: &str) {
 }
 
 /// Threads the server may have: workers up to `max_connections`, plus main, one acceptor per
-/// port, the watch, the reporter and the signal handler.
+/// port and the signal handler.
 fn thread_bound(max_connections: usize, ports: usize) -> usize {
-    max_connections + ports + 4
+    max_connections + ports + 2
 }
 
 /// xorshift64*: a reproducible byte stream.

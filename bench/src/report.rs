@@ -822,15 +822,15 @@ pub fn write(records: &[Record], rounds: usize, secs: Duration, command: &str, t
     target(
         "threads created as load needs them",
         format!(
-            "{} threads idle (main, signal, acceptor, watch, reporter, and the worker that served \
-             the benchmark's readiness probe, which retires after 30 s idle); {} with 1,000 \
+            "{} threads idle (main, signal, acceptor, and the worker that served the \
+             benchmark's readiness probe, which retires after 30 s idle); {} with 1,000 \
              connections",
             cell(threads),
             cell(busy_threads)
         ),
         threads
             .zip(busy_threads)
-            .map(|(idle, busy)| idle <= 6.0 && busy <= 1000.0 + 6.0),
+            .map(|(idle, busy)| idle <= 4.0 && busy <= 1000.0 + 4.0),
     );
     let up = d.med("startup", ECHO, "startup_ms");
     target(
