@@ -24,8 +24,8 @@ where
     if args.get(1).is_some_and(|a| a == "probe") {
         return tcp_echo_probe::main(&args[1..], &crate::banner::BANNER_LINES);
     }
-    let (config, warnings) = match config::from_args(args) {
-        Ok(Command::Serve(config, warnings)) => (config, warnings),
+    let (config, warnings, clap) = match config::from_args(args) {
+        Ok(Command::Serve(config, warnings, clap)) => (config, warnings, clap),
         Ok(Command::Print(text)) => {
             print!("{text}");
             if !text.ends_with('\n') {
@@ -45,8 +45,9 @@ where
     }
     limits::raise_open_files(&config);
     limits::check_threads(&config);
-    let result = Server::bind(config).and_then(|server| {
+    let result = Server::bind(config).and_then(|mut server| {
         shutdown::install_signal_handler(server.shutdown_handle())?;
+        server.drop_once_started(clap);
         server.run()
     });
     match result {

@@ -531,9 +531,22 @@ impl std::error::Error for ConfigError {}
 #[derive(Debug)]
 pub(crate) enum Command {
     /// Serve with these settings, logging these warnings about them once logging is up.
-    Serve(Box<Config>, Vec<String>),
+    Serve(Box<Config>, Vec<String>, ClapState),
     /// Print this text to stdout and exit 0 (`--help`, `--version`).
     Print(String),
+}
+
+/// What clap built to read the command line: its `Command` and `ArgMatches`, tens of kB in
+/// many small blocks. Kept to be freed once the server has started: freed on the way, the
+/// groups of blocks that musl's allocator gives back to the kernel as they empty cost a
+/// dozen `munmap`s before the server listens (5 % of the start-up to the first echo, see
+/// ARCHITECTURE.md).
+pub(crate) struct ClapState(#[allow(dead_code)] Box<(clap::Command, ArgMatches)>);
+
+impl fmt::Debug for ClapState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClapState")
+    }
 }
 
 /// Parses the process's arguments and environment (banner variables included); an error is
@@ -543,7 +556,8 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let (cli, matches) = match parse(Cli::command(), args) {
+    let mut cmd = Cli::command();
+    let (cli, matches) = match parse(&mut cmd, args) {
         Ok(parsed) => parsed,
         Err(Parsed::Print(text)) => return Ok(Command::Print(text)),
         Err(e) => return Err(e.message()),
@@ -552,7 +566,8 @@ where
     let config = cli
         .into_config(&matches, crate::banner::from_env())
         .map_err(|e| e.to_string())?;
-    Ok(Command::Serve(Box::new(config), warnings))
+    let clap = ClapState(Box::new((cmd, matches)));
+    Ok(Command::Serve(Box::new(config), warnings, clap))
 }
 
 /// Why [`parse`] produced no [`Cli`].
@@ -576,12 +591,12 @@ impl Parsed {
 }
 
 /// Runs clap over `args` with `cmd` (the [`Cli`] command, possibly without its environment).
-fn parse<I, T>(cmd: clap::Command, args: I) -> Result<(Cli, ArgMatches), Parsed>
+fn parse<I, T>(cmd: &mut clap::Command, args: I) -> Result<(Cli, ArgMatches), Parsed>
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let matches = cmd.try_get_matches_from(args).map_err(|e| {
+    let matches = cmd.try_get_matches_from_mut(args).map_err(|e| {
         use clap::error::{ContextKind, ContextValue, ErrorKind::*};
         match e.kind() {
             DisplayHelp | DisplayVersion => Parsed::Print(e.render().to_string()),
@@ -847,8 +862,8 @@ impl Config {
             ));
         }
         check_ports(ports).map_err(|reason| ConfigError::new("port", &shown, reason))?;
-        let (cli, matches) =
-            parse(without_env(), ["tcp-echo"]).map_err(|_| ConfigError::new("port", &shown, ""))?;
+        let (cli, matches) = parse(&mut without_env(), ["tcp-echo"])
+            .map_err(|_| ConfigError::new("port", &shown, ""))?;
         let mut config = cli.into_config(&matches, Vec::new())?;
         config.ports = ports.to_vec();
         Ok(config.with_bind(IpAddr::V4(Ipv4Addr::LOCALHOST)))
@@ -868,7 +883,7 @@ impl Config {
                 args.push(format!("--{long}={value}"));
             }
         }
-        let (cli, matches) = parse(without_env(), args).map_err(|e| match e {
+        let (cli, matches) = parse(&mut without_env(), args).map_err(|e| match e {
             Parsed::Setting(e) => e,
             other => ConfigError::new("port", "", other.message()),
         })?;
@@ -1150,7 +1165,7 @@ mod tests {
 
     fn serve(args: &[&str]) -> Result<Config, String> {
         match from_args(["tcp-echo"].iter().chain(args)) {
-            Ok(Command::Serve(c, _)) => Ok(*c),
+            Ok(Command::Serve(c, _, _)) => Ok(*c),
             Ok(Command::Print(_)) => Err("printed".into()),
             Err(e) => Err(e),
         }

@@ -185,6 +185,7 @@ mod imp {
         for line in cgroups.lines() {
             let mut parts = line.splitn(3, ':');
             let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let path = path.trim_end_matches('/');
             if controllers.split(',').any(|c| c == "pids") {
                 dirs.push(format!("/sys/fs/cgroup/pids{path}"));
                 dirs.push("/sys/fs/cgroup/pids".to_string());
@@ -193,6 +194,9 @@ mod imp {
                 dirs.push("/sys/fs/cgroup".to_string());
             }
         }
+        // At the hierarchy's root, a cgroup's directory and the root are one (each lookup
+        // is a few µs of the start).
+        dirs.dedup();
         let text = dirs
             .iter()
             .find_map(|d| std::fs::read_to_string(format!("{d}/pids.max")).ok())?;

@@ -100,6 +100,18 @@ impl<J: Send + 'static> Pool<J> {
         }
     }
 
+    /// Starts a worker to wait for the first job, so that the first job does not wait for a
+    /// thread to be created; like any worker, it ends after `idle_exit` without work. Does
+    /// nothing if a worker is already waiting.
+    pub(crate) fn start_worker(&self) -> io::Result<()> {
+        let mut state = self.shared.lock();
+        if state.available <= 0 && state.threads < self.shared.max_threads {
+            self.spawn(&mut state)?;
+            state.available += 1;
+        }
+        Ok(())
+    }
+
     /// Worker threads alive now.
     #[cfg(test)]
     fn threads(&self) -> usize {

@@ -25,6 +25,9 @@ use crate::udp::{self, Udp};
 /// A worker with nothing to do for this long ends (the pool starts another when needed).
 const WORKER_IDLE_EXIT: Duration = Duration::from_secs(30);
 
+/// How long after the start [`Server::drop_once_started`] frees what it was given.
+const LEFTOVERS_FREED: Duration = Duration::from_millis(100);
+
 /// How long force-closed connections get to log their end before the process exits.
 const FORCE_GRACE: Duration = Duration::from_millis(200);
 
@@ -95,6 +98,8 @@ pub struct Server {
     admin: Option<(TcpListener, SocketAddr)>,
     handle: ShutdownHandle,
     signal: ShutdownSignal,
+    /// What the start needed and the server does not: freed once it serves.
+    leftovers: Vec<Box<dyn Send>>,
 }
 
 /// What a server did, reported when it stops.
@@ -177,7 +182,14 @@ impl Server {
             admin,
             handle,
             signal,
+            leftovers: Vec::new(),
         })
+    }
+
+    /// Frees `what` shortly after the server has started ([`LEFTOVERS_FREED`] after), rather
+    /// than on the way to its first echo.
+    pub(crate) fn drop_once_started(&mut self, what: impl Send + 'static) {
+        self.leftovers.push(Box::new(what));
     }
 
     /// The plain ports' addresses actually bound (with port 0, the port the OS chose), in
@@ -233,6 +245,8 @@ struct Running {
     reports: Reports,
     /// The time limits, to enforce.
     watch: Watch,
+    /// What [`Server::drop_once_started`] was given, and when to free it.
+    leftovers: Option<(Instant, Vec<Box<dyn Send>>)>,
     /// Serves `/readyz` and friends until the server returns.
     _admin: Option<Admin>,
     /// The UDP echo's threads.
@@ -261,6 +275,7 @@ impl Running {
             admin,
             handle,
             signal,
+            leftovers,
         } = server;
         let limits = Limits {
             idle: config.idle_timeout,
@@ -304,18 +319,7 @@ impl Running {
                 Some(admin)
             }
         };
-        for (i, addr) in addrs.iter().enumerate() {
-            if i < plain {
-                info!("listening on {addr}");
-            } else {
-                info!("listening on {addr} (TLS)");
-            }
-        }
-        for socket in &udp {
-            if let Ok(addr) = socket.local_addr() {
-                info!("listening on {addr} (UDP)");
-            }
-        }
+        let udp_addrs: Vec<SocketAddr> = udp.iter().filter_map(|s| s.local_addr().ok()).collect();
         let udp = Udp::start(udp, &ctx)?;
         #[cfg(feature = "tls")]
         let certificates = match &ctx.tls {
@@ -350,21 +354,37 @@ impl Running {
                 return Err(e);
             }
         };
+        // A worker waits for the first connection. If it cannot be started now, the first
+        // connection tries again, and is told why if that fails too.
+        let _ = pool.start_worker();
         // From here on the acceptors hold the only references to the pool (and its Sender).
         drop(pool);
+        // The first echo would detect the CPU's features (for the SIMD newline search): about
+        // 45 µs where a hypervisor traps `cpuid`.
+        #[cfg(target_arch = "x86_64")]
+        std::hint::black_box(std::arch::is_x86_feature_detected!("avx2"));
+        // Each port is announced once it is served: a client that connects as soon as it
+        // reads the line finds an acceptor and a worker waiting, and the cores free.
+        for (i, addr) in addrs.iter().enumerate() {
+            if i < plain {
+                info!("listening on {addr}");
+            } else {
+                info!("listening on {addr} (TLS)");
+            }
+        }
+        for addr in &udp_addrs {
+            info!("listening on {addr} (UDP)");
+        }
         // The last line of the start: everything is open and every thread runs (tests and
         // scripts wait for it).
         info!("settings: {}", ctx.config);
-        // The first echo would detect the CPU's features (for the SIMD newline search): about
-        // 40 µs where a hypervisor traps `cpuid`. Done here, while the first client is still
-        // reading where the server listens.
-        #[cfg(target_arch = "x86_64")]
-        std::hint::black_box(std::arch::is_x86_feature_detected!("avx2"));
         Ok(Running {
             ctx,
             acceptors,
             reports,
             watch,
+            leftovers: (!leftovers.is_empty())
+                .then(|| (Instant::now() + LEFTOVERS_FREED, leftovers)),
             _admin: admin,
             udp,
             #[cfg(feature = "tls")]
@@ -376,20 +396,28 @@ impl Running {
     }
 
     /// Waits until shutdown is requested, or until `until` passes (`None`: no end). Meanwhile
-    /// it logs the acceptors' refusals as they come and ends the connections over their time
-    /// limits at each tick of the watch: the server's upkeep, done by the thread that would
-    /// otherwise only wait, so that no thread of its own has to be started for it.
+    /// it logs the acceptors' refusals as they come, ends the connections over their time
+    /// limits at each tick of the watch, and frees the start's leftovers when they are due:
+    /// the server's upkeep, done by the thread that would otherwise only wait, so that no
+    /// thread of its own has to be started for it.
     fn supervise(&mut self, until: Option<Instant>) {
         loop {
             let now = Instant::now();
             self.watch.run_due(now);
+            if self.leftovers.as_ref().is_some_and(|(at, _)| now >= *at) {
+                self.leftovers = None;
+            }
             if until.is_some_and(|until| now >= until) {
                 return;
             }
-            let wake = match (until, self.watch.due()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let wake = [
+                until,
+                self.watch.due(),
+                self.leftovers.as_ref().map(|(at, _)| *at),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let timer = wake.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
             crossbeam_channel::select! {
                 recv(self.signal.receiver()) -> _ => return,
@@ -423,6 +451,7 @@ impl Running {
             reports,
             // Every reader is woken at shutdown: the watch has nothing left to do.
             watch: _,
+            leftovers: _,
             _admin,
             udp,
             #[cfg(feature = "tls")]
@@ -482,5 +511,45 @@ fn reload_certificates(ctx: &Context, stop: &crate::threads::Stop) {
                 log::error!("TLS certificate not reloaded, the previous one stays in use: {why}")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    /// Sets its flag when dropped.
+    struct Freed(Arc<AtomicBool>);
+
+    impl Drop for Freed {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn the_start_s_leftovers_are_freed_once_it_serves_without_idle_timeouts() {
+        // No time limit to watch, so no tick wakes the main thread: the leftovers' own
+        // deadline does.
+        let config = Config::new(&[0])
+            .unwrap()
+            .with_bind("127.0.0.1".parse().unwrap())
+            .with_idle_timeout(Duration::ZERO)
+            .unwrap();
+        let mut server = Server::bind(config).expect("bind");
+        let freed = Arc::new(AtomicBool::new(false));
+        server.drop_once_started(Freed(Arc::clone(&freed)));
+        let handle = server.shutdown_handle();
+        let started = Instant::now();
+        let run = std::thread::spawn(move || server.run());
+        while !freed.load(Ordering::SeqCst) {
+            assert!(started.elapsed() < Duration::from_secs(10), "never freed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Not on the way to the first echo: at least the delay after the start began.
+        assert!(started.elapsed() >= LEFTOVERS_FREED);
+        handle.shutdown();
+        run.join().unwrap().expect("served");
     }
 }

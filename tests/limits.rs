@@ -173,7 +173,8 @@ fn idle_timeout_zero_means_never() {
 fn the_upkeep_has_no_thread_of_its_own() {
     // The watch over the time limits and the logging of refusals are done by the main thread
     // while it waits for the shutdown request: idle, the server runs the main thread, the
-    // signal handler's and an acceptor per port, nothing else.
+    // signal handler's, an acceptor per port and the worker that waits for the first
+    // connection, nothing else.
     let s = Server::with(&["--idle-timeout", "0.3", "--max-connections", "1"]);
     s.log
         .wait_for("settings", DEADLINE, |l| l.contains("settings:"));
@@ -183,7 +184,10 @@ fn the_upkeep_has_no_thread_of_its_own() {
         .map(|n| n.trim().to_string())
         .collect();
     names.sort();
-    assert_eq!(names, ["ctrl-c", "tcp-echo", "tcp-echo-accept"]);
+    assert_eq!(
+        names,
+        ["ctrl-c", "tcp-echo", "tcp-echo-accept", "tcp-echo-worker"]
+    );
     // And both are done: a silent client is ended, a refusal is logged.
     let mut quiet = s.connect();
     served(&mut quiet, "q\n");

@@ -7,9 +7,9 @@
 //! The load generator is pinned to core 0 and each server to core 1. The machine's speed
 //! changes within seconds to minutes, so servers are compared only within a round: ping-pong
 //! and the open-loop (paced) run start every server of a round at once and measure them in
-//! alternating 250 ms windows; the
-//! other scenarios run the servers one after another, a fresh process each time. Ratios are
-//! taken per round and their median reported.
+//! alternating 250 ms windows; start-up launches them in turns; the other scenarios run the
+//! servers one after another (in an order that rotates every round), a fresh process each
+//! time. Ratios are taken per round and their median reported.
 
 mod load;
 mod peers;
@@ -431,31 +431,45 @@ fn flooders(spec: &Spec, n: usize) -> BTreeMap<String, f64> {
     ])
 }
 
-fn startup(spec: &Spec) -> BTreeMap<String, f64> {
-    let mut times: Vec<f64> = (0..11)
-        .map(|_| {
-            let mut child = None;
-            // No taskset here: its own exec would be counted. The server's log says where it
-            // listens (tcp-echo says it at `info`).
-            let t = load::time_to_first_echo(|| {
-                let mut c = command(spec, false)
-                    .env("RUST_LOG", "info")
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .expect("spawn");
-                let stderr = c.stderr.take().expect("stderr");
-                child = Some(c);
-                stderr
-            });
-            if let Some(mut c) = child {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-            t.as_secs_f64() * 1000.0
+/// Start-up to the first echo of each server, the median of 11 launches each, the servers
+/// launched in turns (A B C, A B C, ...) so that a change of the machine's speed, or the
+/// scenario before, falls on all alike.
+fn startup(specs: &[&Spec]) -> Vec<BTreeMap<String, f64>> {
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); specs.len()];
+    for _ in 0..11 {
+        for (spec, times) in specs.iter().zip(&mut times) {
+            times.push(first_echo_ms(spec));
+        }
+    }
+    times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            BTreeMap::from([("startup_ms".to_string(), t[t.len() / 2])])
         })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    BTreeMap::from([("startup_ms".to_string(), times[times.len() / 2])])
+        .collect()
+}
+
+/// Launches `spec` and times it from the spawn to its first echo, in milliseconds.
+fn first_echo_ms(spec: &Spec) -> f64 {
+    let mut child = None;
+    // No taskset here: its own exec would be counted. The server's log says where it
+    // listens (tcp-echo says it at `info`).
+    let t = load::time_to_first_echo(|| {
+        let mut c = command(spec, false)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let stderr = c.stderr.take().expect("stderr");
+        child = Some(c);
+        stderr
+    });
+    if let Some(mut c) = child {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    t.as_secs_f64() * 1000.0
 }
 
 fn burst(spec: &Spec) -> BTreeMap<String, f64> {
@@ -893,7 +907,14 @@ fn run(args: &[String]) {
             }
         }
         // The main servers, and the build before this work.
-        let with_before: Vec<&Spec> = order.iter().copied().chain(baseline.iter()).collect();
+        // The build before rotates with the others: a server that runs first in a round
+        // runs right after the previous scenario, which a later one does not.
+        let with_before: Vec<&Spec> = {
+            let all: Vec<&Spec> = main_servers.iter().chain(baseline.iter()).collect();
+            (0..all.len())
+                .map(|i| all[(i + round) % all.len()])
+                .collect()
+        };
         let sc = "paced 256";
         if wanted(sc) {
             let paced = Pace::Every(Duration::from_millis(20));
@@ -914,15 +935,19 @@ fn run(args: &[String]) {
             }
         }
         type Once = fn(&Spec, Duration) -> BTreeMap<String, f64>;
-        let once: [(&str, Once); 4] = [
+        let once: [(&str, Once); 3] = [
             ("churn", |s, secs| churn(s, secs)),
             ("memory", |s, _| memory(s)),
-            ("startup", |s, _| startup(s)),
             ("burst 1000", |s, _| burst(s)),
         ];
         for (sc, f) in once {
             for s in with_before.iter().filter(|_| wanted(sc)) {
                 add(sc, s, f(s, secs));
+            }
+        }
+        if wanted("startup") {
+            for (s, m) in with_before.iter().zip(startup(&with_before)) {
+                add("startup", s, m);
             }
         }
         // Memory against the copy peer too (tokio's smallest per-connection state).

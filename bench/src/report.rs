@@ -196,8 +196,10 @@ pub fn write(records: &[Record], rounds: usize, secs: Duration, command: &str, t
          seconds to minutes, so servers are compared only within a round. Ping-pong (and the \
          open-loop run) starts every server of the round, connects all the clients, and then measures the servers in \
          alternating 250 ms windows (A B C, B C A, ...), each server about the timed-run length in \
-         all; the other scenarios run the servers one after another (the order rotates every \
-         round), a fresh server process each time. Figures are medians over rounds, and ratios are \
+         all; start-up launches the servers in turns (A B C, A B C, ..., 11 launches each, at `info` \
+         with the log read from a pipe, as a script waiting for `listening on` reads it); the other \
+         scenarios run the servers one after another (the order, the build before included, \
+         rotates every round), a fresh server process each time. Figures are medians over rounds, and ratios are \
          the median of the per-round ratios. Every reply byte is verified; a run with errors is \
          flagged. Server CPU per operation is the server process's CPU clock before and after \
          (all threads, nanoseconds), so it stays fair whichever core saturates. Servers log to \
@@ -822,9 +824,9 @@ pub fn write(records: &[Record], rounds: usize, secs: Duration, command: &str, t
     target(
         "threads created as load needs them",
         format!(
-            "{} threads idle (main, signal, acceptor, and the worker that served the \
-             benchmark's readiness probe, which retires after 30 s idle); {} with 1,000 \
-             connections",
+            "{} threads idle (main, signal, acceptor, and the worker started with the server, \
+             which served the benchmark's readiness probe and retires after 30 s idle); {} with \
+             1,000 connections",
             cell(threads),
             cell(busy_threads)
         ),
