@@ -141,7 +141,7 @@ stress: ## Reliability suite against the release binary (a few minutes); writes 
 	$(CARGO) run --release --example reliability_report
 
 bench: ## Benchmark against peer servers (several minutes); writes BENCHMARKS.md and bench/plot.svg (BASELINE_REV=REV: also measure that revision's build)
-	@scripts/ensure-apt.sh strace strace taskset util-linux ss iproute2
+	@scripts/ensure-apt.sh strace strace taskset util-linux ss iproute2 valgrind valgrind
 	$(MAKE) static ARCH=x86_64
 	$(CARGO) build --release -p tcp-echo -p tcp-echo-bench
 	$(if $(BASELINE_REV),$(MAKE) baseline REV=$(BASELINE_REV))

@@ -26,7 +26,7 @@ use crate::echo::{self, Framer};
 use crate::fault::{CloseAfter, Drawn, Rng, Spec};
 use crate::log_budget::{ConnectionBudget, ReceivedLog, DATA_TARGET};
 use crate::metrics::{Close, Refusal};
-use crate::registry::{Ended, Ticket};
+use crate::registry::{Ended, Registry, Ticket};
 use crate::server::Context;
 use crate::{proxy, socket};
 
@@ -190,7 +190,11 @@ impl Read for Stream<'_> {
 
 impl Write for Stream<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.write_vectored(&[IoSlice::new(buf)])
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(t) => t.write_vectored(&[IoSlice::new(buf)]),
+        }
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
@@ -551,6 +555,7 @@ impl Echo<'_> {
     }
 
     /// Logs `data` as `Received` records, within the log budget.
+    #[inline(always)]
     fn record(&mut self, data: &[u8]) {
         if let Some(log) = self.log.as_mut() {
             log.record(data);
@@ -559,10 +564,14 @@ impl Echo<'_> {
 
     /// Echoes `data` on an unfaulted connection: as it came, or framed with the prefix.
     fn echo(&mut self, data: &[u8]) -> Result<(), Reason> {
-        let Some(prefix) = self.ctx.prefix.as_deref() else {
+        let Some(prefix) = &self.ctx.prefix else {
             self.framer.pass(data);
             return send(self.ticket, self.out, data);
         };
+        // A read of one line, or of a piece of one: one write, no list of parts.
+        if let Some(part) = self.framer.frame_piece(prefix, data, &mut self.stage) {
+            return send(self.ticket, self.out, part.bytes(&self.stage, data));
+        }
         // The lists and the staging buffer grow with the reads (up to their bounds) and are
         // kept while the connection streams: a connection that sent a line holds a few bytes.
         let mut rest = data;
@@ -683,6 +692,18 @@ impl Echo<'_> {
     }
 }
 
+/// Why the server is ending this connection, if it is: the read side is shut, and what the
+/// client sent until then is still echoed. (Checked at every read: always inlined.)
+#[inline(always)]
+fn ending(ticket: &Ticket, registry: &Registry) -> Option<Close> {
+    match ticket.ended() {
+        Some(Ended::MaxDuration) => Some(Close::MaxDuration),
+        Some(Ended::Idle) => Some(Close::IdleTimeout),
+        Some(Ended::Forced) => Some(Close::DrainDeadline),
+        None => registry.is_shutting_down().then_some(Close::Shutdown),
+    }
+}
+
 /// What a connection's echo starts from.
 struct Opening<'a> {
     /// The connection's id, for its records.
@@ -773,22 +794,14 @@ fn echo_connection(
     }
 
     let mut reader = BufReader::with_capacity(READ_BUFFER_MIN, stream);
-    // Why the server is ending this connection, if it is: the read side is shut, and what the
-    // client sent until then is still echoed.
-    let ending = || match ticket.ended() {
-        Some(Ended::MaxDuration) => Some(Close::MaxDuration),
-        Some(Ended::Idle) => Some(Close::IdleTimeout),
-        Some(Ended::Forced) => Some(Close::DrainDeadline),
-        None => registry.is_shutting_down().then_some(Close::Shutdown),
-    };
     // Once ending, read only what had arrived by then: at most this many more bytes.
     let mut drain_budget: Option<u64> = None;
     let close = loop {
-        if drain_budget.is_none() && ending().is_some() {
+        if drain_budget.is_none() && ending(ticket, registry).is_some() {
             drain_budget = Some(stream.queued() + reader.buffer().len() as u64);
         }
         if drain_budget == Some(0) {
-            break ending().unwrap_or(Close::Shutdown);
+            break ending(ticket, registry).unwrap_or(Close::Shutdown);
         }
         if let Some(at) = cut_at {
             let left = at.saturating_duration_since(Instant::now());
@@ -799,7 +812,7 @@ fn echo_connection(
         }
         let grown = reader.capacity() > READ_BUFFER_MIN;
         let data = match reader.fill_buf() {
-            Ok([]) => break ending().unwrap_or(Close::Eof),
+            Ok([]) => break ending(ticket, registry).unwrap_or(Close::Eof),
             Ok(data) => data,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             // Quiet for `QUIET_AFTER` with a grown buffer: give it back, wait without a limit.

@@ -66,6 +66,7 @@ pub(crate) enum Ended {
 }
 
 impl Ended {
+    #[inline(always)]
     fn from_u8(v: u8) -> Option<Ended> {
         match v {
             1 => Some(Ended::Idle),
@@ -127,6 +128,7 @@ impl Ticket {
 
     /// Records that the connection moved data (called by its worker after a read or a write;
     /// one relaxed store).
+    #[inline(always)]
     pub(crate) fn made_progress(&self) {
         let n = self.progress.get().wrapping_add(1);
         self.progress.set(n);
@@ -139,6 +141,7 @@ impl Ticket {
     }
 
     /// Why the server ended this connection, if it did.
+    #[inline(always)]
     pub(crate) fn ended(&self) -> Option<Ended> {
         Ended::from_u8(self.conn.ended.load(Ordering::Acquire))
     }
@@ -302,6 +305,7 @@ impl Registry {
     }
 
     /// Whether shutdown has begun (a cheap check, made once per read by the workers).
+    #[inline(always)]
     pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
     }

@@ -547,3 +547,36 @@ pub fn time_to_first_echo(spawn: impl FnOnce() -> std::process::ChildStderr) -> 
     std::thread::spawn(move || for _ in lines {});
     took
 }
+
+/// Ping-pong in lockstep, for counting instructions: `conns` blocking clients each send one
+/// 64-byte line, then each reads its echo, `rounds` times. Returns the replies that were wrong
+/// or missing (each client stops at its first).
+pub fn lockstep(addr: SocketAddr, conns: usize, rounds: usize, prefix: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut clients: Vec<(std::net::TcpStream, Vec<u8>, Vec<u8>)> = (0..conns)
+        .filter_map(|i| {
+            let s = std::net::TcpStream::connect(addr).ok()?;
+            s.set_nodelay(true).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+            let l = line(i, 64);
+            let want = reply(prefix, &l);
+            Some((s, l, want))
+        })
+        .collect();
+    let mut errors = (conns - clients.len()) as u64;
+    let mut got = Vec::new();
+    for _ in 0..rounds {
+        clients.retain_mut(|(s, l, _)| {
+            let sent = s.write_all(l).is_ok();
+            errors += u64::from(!sent);
+            sent
+        });
+        clients.retain_mut(|(s, _, want)| {
+            got.resize(want.len(), 0);
+            let ok = s.read_exact(&mut got).is_ok() && got == *want;
+            errors += u64::from(!ok);
+            ok
+        });
+    }
+    errors
+}

@@ -393,6 +393,72 @@ fn memory(spec: &Spec) -> BTreeMap<String, f64> {
     ])
 }
 
+/// Clients of the instruction count, and their round trips in the short and the long run.
+const COUNTED_CONNS: usize = 16;
+const COUNTED_ROUNDS: [usize; 2] = [200, 2200];
+
+/// User-space instructions per round trip of 64-byte ping-pong with 16 clients, counted by
+/// callgrind: a count, not a time, so the same for the same binary whatever the machine is
+/// doing (what the kernel does is not counted). The server runs twice under callgrind, with
+/// 200 and with 2,200 round trips per client; the difference over the 32,000 extra round trips
+/// leaves out start-up, connects and shutdown.
+fn instructions(spec: &Spec) -> BTreeMap<String, f64> {
+    let mut totals = Vec::new();
+    let mut errors = 0;
+    for rounds in COUNTED_ROUNDS {
+        let out = std::env::temp_dir().join(format!(
+            "tcp-echo-bench-callgrind-{}-{rounds}.out",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&out);
+        let mut args = vec![
+            "-q".to_string(),
+            "--tool=callgrind".into(),
+            format!("--callgrind-out-file={}", out.display()),
+            spec.program.display().to_string(),
+        ];
+        args.extend(spec.args.iter().cloned());
+        args.extend(["--port".into(), "0".into()]);
+        let counted = Spec {
+            program: "valgrind".into(),
+            args,
+            ..spec.clone()
+        };
+        let server = start(&counted);
+        errors += load::lockstep(server.addr, COUNTED_CONNS, rounds, &spec.prefix);
+        // callgrind writes its counts as the process ends: by a signal's default action (the
+        // peers) or by tcp-echo's own shutdown on SIGINT.
+        // SAFETY: kill(2) on the server's own pid.
+        unsafe { libc::kill(server.pid() as i32, libc::SIGINT) };
+        let mut server = server;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while matches!(server.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(server);
+        let text = std::fs::read_to_string(&out)
+            .unwrap_or_else(|e| panic!("{}: callgrind's output {}: {e}", spec.name, out.display()));
+        let _ = std::fs::remove_file(&out);
+        let total: f64 = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("summary:")
+                    .or_else(|| l.strip_prefix("totals:"))
+            })
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{}: no total in callgrind's output", spec.name));
+        totals.push(total);
+    }
+    let extra = (COUNTED_ROUNDS[1] - COUNTED_ROUNDS[0]) * COUNTED_CONNS;
+    BTreeMap::from([
+        (
+            "user_instructions_per_rt".into(),
+            (totals[1] - totals[0]) / extra as f64,
+        ),
+        ("errors".into(), errors as f64),
+    ])
+}
+
 /// `n` clients that flood empty lines and never read (the worst a client can do to a server's
 /// memory): per connection, the server's RSS growth and its kernel socket memory once every
 /// client is stalled.
@@ -957,6 +1023,15 @@ fn run(args: &[String]) {
         // Memory against the copy peer too (tokio's smallest per-connection state).
         if wanted("memory") {
             add("memory", &fortio_servers[2], memory(&fortio_servers[2]));
+        }
+        // Instructions per round trip: a count, the same in every round, so taken once.
+        if round == 0 && wanted("instructions") {
+            for s in [&main_servers[0], &main_servers[1], &main_servers[2]]
+                .into_iter()
+                .chain(baseline.iter())
+            {
+                add("instructions 16", s, instructions(s));
+            }
         }
         // The worst a client can do to memory: flood and never read; against the peers, once.
         if round == 0 && wanted("flooders") {

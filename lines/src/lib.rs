@@ -273,6 +273,39 @@ fn prefetch(read: *const u8, write: *mut u8) {
     let _ = (read, write);
 }
 
+/// Whether `bytes` holds a newline, for the few dozen bytes of one short line: 16 bytes
+/// compared at a time with no early exit (on x86_64; elsewhere a plain search), cheaper than a
+/// search call's set-up at this size (a 64-byte round trip: 31 user-space instructions here
+/// against 80 through `memchr` at opt-level z, callgrind). Kept out of line, so that it is
+/// compiled at this crate's opt-level wherever it is called from.
+#[inline(never)]
+pub fn has_newline(bytes: &[u8]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if bytes.len() >= 16 {
+        use std::arch::x86_64::{
+            _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+            _mm_setzero_si128,
+        };
+        let p = bytes.as_ptr();
+        // SAFETY: SSE2 is part of every x86_64 processor; each load reads 16 bytes that
+        // `bytes` holds: from `i` while `i + 16 <= len`, and the last 16 (`len >= 16`).
+        unsafe {
+            let newline = _mm_set1_epi8(b'\n' as i8);
+            let mut found = _mm_setzero_si128();
+            let mut i = 0;
+            while i + 16 <= bytes.len() {
+                let block = _mm_loadu_si128(p.add(i).cast());
+                found = _mm_or_si128(found, _mm_cmpeq_epi8(block, newline));
+                i += 16;
+            }
+            let last = _mm_loadu_si128(p.add(bytes.len() - 16).cast());
+            found = _mm_or_si128(found, _mm_cmpeq_epi8(last, newline));
+            return _mm_movemask_epi8(found) != 0;
+        }
+    }
+    bytes.contains(&b'\n')
+}
+
 /// Bit `i` set where `input[start + i]` is a newline, for the (up to) 64 bytes from `start`,
 /// with the compares every x86_64 processor has (SSE2).
 #[inline]
@@ -417,6 +450,22 @@ mod tests {
             }
         };
         (r, stage)
+    }
+
+    #[test]
+    fn has_newline_finds_a_newline_anywhere_in_any_length() {
+        for len in 0..=160 {
+            let clean = vec![b'x'; len];
+            assert!(!has_newline(&clean), "none in {len} bytes");
+            for at in 0..len {
+                let mut b = clean.clone();
+                b[at] = b'\n';
+                assert!(has_newline(&b), "at {at} of {len}");
+                // A neighbour of '\n' (0x0a): 0x0b, 0x8a are not newlines.
+                b[at] = 0x8a;
+                assert!(!has_newline(&b), "0x8a at {at} of {len}");
+            }
+        }
     }
 
     #[test]
