@@ -181,7 +181,7 @@ impl<'a> Stream<'a> {
 impl Read for Stream<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Stream::Plain(s) => s.read(buf),
+            Stream::Plain(s) => socket::recv(s, buf),
             #[cfg(feature = "tls")]
             Stream::Tls(t) => t.read(buf),
         }
@@ -191,7 +191,7 @@ impl Read for Stream<'_> {
 impl Write for Stream<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            Stream::Plain(s) => s.write(buf),
+            Stream::Plain(s) => socket::send(s, buf),
             #[cfg(feature = "tls")]
             Stream::Tls(t) => t.write_vectored(&[IoSlice::new(buf)]),
         }
@@ -466,8 +466,12 @@ fn send(ticket: &Ticket, mut out: Stream<'_>, mut bytes: &[u8]) -> Result<(), Re
         match out.write(bytes) {
             Ok(0) => return Err(classify_write(ErrorKind::WriteZero.into())),
             Ok(n) => {
-                bytes = &bytes[n..];
                 ticket.made_progress();
+                // The usual case, all of it at once, returns without slicing what is left.
+                match bytes.get(n..) {
+                    Some(rest) if !rest.is_empty() => bytes = rest,
+                    _ => return Ok(()),
+                }
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => return Err(failed(ticket, classify_write(e))),
