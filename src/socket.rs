@@ -17,9 +17,9 @@ const NO_SIGPIPE: libc::c_int = libc::MSG_NOSIGNAL;
 const NO_SIGPIPE: libc::c_int = 0;
 
 /// Reads into `buf` with one `recv`: std's `read` on a socket, without its layers of calls
-/// (the echo reads once per round trip; inlined, this and [`send`] took 25 fewer user-space
-/// instructions per 64-byte round trip than std's, callgrind, `make bench`'s
-/// `instructions 16`).
+/// (the echo reads once per round trip; inlined, this and [`send`] took 27 fewer user-space
+/// instructions per 64-byte round trip than std's: callgrind, 16 clients in lockstep, as
+/// `make bench` counts them).
 #[inline(always)]
 pub(crate) fn recv(socket: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: a valid socket descriptor, and a buffer writable for `buf.len()` bytes.
