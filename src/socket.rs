@@ -6,7 +6,7 @@
 //! macOS has `SO_NWRITE` for output not yet acknowledged; elsewhere the answer is "unknown",
 //! and the drain at shutdown then waits for nothing (see drain.rs).
 
-use std::io::{self, IoSlice, Write};
+use std::io::{self, IoSlice};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 
@@ -104,9 +104,9 @@ pub(crate) fn holds_back_parts(_: &TcpStream) -> bool {
 pub(crate) struct Sender<'a>(pub(crate) &'a TcpStream);
 
 #[cfg(feature = "tls")]
-impl Write for Sender<'_> {
+impl io::Write for Sender<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        (&mut &*self.0).write(buf)
+        send(self.0, buf)
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
