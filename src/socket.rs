@@ -241,7 +241,7 @@ mod tests {
     }
 
     #[test]
-    fn recv_and_send_move_bytes_report_short_writes_and_errors_as_std_does() {
+    fn recv_and_send_move_bytes_and_report_short_writes_and_errors() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
